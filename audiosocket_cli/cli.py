@@ -1,0 +1,102 @@
+"""The `audiosocket` command group.
+
+Subcommands live one per module in commands/ and are imported only when
+run, so that `audiosocket --help` stays fast (no numpy, no rich).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from . import __version__
+from .status import ExitStatus, Terminated, raise_on_sigterm
+
+COMMANDS = {
+    "listen": ("listen", "Be the application: accept calls from Asterisk."),
+    "dial": ("dial", "Be Asterisk: call an AudioSocket application."),
+    "play": ("dial", "Be Asterisk and play a file: dial --play FILE in short."),
+    "capture": ("capture", "Sit between Asterisk and the application, and record."),
+    "replay": ("replay", "Run a recorded call again against an application."),
+    "trace": ("trace", "Print saved traces, raw dumps and packet captures."),
+}
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module = importlib.import_module(f"audiosocket_cli.commands.{COMMANDS[name][0]}")
+        return getattr(module, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Short help from the table above, so that --help imports no command.
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, text) for name, (_, text) in COMMANDS.items()])
+
+    def invoke(self, ctx: click.Context) -> Any:
+        raise_on_sigterm()
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("audiosocket: interrupted", err=True)
+            ctx.exit(ExitStatus.INTERRUPTED)
+        except Terminated:
+            click.echo("audiosocket: terminated", err=True)
+            ctx.exit(ExitStatus.TERMINATED)
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        # One line on stderr for every user mistake, never a usage dump.
+        standalone = kwargs.pop("standalone_mode", True)
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+            click.echo(f"audiosocket: error: {exc.format_message()}{hint}", err=True)
+            code = ExitStatus.USAGE
+        except click.ClickException as exc:
+            click.echo(f"audiosocket: error: {exc.format_message()}", err=True)
+            code = exc.exit_code
+        except click.exceptions.Exit as exc:
+            code = exc.exit_code
+        except click.Abort:
+            click.echo("audiosocket: interrupted", err=True)
+            code = ExitStatus.INTERRUPTED
+        except BrokenPipeError:
+            # `audiosocket trace x | head`: the reader left; not an error.
+            sys.stderr.close()
+            code = ExitStatus.OK
+        else:
+            # click returns ctx.exit()'s status here; commands return None.
+            code = result if isinstance(result, int) else ExitStatus.OK
+        if standalone:
+            sys.exit(code)
+        return code
+
+
+@click.group(cls=LazyGroup, context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, prog_name="audiosocket")
+def cli() -> None:
+    """Test and debug tool for Asterisk's AudioSocket protocol.
+
+    Stand in for either end of a call, or sit between them, and see every
+    frame.
+
+    \b
+    Examples:
+      audiosocket listen --record calls/ --echo      # be the application
+      audiosocket play hello.wav 127.0.0.1:9092      # be Asterisk
+      audiosocket capture --upstream 127.0.0.1:9092  # proxy and record
+      audiosocket trace call.trace | grep dtmf
+    """
+
+
+def main() -> None:
+    cli.main(prog_name="audiosocket")

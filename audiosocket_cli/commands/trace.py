@@ -1,0 +1,221 @@
+"""`audiosocket trace FILE...`: print saved traces, raw dumps and captures."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from ..calls import CallInfo
+from ..options import Failure, output_options
+from ..output import Environment, make_output
+from ..protocol import MESSAGE_NAMES, ProtocolError
+from ..stats import DirectionStats
+from ..tracefile import Record, TraceFormatError, read_records
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("files", nargs=-1, required=True, type=click.Path(allow_dash=True))
+@click.option("--call", "call_filter", metavar="UUID", help="Only this call (UUID, prefix or #N).")
+@click.option("--kind", "kinds", metavar="KIND[,KIND]", help=f"Only these kinds: {', '.join(MESSAGE_NAMES)}.")
+@click.option(
+    "--dir",
+    "direction",
+    type=click.Choice([">", "<"]),
+    default=">",
+    show_default=True,
+    help="Direction of a raw dump.",
+)
+@click.option("--port", type=click.IntRange(1, 65535), help="AudioSocket port in a packet capture.")
+@click.option("--summary", is_flag=True, help="A table per call instead of every message.")
+@click.option(
+    "--extract",
+    "extract_dir",
+    type=click.Path(file_okay=False),
+    help="Write each call's audio, per direction, as WAVs in this folder.",
+)
+@output_options
+def trace(
+    files: tuple[str, ...],
+    call_filter: str | None,
+    kinds: str | None,
+    direction: str,
+    port: int | None,
+    summary: bool,
+    extract_dir: str | None,
+    json_lines: bool,
+    trace_path: str | None,
+    verbose: int,
+    quiet: bool,
+) -> None:
+    """Print saved traces: trace files, raw byte dumps ('-' is stdin) and
+    packet captures (pcap, pcapng).
+
+    A pipe gets one plain line per message; a terminal a coloured view.
+
+    \b
+    Examples:
+      audiosocket trace call.trace
+      audiosocket trace call.trace | grep dtmf
+      audiosocket trace --json call.trace | jq .level_dbfs
+      audiosocket trace --summary capture.pcap
+      audiosocket trace --extract wavs/ call.trace
+      cat dump.raw | audiosocket trace -
+    """
+    wanted_kinds = _parse_kinds(kinds)
+    env = Environment()
+    output = make_output(
+        env, json_lines=json_lines, trace_path=trace_path, verbose=verbose, quiet=quiet,
+        command="trace",
+    )
+    calls: dict[tuple[int, int], CallInfo] = {}
+    tables: dict[tuple[int, int], dict[str, DirectionStats]] = {}
+    extractor = _Extractor(extract_dir) if extract_dir else None
+    try:
+        for number, name in enumerate(files):
+            for record in _records(name, direction, port):
+                key = (number, record.conn)
+                call = calls.get(key)
+                if call is None:
+                    call = calls[key] = CallInfo(conn=record.conn, started_ts=0.0)
+                if not record.call.startswith("#"):
+                    call.uuid = record.call
+                if call_filter and not _matches(call, call_filter):
+                    continue
+                if record.ts is not None and not call.started_ts:
+                    call.started_ts = record.ts - record.t
+                if record.message is not None:
+                    stats = tables.setdefault(key, {">": DirectionStats(), "<": DirectionStats()})
+                    stats.setdefault(record.dir, DirectionStats()).add(record.t, record.message)
+                    if extractor:
+                        extractor.add(call, record)
+                    if summary or (wanted_kinds and record.message.name not in wanted_kinds):
+                        continue
+                    output.message(call, record.t, record.dir, record.message)
+                elif not summary and not wanted_kinds:
+                    output.event(call, record.t, record.event or "event", record.text, **record.fields)
+        if summary:
+            _print_summary(env, calls, tables, json_lines)
+    finally:
+        output.close()
+        if extractor:
+            extractor.close()
+    if extractor:
+        for path in extractor.written:
+            click.echo(f"wrote {path}", err=True)
+
+
+def _parse_kinds(kinds: str | None) -> set[str]:
+    if not kinds:
+        return set()
+    wanted = {k.strip() for k in kinds.split(",") if k.strip()}
+    bad = wanted - set(MESSAGE_NAMES)
+    if bad:
+        raise click.BadParameter(
+            f"unknown kind {', '.join(sorted(bad))} (one of {', '.join(MESSAGE_NAMES)})",
+            param_hint="--kind",
+        )
+    return wanted
+
+
+def _matches(call: CallInfo, wanted: str) -> bool:
+    wanted = wanted.lower()
+    return call.call_id.lower().startswith(wanted) or call.call_id == wanted
+
+
+def _records(name: str, direction: str, port: int | None) -> Iterator[Record]:
+    try:
+        stream = sys.stdin.buffer if name == "-" else open(name, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        raise Failure(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise Failure(f"{name}: is a directory") from None
+    except OSError as exc:
+        raise Failure(f"{name}: cannot read: {exc.strerror}") from None
+    label = "<stdin>" if name == "-" else name
+    try:
+        yield from read_records(stream, label, direction, port=port)
+    except (TraceFormatError, ProtocolError) as exc:
+        raise Failure(str(exc)) from None
+    except OSError as exc:
+        raise Failure(f"{label}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+def _print_summary(
+    env: Environment,
+    calls: dict[tuple[int, int], CallInfo],
+    tables: dict[tuple[int, int], dict[str, DirectionStats]],
+    json_lines: bool,
+) -> None:
+    import json
+
+    for key, stats in tables.items():
+        call = calls[key]
+        if json_lines:
+            record = {"call": call.call_id, "conn": call.conn}
+            record.update({d: s.as_dict() for d, s in stats.items()})
+            env.stdout.write(json.dumps(record) + "\n")
+            continue
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"call {call.call_id}", title_justify="left")
+        table.add_column("")
+        table.add_column("> to application", justify="right")
+        table.add_column("< to Asterisk", justify="right")
+        rows = [
+            ("messages", lambda s: str(s.messages)),
+            ("bytes", lambda s: str(s.wire_bytes)),
+            ("audio messages", lambda s: str(s.audio_messages)),
+            ("audio seconds", lambda s: f"{s.audio_seconds:.3f}"),
+            ("rates", lambda s: ",".join(str(r) for r in s.rates) or "-"),
+            ("dtmf", lambda s: s.digits or "-"),
+            ("kinds", lambda s: " ".join(f"{k}={n}" for k, n in sorted(s.kinds.items())) or "-"),
+            ("gaps", lambda s: s.pacing()),
+            ("problems", lambda s: "; ".join(f"{n}x {p}" for p, n in s.problems.items()) or "-"),
+        ]
+        for label, cell in rows:
+            table.add_row(label, cell(stats[">"]), cell(stats["<"]))
+        Console(
+            file=env.stdout, no_color=not env.color, width=None if env.stdout_isatty else 120
+        ).print(table)
+
+
+class _Extractor:
+    """WAVs per call and direction: DIR/<call>.in.wav (>) and .out.wav (<)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = Path(directory)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise Failure(f"{directory}: cannot create: {exc.strerror}") from None
+        self.writers: dict[tuple[int, str, int], object] = {}
+        self.written: list[Path] = []
+
+    def add(self, call: CallInfo, record: Record) -> None:
+        from ..audio import WavWriter, unique_path
+
+        message = record.message
+        if message is None or not message.is_audio or record.dir not in "<>":
+            return
+        key = (call.conn, record.dir, message.rate)
+        writer = self.writers.get(key)
+        if writer is None:
+            stem = call.call_id.replace("#", "conn")
+            side = "in" if record.dir == ">" else "out"
+            rates = {k[2] for k in self.writers if k[:2] == key[:2]}
+            suffix = f".{side}.wav" if not rates else f".{side}.{message.rate}.wav"
+            path = unique_path(self.directory, stem, suffix)
+            writer = self.writers[key] = WavWriter(path, message.rate)
+            self.written.append(path)
+        writer.write(message.payload)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()  # type: ignore[attr-defined]

@@ -1,0 +1,98 @@
+"""Options and parameter types that several commands share, defined once."""
+
+from __future__ import annotations
+
+import uuid as uuid_lib
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from .address import Address, parse_address
+from .inject import Injection, parse_inject
+from .protocol import RATE_KINDS
+from .status import ExitStatus
+
+
+class AddressType(click.ParamType):
+    name = "ADDRESS"
+
+    def __init__(self, default_port: int | None = None) -> None:
+        self.default_port = default_port
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Address:
+        if isinstance(value, Address):
+            return value
+        try:
+            return parse_address(str(value), self.default_port)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class UUIDType(click.ParamType):
+    name = "UUID"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        try:
+            return str(uuid_lib.UUID(str(value)))
+        except ValueError:
+            self.fail(f"{value!r} is not a UUID", param, ctx)
+
+
+class InjectType(click.ParamType):
+    name = "SPEC"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Injection:
+        if isinstance(value, Injection):
+            return value
+        try:
+            return parse_inject(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class RateType(click.ParamType):
+    name = "HZ"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        try:
+            rate = int(value)
+        except (TypeError, ValueError):
+            rate = -1
+        if rate not in RATE_KINDS:
+            rates = ", ".join(str(r) for r in RATE_KINDS)
+            self.fail(f"{value!r} is not an AudioSocket rate ({rates})", param, ctx)
+        return rate
+
+
+ADDRESS = AddressType()
+UUID = UUIDType()
+INJECT = InjectType()
+RATE = RateType()
+
+
+def output_options(func: Callable) -> Callable:
+    """--json, --trace, -v, -q: the output flags every command has."""
+    for decorator in reversed(
+        [
+            click.option("--json", "json_lines", is_flag=True, help="JSON lines on stdout."),
+            click.option(
+                "--trace",
+                "trace_path",
+                type=click.Path(dir_okay=False, writable=True),
+                help="Keep every message and event in a trace file.",
+            ),
+            click.option("-v", "--verbose", count=True, help="Show each audio frame."),
+            click.option(
+                "-q", "--quiet", is_flag=True, help="Show events only, not each message."
+            ),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+class Failure(click.ClickException):
+    """Could not do the job (exit 1): one line, no traceback."""
+
+    exit_code = ExitStatus.FAILED

@@ -1,0 +1,134 @@
+"""One thread, many connections: a selector loop with timers.
+
+`listen` and `capture` serve a thousand calls at once; a thread per call
+cannot keep echo latency low under the GIL, so every socket and every paced
+send runs here. Timers fire at absolute monotonic times, which is what keeps
+paced audio free of drift.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import selectors
+import socket
+import time
+from collections.abc import Callable
+
+Callback = Callable[[], None]
+
+
+class Timer:
+    __slots__ = ("when", "callback", "cancelled")
+
+    def __init__(self, when: float, callback: Callback) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Reactor:
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+        self._readers: dict[int, Callback] = {}
+        self._writers: dict[int, Callback] = {}
+        self.stopped = False
+
+    # Timers
+
+    def call_at(self, when: float, callback: Callback) -> Timer:
+        timer = Timer(when, callback)
+        heapq.heappush(self._timers, (when, next(self._seq), timer))
+        return timer
+
+    def call_later(self, delay: float, callback: Callback) -> Timer:
+        return self.call_at(time.monotonic() + delay, callback)
+
+    # Sockets
+
+    def _update(self, sock: socket.socket) -> None:
+        fd = sock.fileno()
+        events = (selectors.EVENT_READ if fd in self._readers else 0) | (
+            selectors.EVENT_WRITE if fd in self._writers else 0
+        )
+        try:
+            key = self.selector.get_key(sock)
+        except (KeyError, ValueError):
+            key = None
+        if key is None:
+            if events:
+                self.selector.register(sock, events)
+        elif not events:
+            self.selector.unregister(sock)
+        elif key.events != events:
+            self.selector.modify(sock, events)
+
+    def add_reader(self, sock: socket.socket, callback: Callback) -> None:
+        self._readers[sock.fileno()] = callback
+        self._update(sock)
+
+    def remove_reader(self, sock: socket.socket) -> None:
+        if sock.fileno() >= 0 and self._readers.pop(sock.fileno(), None):
+            self._update(sock)
+
+    def add_writer(self, sock: socket.socket, callback: Callback) -> None:
+        self._writers[sock.fileno()] = callback
+        self._update(sock)
+
+    def remove_writer(self, sock: socket.socket) -> None:
+        if sock.fileno() >= 0 and self._writers.pop(sock.fileno(), None):
+            self._update(sock)
+
+    def forget(self, sock: socket.socket) -> None:
+        """Drop a socket before it is closed."""
+        fd = sock.fileno()
+        if fd < 0:
+            return
+        self._readers.pop(fd, None)
+        self._writers.pop(fd, None)
+        try:
+            self.selector.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+
+    # The loop
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def run(self) -> None:
+        """Run until stop() is called."""
+        timers = self._timers
+        readers, writers = self._readers, self._writers
+        while not self.stopped:
+            now = time.monotonic()
+            while timers and timers[0][0] <= now:
+                timer = heapq.heappop(timers)[2]
+                if not timer.cancelled:
+                    timer.callback()
+                if self.stopped:
+                    return
+            if timers:
+                timeout: float | None = max(0.0, timers[0][0] - time.monotonic())
+            else:
+                timeout = None if self._readers or self._writers else 0.05
+            if not self.selector.get_map():
+                # Nothing to watch: select() with no fds, sleep instead.
+                time.sleep(timeout if timeout is not None else 0.05)
+                continue
+            for key, events in self.selector.select(timeout):
+                fd = key.fd
+                if events & selectors.EVENT_WRITE and fd in writers:
+                    writers[fd]()
+                if events & selectors.EVENT_READ and fd in readers:
+                    readers[fd]()
+                if self.stopped:
+                    return
+
+    def close(self) -> None:
+        self.selector.close()

@@ -1,0 +1,288 @@
+"""What a call did, counted per direction, and the diagnoses drawn from it.
+
+Every command that runs or reads calls keeps one :class:`DirectionStats` per
+direction, fed each message with its arrival time; the end-of-call summary
+and the diagnoses of the known pitfalls (PROTOCOL.md, last section) are
+measured from these counts, not guessed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+from .protocol import Message, frame_bytes
+
+BURST_WINDOW = 0.020  # seconds
+BURST_AUDIO = 0.100  # more audio than this within the window is a burst
+ENCODING_SAMPLE_EVERY = 5  # analyse one audio frame in five
+ENCODING_MAX_FRAMES = 60
+ENCODING_MIN_FRAMES = 8
+
+
+@dataclass
+class DirectionStats:
+    messages: int = 0
+    wire_bytes: int = 0
+    kinds: Counter = field(default_factory=Counter)
+    audio_messages: int = 0
+    audio_seconds: float = 0.0
+    rates: Counter = field(default_factory=Counter)
+    sizes: Counter = field(default_factory=Counter)
+    first_audio: float | None = None
+    last_audio: float | None = None
+    last_audio_duration: float = 0.0
+    max_gap: float = 0.0
+    digits: str = ""
+    problems: Counter = field(default_factory=Counter)
+    refused: Counter = field(default_factory=Counter)
+    bursts: int = 0
+    max_window_audio: float = 0.0
+    _window: deque = field(default_factory=deque, repr=False)
+    _window_audio: float = 0.0
+    _in_burst: bool = False
+    encoding_votes: Counter = field(default_factory=Counter)
+    _encoding_frames: int = 0
+
+    def add(self, t: float, message: Message) -> None:
+        kind, payload = message
+        self.messages += 1
+        self.wire_bytes += 3 + len(payload)
+        name = message.name
+        self.kinds[name] += 1
+        problem = message.problem
+        if problem:
+            self.problems[problem] += 1
+        if name == "audio":
+            self._add_audio(t, message)
+        elif name == "dtmf" and message.digit:
+            self.digits += message.digit
+
+    def note_refused(self, message: Message) -> None:
+        what = message.problem or f"{message.name} message"
+        self.refused[what] += 1
+
+    def _add_audio(self, t: float, message: Message) -> None:
+        duration = message.duration
+        self.audio_messages += 1
+        self.audio_seconds += duration
+        self.rates[message.rate] += 1
+        self.sizes[len(message.payload)] += 1
+        if self.last_audio is not None:
+            self.max_gap = max(self.max_gap, t - self.last_audio)
+        else:
+            self.first_audio = t
+        self.last_audio = t
+        self.last_audio_duration = duration
+        # Bursts: audio that arrived within the last 20 ms.
+        window = self._window
+        window.append((t, duration))
+        self._window_audio += duration
+        while window and window[0][0] < t - BURST_WINDOW:
+            self._window_audio -= window.popleft()[1]
+        self.max_window_audio = max(self.max_window_audio, self._window_audio)
+        if self._window_audio > BURST_AUDIO:
+            if not self._in_burst:
+                self.bursts += 1
+                self._in_burst = True
+        else:
+            self._in_burst = False
+        if (
+            self._encoding_frames < ENCODING_MAX_FRAMES
+            and self.audio_messages % ENCODING_SAMPLE_EVERY == 1
+            and len(message.payload) >= 64
+        ):
+            verdict = guess_encoding(message.payload)
+            if verdict:
+                self._encoding_frames += 1
+                self.encoding_votes[verdict] += 1
+
+    @property
+    def mean_gap(self) -> float | None:
+        if self.audio_messages < 2 or self.first_audio is None or self.last_audio is None:
+            return None
+        return (self.last_audio - self.first_audio) / (self.audio_messages - 1)
+
+    @property
+    def realtime_ratio(self) -> float | None:
+        """Audio seconds per wall-clock second over the span audio arrived in."""
+        if self.audio_messages < 2 or self.first_audio is None or self.last_audio is None:
+            return None
+        span = self.last_audio - self.first_audio + self.last_audio_duration
+        return self.audio_seconds / span if span > 0 else None
+
+    @property
+    def likely_encoding(self) -> str | None:
+        """'ulaw' or 's16be' when most analysed frames look like that."""
+        if self._encoding_frames < ENCODING_MIN_FRAMES:
+            return None
+        verdict, votes = self.encoding_votes.most_common(1)[0]
+        if verdict != "s16le" and votes >= 0.7 * self._encoding_frames:
+            return verdict
+        return None
+
+    def summary(self) -> str:
+        """`12 msgs 3876 B audio 1.20s dtmf=12#`: one direction, for the call-end line."""
+        text = f"{self.messages} msgs {self.wire_bytes} B"
+        if self.audio_messages:
+            text += f" audio {self.audio_seconds:.2f}s"
+        if self.digits:
+            text += f" dtmf={self.digits}"
+        return text
+
+    def pacing(self) -> str:
+        mean = self.mean_gap
+        if mean is None:
+            return "-"
+        return f"mean {mean * 1000:.1f}ms worst {self.max_gap * 1000:.1f}ms"
+
+    def as_dict(self) -> dict:
+        return {
+            "messages": self.messages,
+            "bytes": self.wire_bytes,
+            "kinds": dict(self.kinds),
+            "audio_messages": self.audio_messages,
+            "audio_seconds": round(self.audio_seconds, 6),
+            "rates": {str(k): v for k, v in self.rates.items()},
+            "dtmf": self.digits,
+            "mean_gap_ms": None if self.mean_gap is None else round(self.mean_gap * 1000, 3),
+            "max_gap_ms": round(self.max_gap * 1000, 3),
+            "realtime_ratio": None if self.realtime_ratio is None else round(self.realtime_ratio, 3),
+            "bursts": self.bursts,
+            "problems": dict(self.problems),
+        }
+
+
+def guess_encoding(payload: bytes) -> str | None:
+    """Which reading of these bytes looks like sound: s16le, s16be or ulaw.
+
+    Real audio is smooth (neighbouring samples are close); bytes read the
+    wrong way look like white noise. None for near-silence.
+    """
+    import numpy as np
+
+    raw = np.frombuffer(payload, dtype=np.uint8, count=len(payload) - len(payload) % 2)
+    le = raw.view("<i2").astype(np.float64)
+    if np.abs(le).mean() < 64 and (raw == 0xFF).mean() < 0.3 and (raw == 0x7F).mean() < 0.3:
+        return None  # silence as PCM (mu-law silence is 0xff/0x7f bytes)
+    scores = {
+        "s16le": _roughness(le),
+        "s16be": _roughness(raw.view(">i2").astype(np.float64)),
+        "ulaw": _roughness(ULAW_TABLE()[raw]),
+    }
+    best = min(scores, key=scores.__getitem__)
+    if best != "s16le" and scores[best] < 0.8 and scores["s16le"] > 1.0:
+        return best
+    return "s16le"
+
+
+def _roughness(x: object) -> float:
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float64)
+    spread = np.abs(x - x.mean()).mean()
+    if spread == 0:
+        return 0.0
+    return float(np.abs(np.diff(x)).mean() / spread)
+
+
+_ulaw_table = None
+
+
+def ULAW_TABLE() -> object:  # noqa: N802 - a constant, built on first use
+    """G.711 mu-law byte to linear sample."""
+    global _ulaw_table
+    if _ulaw_table is None:
+        import numpy as np
+
+        u = ~np.arange(256, dtype=np.int32) & 0xFF
+        magnitude = (((u & 0x0F) << 3) + 0x84) << ((u >> 4) & 0x07)
+        _ulaw_table = np.where(u & 0x80, -(magnitude - 0x84), magnitude - 0x84).astype(
+            np.float64
+        )
+    return _ulaw_table
+
+
+@dataclass
+class Diagnosis:
+    code: str
+    text: str
+
+
+def diagnose_application(
+    app: DirectionStats, asterisk: DirectionStats, frame_ms: float = 20
+) -> list[Diagnosis]:
+    """The pitfalls of what an application sent toward Asterisk ('<')."""
+    found: list[Diagnosis] = []
+    ratio = app.realtime_ratio
+    if app.bursts:
+        found.append(
+            Diagnosis(
+                "burst",
+                f"application audio came in {app.bursts} burst(s), up to "
+                f"{app.max_window_audio * 1000:.0f} ms of audio within 20 ms: Asterisk "
+                "plays what arrives at once, so it sounds choppy or is lost "
+                "(send one 20 ms frame every 20 ms)",
+            )
+        )
+    elif ratio is not None and ratio > 1.25:
+        found.append(
+            Diagnosis(
+                "pacing",
+                f"application audio came at {ratio:.1f}x real time: Asterisk does not "
+                "buffer it (send one 20 ms frame every 20 ms)",
+            )
+        )
+    if asterisk.audio_messages and not app.audio_messages:
+        found.append(
+            Diagnosis(
+                "one-way-audio",
+                "one-way audio: the application sent no audio back",
+            )
+        )
+    found.extend(_encoding_diagnoses(app, "application"))
+    if app.sizes and app.rates:
+        rate = app.rates.most_common(1)[0][0]
+        expected = frame_bytes(rate, frame_ms)
+        odd = {size: n for size, n in app.sizes.items() if size != expected}
+        # One short message is how a file ends; more is a framing habit.
+        if sum(odd.values()) > 1:
+            sizes = ", ".join(f"{n}x{size}" for size, n in sorted(odd.items())[:5])
+            found.append(
+                Diagnosis(
+                    "frame-size",
+                    f"application audio messages of other sizes than {expected} bytes "
+                    f"({frame_ms:g} ms at {rate} Hz): {sizes}",
+                )
+            )
+    for what, n in app.refused.items():
+        found.append(
+            Diagnosis("refused", f"application sent {n}x {what}: Asterisk ends the session")
+        )
+    return found
+
+
+def diagnose_asterisk(asterisk: DirectionStats) -> list[Diagnosis]:
+    """The pitfalls of what Asterisk (or a stand-in) sent toward the application."""
+    return _encoding_diagnoses(asterisk, "caller")
+
+
+def _encoding_diagnoses(stats: DirectionStats, who: str) -> list[Diagnosis]:
+    encoding = stats.likely_encoding
+    if encoding == "ulaw":
+        return [
+            Diagnosis(
+                "ulaw",
+                f"{who} audio looks like mu-law bytes labelled as slin: with the "
+                "channel driver, add c(slin) (or c(slin16)...) to the Dial string",
+            )
+        ]
+    if encoding == "s16be":
+        return [
+            Diagnosis(
+                "byte-order",
+                f"{who} audio looks like big-endian samples: AudioSocket audio is "
+                "16-bit little-endian",
+            )
+        ]
+    return []

@@ -1,0 +1,195 @@
+"""Trace files: JSON lines that keep every message with its bytes and time.
+
+The first line names the format and version. Each message line is the
+`--json` record plus `ts` (Unix time) and `data` (payload, base64), so a
+trace can be printed again, replayed, and its audio extracted. Events are
+kept too. Lines are flushed as written, so a trace is whole up to the last
+message however the tool ends.
+
+This module also reads the other inputs of `trace` and `replay`: raw dumps
+(one direction's bytes, no timing), and dispatches packet captures to
+pcap.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from . import __version__
+from .calls import CallInfo
+from .output import json_event_record, json_message_record
+from .protocol import Decoder, Message, ProtocolError, TruncatedMessage
+
+FORMAT = "audiosocket-trace"
+VERSION = 1
+PCAP_MAGICS = (
+    b"\xd4\xc3\xb2\xa1",
+    b"\xa1\xb2\xc3\xd4",
+    b"\x4d\x3c\xb2\xa1",
+    b"\xa1\xb2\x3c\x4d",
+    b"\x0a\x0d\x0d\x0a",  # pcapng section header block
+)
+
+
+class TraceFormatError(Exception):
+    """An input that is not a trace, raw dump or capture we can read."""
+
+
+class TraceWriter:
+    """A sink that writes a trace file."""
+
+    def __init__(self, path: str, command: str = "") -> None:
+        self.stream = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        header = {
+            "format": FORMAT,
+            "version": VERSION,
+            "tool": f"audiosocket-cli {__version__}",
+            "command": command,
+            "created": time.time(),
+        }
+        self.stream.write(json.dumps(header) + "\n")
+        self.stream.flush()
+
+    def message(self, call: CallInfo, t: float, direction: str, message: Message) -> None:
+        record = json_message_record(call, t, direction, message)
+        record["ts"] = round(call.unix_time(t), 6)
+        record["data"] = base64.b64encode(message.payload).decode("ascii")
+        self.stream.write(json.dumps(record) + "\n")
+        self.stream.flush()
+
+    def event(
+        self, call: CallInfo, t: float, name: str, text: str, fields: dict[str, Any]
+    ) -> None:
+        record = json_event_record(call, t, name, text, fields)
+        record["ts"] = round(call.unix_time(t), 6)
+        self.stream.write(json.dumps(record, default=str) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+@dataclass
+class Record:
+    """One line of a trace: a message (with its bytes) or an event."""
+
+    t: float
+    conn: int
+    call: str
+    dir: str
+    message: Message | None = None
+    event: str | None = None
+    text: str = ""
+    ts: float | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+def sniff(head: bytes) -> str:
+    """'trace', 'pcap' or 'raw', from a file's first bytes."""
+    if head[:4] in PCAP_MAGICS:
+        return "pcap"
+    if head.lstrip()[:1] == b"{" and FORMAT.encode() in head[:200]:
+        return "trace"
+    return "raw"
+
+
+def read_trace_lines(lines: Iterator[bytes], name: str) -> Iterator[Record]:
+    first = next(lines, b"")
+    try:
+        header = json.loads(first)
+    except ValueError:
+        header = None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise TraceFormatError(f"{name}: not an {FORMAT} file")
+    if header.get("version") != VERSION:
+        raise TraceFormatError(f"{name}: trace version {header.get('version')} is not supported")
+    for number, line in enumerate(lines, start=2):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            yield _record(obj)
+        except (ValueError, KeyError, TypeError) as exc:
+            if not line.endswith(b"\n"):
+                return  # a last line cut short by a crash: the rest is whole
+            raise TraceFormatError(f"{name}: line {number}: {exc}") from None
+
+
+def _record(obj: dict[str, Any]) -> Record:
+    base = {"t": float(obj["t"]), "conn": int(obj["conn"]), "call": str(obj["call"])}
+    if "event" in obj:
+        extra = {
+            k: v
+            for k, v in obj.items()
+            if k not in ("t", "conn", "call", "dir", "event", "text", "ts")
+        }
+        return Record(
+            **base,
+            dir="-",
+            event=obj["event"],
+            text=obj.get("text", ""),
+            ts=obj.get("ts"),
+            fields=extra,
+        )
+    message = Message(int(obj["type"]), base64.b64decode(obj["data"], validate=True))
+    return Record(**base, dir=obj["dir"], message=message, ts=obj.get("ts"))
+
+
+def read_raw(stream: BinaryIO, name: str, direction: str = ">") -> Iterator[Record]:
+    """A raw dump: time advances by each audio message's duration."""
+    decoder = Decoder()
+    t = 0.0
+    call = "#1"
+    while chunk := stream.read(65536):
+        decoder.feed(chunk)
+        for message in decoder.messages():
+            if message.name == "uuid" and message.uuid and call == "#1":
+                call = str(message.uuid)
+            yield Record(t=t, conn=1, call=call, dir=direction, message=message)
+            t += message.duration
+    try:
+        decoder.end_of_stream()
+    except TruncatedMessage as exc:
+        yield Record(
+            t=t,
+            conn=1,
+            call=call,
+            dir="-",
+            event="warning",
+            text=f"{name}: {exc}",
+            fields={"missing": exc.missing},
+        )
+
+
+def read_records(
+    stream: BinaryIO, name: str, direction: str = ">", port: int | None = None
+) -> Iterator[Record]:
+    """Records of any input: trace file, packet capture or raw dump."""
+    head = stream.peek(256)[:256] if hasattr(stream, "peek") else b""
+    kind = sniff(head)
+    if kind == "trace":
+        return read_trace_lines(iter(stream), name)
+    if kind == "pcap":
+        try:
+            from .pcap import read_pcap
+        except ImportError as exc:  # pragma: no cover - pcap support not built yet
+            raise TraceFormatError(f"{name}: packet captures are not supported: {exc}") from None
+        return read_pcap(stream, name, port=port)
+    return read_raw(stream, name, direction)
+
+
+__all__ = [
+    "ProtocolError",
+    "Record",
+    "TraceFormatError",
+    "TraceWriter",
+    "read_raw",
+    "read_records",
+    "read_trace_lines",
+    "sniff",
+]

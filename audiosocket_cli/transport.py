@@ -1,0 +1,145 @@
+"""A thin synchronous transport: sockets for ADDRESS, messages over TCP.
+
+Each message goes out in one `sendall` (header and payload together, so
+Asterisk's 5 ms payload window is never an issue), TCP_NODELAY is on, and
+the receive side yields whole messages with the time each completed.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+from collections.abc import Iterator
+
+from .address import Address
+from .protocol import Decoder, Message, RemoteProtocolError, encode
+
+CONNECT_TIMEOUT = 2.0  # what Asterisk allows per address
+RECV_SIZE = 65536
+
+
+class ConnectError(OSError):
+    """Could not reach the peer: refused, unreachable or timed out."""
+
+
+class PeerReset(RemoteProtocolError):
+    """The peer reset the connection."""
+
+
+def _set_nodelay(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+
+
+def connect(address: Address, timeout: float = CONNECT_TIMEOUT) -> socket.socket:
+    """Connect as Asterisk does: each address tried for `timeout` seconds."""
+    try:
+        infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConnectError(f"cannot resolve {address.host}: {exc.strerror}") from None
+    last = "no address"
+    for family, kind, proto, _, sockaddr in infos:
+        sock = socket.socket(family, kind, proto)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(sockaddr)
+        except socket.timeout:
+            last = f"timed out after {timeout:g} s"
+        except OSError as exc:
+            last = exc.strerror or str(exc)
+        else:
+            sock.settimeout(None)
+            _set_nodelay(sock)
+            return sock
+        sock.close()
+    raise ConnectError(f"cannot connect to {address}: {last}")
+
+
+def listen(address: Address, backlog: int = 1024) -> socket.socket:
+    """A listening socket; port 0 picks a free one (see getsockname())."""
+    try:
+        infos = socket.getaddrinfo(
+            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ConnectError(f"cannot resolve {address.host}: {exc.strerror}") from None
+    family, kind, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(sockaddr)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise ConnectError(f"cannot listen on {address}: {exc.strerror or exc}") from None
+    return sock
+
+
+def bound_address(sock: socket.socket) -> Address:
+    host, port = sock.getsockname()[:2]
+    return Address(host, port)
+
+
+def accept(server: socket.socket) -> tuple[socket.socket, Address]:
+    sock, peer = server.accept()
+    _set_nodelay(sock)
+    return sock, Address(peer[0], peer[1])
+
+
+class Connection:
+    """Messages over one connected socket, synchronously."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.decoder = Decoder()
+        self.closed = False
+
+    def send(self, message: Message) -> None:
+        self.sock.sendall(encode(message))
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def receive(self, timeout: float | None = None) -> Iterator[tuple[float, Message]]:
+        """Yield (monotonic time completed, message) until the peer closes.
+
+        Raises TimeoutError when nothing arrives for `timeout` seconds,
+        PeerReset on a reset, TruncatedMessage when the stream ends inside
+        a message.
+        """
+        self.sock.settimeout(timeout)
+        decoder = self.decoder
+        while True:
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except socket.timeout:
+                raise TimeoutError(f"nothing received for {timeout:g} s") from None
+            except ConnectionResetError:
+                raise PeerReset("connection reset by peer") from None
+            except OSError as exc:
+                if exc.errno in (errno.EBADF, errno.ENOTCONN) and self.closed:
+                    return
+                raise
+            now = time.monotonic()
+            if not data:
+                decoder.end_of_stream()
+                return
+            decoder.feed(data)
+            for message in decoder.messages():
+                yield now, message
+
+    def shutdown_write(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass

@@ -1,0 +1,73 @@
+"""Regenerate the samples: python samples/make_samples.py (needs espeak-ng and sox).
+
+- hello-8k.wav: a short spoken phrase, 8 kHz 16-bit mono.
+- call.raw: what Asterisk sends in a call (UUID, 20 ms frames, DTMF), as raw bytes.
+- call.trace: a whole call both ways, as `--trace` writes it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from audiosocket_cli.calls import CallInfo  # noqa: E402
+from audiosocket_cli.protocol import Message  # noqa: E402
+from audiosocket_cli.tracefile import TraceWriter  # noqa: E402
+
+UUID = "40325ec2-5bd7-4a4e-9a2c-6a4f6d3b1c01"
+TEXT = "Hello. This is an audio socket test call. Press one to continue."
+
+
+def speech_wav(path: Path) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "speech.wav"
+        subprocess.run(["espeak-ng", "-v", "en", "-s", "150", "-w", str(raw), TEXT], check=True)
+        subprocess.run(
+            ["sox", str(raw), "-r", "8000", "-c", "1", "-b", "16", "-e", "signed", str(path)],
+            check=True,
+        )
+
+
+def frames(pcm: bytes, size: int = 320) -> list[bytes]:
+    """20 ms frames, the last one short, as Asterisk sends a played file."""
+    return [pcm[i : i + size] for i in range(0, len(pcm), size)]
+
+
+def main() -> None:
+    import soundfile as sf
+
+    wav = HERE / "hello-8k.wav"
+    speech_wav(wav)
+    pcm = sf.read(str(wav), dtype="int16")[0].tobytes()
+    audio = frames(pcm)
+
+    # The raw dump: one direction, no timing.
+    raw = [Message.for_uuid(UUID)] + [Message.audio(f) for f in audio[:50]]
+    raw += [Message.dtmf("1"), Message.dtmf("#")] + [Message.audio(f) for f in audio[50:100]]
+    (HERE / "call.raw").write_bytes(b"".join(m.encode() for m in raw))
+
+    # The trace: Asterisk's audio at 20 ms, the application echoing it 1 ms later.
+    call = CallInfo(conn=1, uuid=None, started_ts=1_764_000_000.0)
+    writer = TraceWriter(str(HERE / "call.trace"), command="make_samples.py")
+    writer.event(call, 0.0, "call-start", "peer=127.0.0.1:40000", {"peer": "127.0.0.1:40000"})
+    writer.message(call, 0.000412, ">", Message.for_uuid(UUID))
+    call.uuid = UUID
+    t = 0.020
+    for n, frame in enumerate(audio[:100]):
+        writer.message(call, t, ">", Message.audio(frame))
+        writer.message(call, t + 0.001, "<", Message.audio(frame))
+        if n == 60:
+            writer.message(call, t + 0.005, ">", Message.dtmf("5"))
+        t += 0.020
+    writer.message(call, t, "<", Message.hangup())
+    writer.event(call, t, "call-end", "ended=our-hangup", {"ended": "our-hangup"})
+    writer.close()
+
+
+if __name__ == "__main__":
+    main()
