@@ -101,9 +101,7 @@ class HumanSink:
         text.append(message_detail(message))
         self._print(text)
 
-    def event(
-        self, call: CallInfo, t: float, name: str, text: str, fields: dict[str, Any]
-    ) -> None:
+    def event(self, call: CallInfo, t: float, name: str, text: str, fields: dict[str, Any]) -> None:
         if name == "call-start":
             self.active.setdefault(call.conn, (call, _AudioLine()))
         line = self._prefix(call, t, "-")

@@ -75,6 +75,5 @@ def parse_inject(spec: str) -> Injection:
             raise ValueError(f"{spec!r}: raw needs bytes, for example raw:ff0001@2")
         return Injection(at, what, raw=data)
     raise ValueError(
-        f"{spec!r}: unknown WHAT {what!r} "
-        "(hangup, error, error:CODE, dtmf:DIGITS, raw:HEX, close)"
+        f"{spec!r}: unknown WHAT {what!r} (hangup, error, error:CODE, dtmf:DIGITS, raw:HEX, close)"
     )

@@ -83,9 +83,7 @@ def output_options(func: Callable) -> Callable:
                 help="Keep every message and event in a trace file.",
             ),
             click.option("-v", "--verbose", count=True, help="Show each audio frame."),
-            click.option(
-                "-q", "--quiet", is_flag=True, help="Show events only, not each message."
-            ),
+            click.option("-q", "--quiet", is_flag=True, help="Show events only, not each message."),
         ]
     ):
         func = decorator(func)

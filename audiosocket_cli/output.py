@@ -134,9 +134,7 @@ class PlainSink:
             self.stream.write(plain_message_line(call.short_id, t, direction, message) + "\n")
             self.stream.flush()
 
-    def event(
-        self, call: CallInfo, t: float, name: str, text: str, fields: dict[str, Any]
-    ) -> None:
+    def event(self, call: CallInfo, t: float, name: str, text: str, fields: dict[str, Any]) -> None:
         self.stream.write(plain_event_line(call.short_id, t, name, text) + "\n")
         self.stream.flush()
 
@@ -182,9 +180,7 @@ class JsonSink:
             self.stream.write(json.dumps(record) + "\n")
             self.stream.flush()
 
-    def event(
-        self, call: CallInfo, t: float, name: str, text: str, fields: dict[str, Any]
-    ) -> None:
+    def event(self, call: CallInfo, t: float, name: str, text: str, fields: dict[str, Any]) -> None:
         record = json_event_record(call, t, name, text, fields)
         self.stream.write(json.dumps(record, default=str) + "\n")
         self.stream.flush()
@@ -202,9 +198,7 @@ class StderrEventSink:
     def message(self, call: CallInfo, t: float, direction: str, message: Message) -> None:
         pass
 
-    def event(
-        self, call: CallInfo, t: float, name: str, text: str, fields: dict[str, Any]
-    ) -> None:
+    def event(self, call: CallInfo, t: float, name: str, text: str, fields: dict[str, Any]) -> None:
         if name in ("warning", "diagnosis"):
             self.stream.write(f"{name}: call {call.short_id}: {text}\n")
             self.stream.flush()

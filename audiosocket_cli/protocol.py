@@ -106,9 +106,7 @@ class TruncatedMessage(RemoteProtocolError):
         self.have = have
         self.missing = missing
         what = "header" if kind is None else f"message of kind 0x{kind:02x}"
-        super().__init__(
-            f"stream ended inside a {what}: {have} bytes received, {missing} missing"
-        )
+        super().__init__(f"stream ended inside a {what}: {have} bytes received, {missing} missing")
 
 
 class Message(NamedTuple):

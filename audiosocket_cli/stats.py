@@ -147,7 +147,9 @@ class DirectionStats:
             "dtmf": self.digits,
             "mean_gap_ms": None if self.mean_gap is None else round(self.mean_gap * 1000, 3),
             "max_gap_ms": round(self.max_gap * 1000, 3),
-            "realtime_ratio": None if self.realtime_ratio is None else round(self.realtime_ratio, 3),
+            "realtime_ratio": None
+            if self.realtime_ratio is None
+            else round(self.realtime_ratio, 3),
             "bursts": self.bursts,
             "problems": dict(self.problems),
         }
@@ -197,9 +199,7 @@ def ULAW_TABLE() -> object:  # noqa: N802 - a constant, built on first use
 
         u = ~np.arange(256, dtype=np.int32) & 0xFF
         magnitude = (((u & 0x0F) << 3) + 0x84) << ((u >> 4) & 0x07)
-        _ulaw_table = np.where(u & 0x80, -(magnitude - 0x84), magnitude - 0x84).astype(
-            np.float64
-        )
+        _ulaw_table = np.where(u & 0x80, -(magnitude - 0x84), magnitude - 0x84).astype(np.float64)
     return _ulaw_table
 
 

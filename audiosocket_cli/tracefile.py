@@ -62,9 +62,7 @@ class TraceWriter:
         self.stream.write(json.dumps(record) + "\n")
         self.stream.flush()
 
-    def event(
-        self, call: CallInfo, t: float, name: str, text: str, fields: dict[str, Any]
-    ) -> None:
+    def event(self, call: CallInfo, t: float, name: str, text: str, fields: dict[str, Any]) -> None:
         record = json_event_record(call, t, name, text, fields)
         record["ts"] = round(call.unix_time(t), 6)
         self.stream.write(json.dumps(record, default=str) + "\n")

@@ -46,7 +46,7 @@ def connect(address: Address, timeout: float = CONNECT_TIMEOUT) -> socket.socket
         sock.settimeout(timeout)
         try:
             sock.connect(sockaddr)
-        except socket.timeout:
+        except TimeoutError:
             last = f"timed out after {timeout:g} s"
         except OSError as exc:
             last = exc.strerror or str(exc)
@@ -115,7 +115,7 @@ class Connection:
         while True:
             try:
                 data = self.sock.recv(RECV_SIZE)
-            except socket.timeout:
+            except TimeoutError:
                 raise TimeoutError(f"nothing received for {timeout:g} s") from None
             except ConnectionResetError:
                 raise PeerReset("connection reset by peer") from None

@@ -19,7 +19,9 @@ from ..tracefile import Record, TraceFormatError, read_records
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("files", nargs=-1, required=True, type=click.Path(allow_dash=True))
 @click.option("--call", "call_filter", metavar="UUID", help="Only this call (UUID, prefix or #N).")
-@click.option("--kind", "kinds", metavar="KIND[,KIND]", help=f"Only these kinds: {', '.join(MESSAGE_NAMES)}.")
+@click.option(
+    "--kind", "kinds", metavar="KIND[,KIND]", help=f"Only these kinds: {', '.join(MESSAGE_NAMES)}."
+)
 @click.option(
     "--dir",
     "direction",
@@ -67,7 +69,11 @@ def trace(
     wanted_kinds = _parse_kinds(kinds)
     env = Environment()
     output = make_output(
-        env, json_lines=json_lines, trace_path=trace_path, verbose=verbose, quiet=quiet,
+        env,
+        json_lines=json_lines,
+        trace_path=trace_path,
+        verbose=verbose,
+        quiet=quiet,
         command="trace",
     )
     calls: dict[tuple[int, int], CallInfo] = {}
@@ -95,7 +101,9 @@ def trace(
                         continue
                     output.message(call, record.t, record.dir, record.message)
                 elif not summary and not wanted_kinds:
-                    output.event(call, record.t, record.event or "event", record.text, **record.fields)
+                    output.event(
+                        call, record.t, record.event or "event", record.text, **record.fields
+                    )
         if summary:
             _print_summary(env, calls, tables, json_lines)
     finally:
