@@ -1,0 +1,39 @@
+"""Fixtures every test module may use."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+
+
+@pytest.fixture
+def alsa_null_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A HOME whose ALSA default device is the null device: real PortAudio, no sound card.
+
+    Sets HOME for this process and returns an environment for subprocesses.
+    """
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".asoundrc").write_text("pcm.!default { type null }\n")
+    monkeypatch.setenv("HOME", str(home))
+    env = dict(os.environ)
+    env["HOME"] = str(home)
+    return env
+
+
+@pytest.fixture
+def cli_env() -> dict[str, str]:
+    """Environment for running `python -m audiosocket_cli` as a subprocess."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("NO_COLOR", None)
+    return env
+
+
+PYTHON = sys.executable
