@@ -54,7 +54,8 @@ class HumanSink:
     def _render(self) -> Group:
         lines = []
         for call, line in list(self.active.values())[:20]:
-            text = Text(f"  {call.short_id} ", style="bold")
+            text = Text()
+            text.append(f"  {call.short_id} ", style="bold")
             text.append(
                 f"audio > {line.frames_in} frames  < {line.frames_out} frames  "
                 f"{line.rate or '-'} Hz  {format_level(line.level)}  {line.t:.1f}s",
@@ -69,10 +70,11 @@ class HumanSink:
         if not self._started:
             self.live.start()
             self._started = True
-        self.live.console.print(text)
+        self.console.print(text)
 
     def _prefix(self, call: CallInfo, t: float, direction: str) -> Text:
-        text = Text(f"{t:10.3f} ", style="dim")
+        text = Text()
+        text.append(f"{t:10.3f} ", style="dim")
         text.append(f"{call.short_id:8} ", style="bold")
         text.append(f"{direction} ", style=DIRECTION_STYLE.get(direction, ""))
         return text
@@ -104,13 +106,29 @@ class HumanSink:
     def event(self, call: CallInfo, t: float, name: str, text: str, fields: dict[str, Any]) -> None:
         if name == "call-start":
             self.active.setdefault(call.conn, (call, _AudioLine()))
+        elif name == "call-end":
+            self._fold_summary(call.conn)
         line = self._prefix(call, t, "-")
         line.append(f"{name} ", style=EVENT_STYLE.get(name, "bold"))
         line.append(text)
         self._print(line)
-        if name == "call-end":
-            self.active.pop(call.conn, None)
+
+    def _fold_summary(self, conn: int) -> None:
+        """The folded audio of a call that has ended, as one line."""
+        entry = self.active.pop(conn, None)
+        if entry is None:
+            return
+        call, line = entry
+        if line.frames_in or line.frames_out:
+            text = self._prefix(call, line.t, "-")
+            text.append("audio   ", style="bold")
+            text.append(
+                f"> {line.frames_in} frames  < {line.frames_out} frames  {line.rate or '-'} Hz"
+            )
+            self._print(text)
 
     def close(self) -> None:
+        for conn in list(self.active):
+            self._fold_summary(conn)
         if self._started:
             self.live.stop()
