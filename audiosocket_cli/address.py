@@ -15,6 +15,11 @@ class Address(NamedTuple):
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+def _is_number(text: str) -> bool:
+    # ASCII only: str.isdigit() also accepts '²' (which int() refuses) and other scripts' digits.
+    return text.isascii() and text.isdigit()
+
+
 def parse_address(text: str, default_port: int | None = None) -> Address:
     """Parse ADDRESS; raise ValueError naming what is wrong."""
     text = text.strip()
@@ -27,7 +32,7 @@ def parse_address(text: str, default_port: int | None = None) -> Address:
         if rest and not rest.startswith(":"):
             raise ValueError(f"{text!r}: expected ':' after ']'")
         port_text = rest[1:] if rest else ""
-    elif text.isdigit():
+    elif _is_number(text):
         host, port_text = DEFAULT_HOST, text
     elif text.count(":") == 1:
         host, port_text = text.split(":")
@@ -39,6 +44,6 @@ def parse_address(text: str, default_port: int | None = None) -> Address:
         if default_port is None:
             raise ValueError(f"{text!r}: no port (HOST:PORT)")
         return Address(host or DEFAULT_HOST, default_port)
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not _is_number(port_text) or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"{text!r}: port {port_text!r} is not a number from 0 to 65535")
     return Address(host or DEFAULT_HOST, int(port_text))

@@ -15,7 +15,8 @@ def level_dbfs(payload: bytes) -> float | None:
     power = float(np.dot(samples, samples.astype(np.float64))) / samples.size
     if power <= 0:
         return None
-    return round(10 * math.log10(power / (32768.0 * 32768.0)), 1)
+    # `or 0.0`: a level that rounds to zero from below is 0.0, not -0.0.
+    return round(10 * math.log10(power / (32768.0 * 32768.0)), 1) or 0.0
 
 
 def format_level(level: float | None) -> str:

@@ -311,18 +311,25 @@ class Decoder:
     @property
     def header_complete(self) -> bool:
         """A header has arrived whose payload has not (yet) all arrived."""
-        return len(self._buffer) - self._pos >= HEADER_SIZE
+        buf, pos, end = self._buffer, self._pos, len(self._buffer)
+        if end - pos < HEADER_SIZE:
+            return False
+        return pos + HEADER_SIZE + ((buf[pos + 1] << 8) | buf[pos + 2]) > end
 
     def end_of_stream(self) -> None:
-        """The peer closed: raise if that cut a message short."""
-        have = len(self._buffer) - self._pos
-        if not have:
-            return
-        buf, pos = self._buffer, self._pos
-        if have < HEADER_SIZE:
-            raise TruncatedMessage(None, have, HEADER_SIZE - have)
-        length = (buf[pos + 1] << 8) | buf[pos + 2]
-        raise TruncatedMessage(buf[pos], have, HEADER_SIZE + length - have)
+        """The peer closed: raise if that cut a message short.
+
+        Whole messages not yet taken stay buffered for messages(); only an
+        incomplete one after them is an error.
+        """
+        buf, pos, end = self._buffer, self._pos, len(self._buffer)
+        while end - pos >= HEADER_SIZE:
+            stop = pos + HEADER_SIZE + ((buf[pos + 1] << 8) | buf[pos + 2])
+            if stop > end:
+                raise TruncatedMessage(buf[pos], end - pos, stop - end)
+            pos = stop
+        if pos < end:
+            raise TruncatedMessage(None, end - pos, HEADER_SIZE - (end - pos))
 
 
 def decode_all(data: bytes) -> list[Message]:

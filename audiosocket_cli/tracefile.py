@@ -14,6 +14,7 @@ pcap.py.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import time
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ from .calls import CallInfo
 from .output import json_event_record, json_message_record
 from .protocol import Decoder, Message, ProtocolError, TruncatedMessage
 
+SNIFF_SIZE = 256
+RECV_SIZE = 65536
 FORMAT = "audiosocket-trace"
 VERSION = 1
 PCAP_MAGICS = (
@@ -106,16 +109,28 @@ def read_trace_lines(lines: Iterator[bytes], name: str) -> Iterator[Record]:
         raise TraceFormatError(f"{name}: not an {FORMAT} file")
     if header.get("version") != VERSION:
         raise TraceFormatError(f"{name}: trace version {header.get('version')} is not supported")
+    last: Record | None = None
     for number, line in enumerate(lines, start=2):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
-            yield _record(obj)
+            last = _record(obj)
         except (ValueError, KeyError, TypeError) as exc:
             if not line.endswith(b"\n"):
-                return  # a last line cut short by a crash: the rest is whole
+                # A last line cut short by a crash: the rest is whole; say so, as for raw dumps.
+                yield Record(
+                    t=last.t if last else 0.0,
+                    conn=last.conn if last else 1,
+                    call=last.call if last else "#1",
+                    dir="-",
+                    event="warning",
+                    text=f"{name}: line {number} cut short ({len(line)} bytes), ignored",
+                    fields={"cut_bytes": len(line)},
+                )
+                return
             raise TraceFormatError(f"{name}: line {number}: {exc}") from None
+        yield last
 
 
 def _record(obj: dict[str, Any]) -> Record:
@@ -164,11 +179,40 @@ def read_raw(stream: BinaryIO, name: str, direction: str = ">") -> Iterator[Reco
         )
 
 
+class _Prefixed(io.RawIOBase):
+    """Bytes already read from a stream, then the rest of that stream."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self._head = head
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._head:
+            data, self._head = self._head[: len(buffer)], self._head[len(buffer) :]
+        else:
+            # read1 returns what a pipe has now, so a live trace is shown as it comes.
+            read = getattr(self._rest, "read1", self._rest.read)
+            data = read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
 def read_records(
     stream: BinaryIO, name: str, direction: str = ">", port: int | None = None
 ) -> Iterator[Record]:
     """Records of any input: trace file, packet capture or raw dump."""
-    head = stream.peek(256)[:256] if hasattr(stream, "peek") else b""
+    # Read the head rather than peek(): a pipe's peek() may return a few bytes only,
+    # and BytesIO has none. Then rewind, or put the head back in front of a pipe.
+    if stream.seekable():
+        start = stream.tell()
+        head = stream.read(SNIFF_SIZE)
+        stream.seek(start)
+    else:
+        head = stream.read(SNIFF_SIZE)
+        stream = io.BufferedReader(_Prefixed(head, stream), RECV_SIZE)
     kind = sniff(head)
     if kind == "trace":
         return read_trace_lines(iter(stream), name)

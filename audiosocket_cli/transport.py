@@ -110,6 +110,8 @@ class Connection:
         PeerReset on a reset, TruncatedMessage when the stream ends inside
         a message.
         """
+        if self.closed:
+            return
         self.sock.settimeout(timeout)
         decoder = self.decoder
         while True:
@@ -125,7 +127,8 @@ class Connection:
                 raise
             now = time.monotonic()
             if not data:
-                decoder.end_of_stream()
+                if not self.closed:  # our own close() is not the peer's doing
+                    decoder.end_of_stream()
                 return
             decoder.feed(data)
             for message in decoder.messages():
@@ -138,7 +141,13 @@ class Connection:
             pass
 
     def close(self) -> None:
+        """Close; a receive() blocked in another thread then ends quietly."""
         self.closed = True
+        try:
+            # close() alone does not wake a recv() blocked in another thread; shutdown does.
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         try:
             self.sock.close()
         except OSError:

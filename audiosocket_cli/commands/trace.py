@@ -68,17 +68,39 @@ def trace(
     """
     wanted_kinds = _parse_kinds(kinds)
     env = Environment()
-    output = make_output(
-        env,
-        json_lines=json_lines,
-        trace_path=trace_path,
-        verbose=verbose,
-        quiet=quiet,
-        command="trace",
-    )
+    try:
+        output = make_output(
+            env,
+            json_lines=json_lines,
+            trace_path=trace_path,
+            verbose=verbose,
+            quiet=quiet,
+            command="trace",
+        )
+    except OSError as exc:
+        raise Failure(f"{trace_path}: cannot write: {exc.strerror or exc}") from None
     calls: dict[tuple[int, int], CallInfo] = {}
     tables: dict[tuple[int, int], dict[str, DirectionStats]] = {}
+    # With --call, a call's records before its UUID message (its call-start) wait here
+    # until that message shows whose call it is; `settled` calls hold nothing more.
+    held: dict[tuple[int, int], list[Record]] = {}
+    settled: set[tuple[int, int]] = set()
     extractor = _Extractor(extract_dir) if extract_dir else None
+
+    def show(key: tuple[int, int], call: CallInfo, record: Record) -> None:
+        if record.ts is not None and not call.started_ts:
+            call.started_ts = record.ts - record.t
+        if record.message is not None:
+            stats = tables.setdefault(key, {">": DirectionStats(), "<": DirectionStats()})
+            stats.setdefault(record.dir, DirectionStats()).add(record.t, record.message)
+            if extractor:
+                extractor.add(key, call, record)
+            if summary or (wanted_kinds and record.message.name not in wanted_kinds):
+                return
+            output.message(call, record.t, record.dir, record.message)
+        elif not summary and not wanted_kinds:
+            output.event(call, record.t, record.event or "event", record.text, **record.fields)
+
     try:
         for number, name in enumerate(files):
             for record in _records(name, direction, port):
@@ -89,21 +111,19 @@ def trace(
                 if not record.call.startswith("#"):
                     call.uuid = record.call
                 if call_filter and not _matches(call, call_filter):
-                    continue
-                if record.ts is not None and not call.started_ts:
-                    call.started_ts = record.ts - record.t
-                if record.message is not None:
-                    stats = tables.setdefault(key, {">": DirectionStats(), "<": DirectionStats()})
-                    stats.setdefault(record.dir, DirectionStats()).add(record.t, record.message)
-                    if extractor:
-                        extractor.add(call, record)
-                    if summary or (wanted_kinds and record.message.name not in wanted_kinds):
+                    uuid = record.message.uuid if record.message is not None else None
+                    if call.uuid is None and uuid and str(uuid).startswith(call_filter.lower()):
+                        settled.add(key)
+                        for earlier in held.pop(key, []):
+                            show(key, call, earlier)
+                    else:
+                        if record.message is not None:
+                            settled.add(key)
+                            held.pop(key, None)
+                        elif call.uuid is None and key not in settled:
+                            held.setdefault(key, []).append(record)
                         continue
-                    output.message(call, record.t, record.dir, record.message)
-                elif not summary and not wanted_kinds:
-                    output.event(
-                        call, record.t, record.event or "event", record.text, **record.fields
-                    )
+                show(key, call, record)
         if summary:
             _print_summary(env, calls, tables, json_lines)
     finally:
@@ -130,7 +150,10 @@ def _parse_kinds(kinds: str | None) -> set[str]:
 
 def _matches(call: CallInfo, wanted: str) -> bool:
     wanted = wanted.lower()
-    return call.call_id.lower().startswith(wanted) or call.call_id == wanted
+    if wanted.startswith("#"):
+        # #N names the connection for its whole life, also once its UUID is known.
+        return wanted == f"#{call.conn}"
+    return call.call_id.lower().startswith(wanted)
 
 
 def _records(name: str, direction: str, port: int | None) -> Iterator[Record]:
@@ -203,24 +226,28 @@ class _Extractor:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise Failure(f"{directory}: cannot create: {exc.strerror}") from None
-        self.writers: dict[tuple[int, str, int], object] = {}
+        self.writers: dict[tuple[tuple[int, int], str, int], object] = {}
         self.written: list[Path] = []
 
-    def add(self, call: CallInfo, record: Record) -> None:
-        from ..audio import WavWriter, unique_path
+    def add(self, key: tuple[int, int], call: CallInfo, record: Record) -> None:
+        """Audio of one call (key: file number and connection) into its WAV."""
+        from ..audio import AudioFileError, WavWriter, unique_path
 
         message = record.message
         if message is None or not message.is_audio or record.dir not in "<>":
             return
-        key = (call.conn, record.dir, message.rate)
-        writer = self.writers.get(key)
+        wav_key = (key, record.dir, message.rate)
+        writer = self.writers.get(wav_key)
         if writer is None:
             stem = call.call_id.replace("#", "conn")
             side = "in" if record.dir == ">" else "out"
-            rates = {k[2] for k in self.writers if k[:2] == key[:2]}
+            rates = {k[2] for k in self.writers if k[:2] == wav_key[:2]}
             suffix = f".{side}.wav" if not rates else f".{side}.{message.rate}.wav"
             path = unique_path(self.directory, stem, suffix)
-            writer = self.writers[key] = WavWriter(path, message.rate)
+            try:
+                writer = self.writers[wav_key] = WavWriter(path, message.rate)
+            except AudioFileError as exc:
+                raise Failure(str(exc)) from None
             self.written.append(path)
         writer.write(message.payload)  # type: ignore[attr-defined]
 
