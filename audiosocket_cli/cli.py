@@ -7,6 +7,7 @@ run, so that `audiosocket --help` stays fast (no numpy, no rich).
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Any
 
@@ -51,6 +52,14 @@ class LazyGroup(click.Group):
         except Terminated:
             click.echo("audiosocket: terminated", err=True)
             ctx.exit(ExitStatus.TERMINATED)
+        except BrokenPipeError:
+            # `audiosocket trace x | head`: the reader left, which is not an error.
+            # Point stdout at /dev/null so the interpreter's last flush is quiet.
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
+            ctx.exit(ExitStatus.OK)
 
     def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         # One line on stderr for every user mistake, never a usage dump.
@@ -69,10 +78,6 @@ class LazyGroup(click.Group):
         except click.Abort:
             click.echo("audiosocket: interrupted", err=True)
             code = ExitStatus.INTERRUPTED
-        except BrokenPipeError:
-            # `audiosocket trace x | head`: the reader left; not an error.
-            sys.stderr.close()
-            code = ExitStatus.OK
         else:
             # click returns ctx.exit()'s status here; commands return None.
             code = result if isinstance(result, int) else ExitStatus.OK

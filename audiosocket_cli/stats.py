@@ -43,6 +43,13 @@ class DirectionStats:
     _in_burst: bool = False
     encoding_votes: Counter = field(default_factory=Counter)
     _encoding_frames: int = 0
+    # False skips the encoding analysis (numpy, the costly part of add()) where
+    # nobody reads likely_encoding, e.g. what a server sends itself.
+    analyse_encoding: bool = True
+    # Which audio messages are analysed (one in ENCODING_SAMPLE_EVERY, shifted by
+    # this): a server gives each call its own shift, so that calls started
+    # together do not all pay for the analysis in the same 20 ms.
+    encoding_offset: int = 0
 
     def add(self, t: float, message: Message) -> None:
         kind, payload = message
@@ -88,8 +95,9 @@ class DirectionStats:
         else:
             self._in_burst = False
         if (
-            self._encoding_frames < ENCODING_MAX_FRAMES
-            and self.audio_messages % ENCODING_SAMPLE_EVERY == 1
+            self.analyse_encoding
+            and self._encoding_frames < ENCODING_MAX_FRAMES
+            and (self.audio_messages + self.encoding_offset) % ENCODING_SAMPLE_EVERY == 1
             and len(message.payload) >= 64
         ):
             verdict = guess_encoding(message.payload)
@@ -117,7 +125,7 @@ class DirectionStats:
         if self._encoding_frames < ENCODING_MIN_FRAMES:
             return None
         verdict, votes = self.encoding_votes.most_common(1)[0]
-        if verdict != "s16le" and votes >= 0.7 * self._encoding_frames:
+        if verdict != "s16le" and votes > 0.5 * self._encoding_frames:
             return verdict
         return None
 
@@ -158,24 +166,42 @@ class DirectionStats:
 def guess_encoding(payload: bytes) -> str | None:
     """Which reading of these bytes looks like sound: s16le, s16be or ulaw.
 
-    Real audio is smooth (neighbouring samples are close); bytes read the
-    wrong way look like white noise. None for near-silence.
+    In 16-bit PCM the high byte of each sample clusters (near 0x00 and 0xff
+    at speech levels) while the low byte is spread; in mu-law every byte is a
+    sample, so even and odd bytes look alike. A smoothness check (real audio
+    has close neighbouring samples, bytes read the wrong way look like noise)
+    confirms the verdict. None for near-silence.
     """
     import numpy as np
 
     raw = np.frombuffer(payload, dtype=np.uint8, count=len(payload) - len(payload) % 2)
     le = raw.view("<i2").astype(np.float64)
-    if np.abs(le).mean() < 64 and (raw == 0xFF).mean() < 0.3 and (raw == 0x7F).mean() < 0.3:
+    ulaw_silence = ((raw == 0xFF) | (raw == 0x7F)).mean()
+    if np.abs(le).mean() < 64 and ulaw_silence < 0.5:
         return None  # silence as PCM (mu-law silence is 0xff/0x7f bytes)
-    scores = {
-        "s16le": _roughness(le),
-        "s16be": _roughness(raw.view(">i2").astype(np.float64)),
-        "ulaw": _roughness(ULAW_TABLE()[raw]),
-    }
-    best = min(scores, key=scores.__getitem__)
-    if best != "s16le" and scores[best] < 0.8 and scores["s16le"] > 1.0:
-        return best
+    even = np.bincount(raw[0::2] >> 4, minlength=16) / (len(raw) // 2)
+    odd = np.bincount(raw[1::2] >> 4, minlength=16) / (len(raw) // 2)
+    alike = 0.5 * np.abs(even - odd).sum() < 0.25
+    rough_le = _roughness(le)
+    if alike:
+        if ulaw_silence > 0.9:
+            return None  # mu-law silence
+        if _roughness(ULAW_TABLE()[raw]) < rough_le:
+            return "ulaw"
+        return "s16le"
+    # The high byte is the concentrated one: less spread over its 16 nibbles.
+    if _spread(even) < _spread(odd) and _roughness(raw.view(">i2").astype(np.float64)) < rough_le:
+        return "s16be"
     return "s16le"
+
+
+def _spread(histogram: object) -> float:
+    """Entropy of a nibble histogram, in bits."""
+    import numpy as np
+
+    p = np.asarray(histogram)
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
 
 
 def _roughness(x: object) -> float:
