@@ -9,6 +9,7 @@ measured from these counts, not guessed.
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .protocol import Message, frame_bytes
@@ -50,6 +51,9 @@ class DirectionStats:
     # this): a server gives each call its own shift, so that calls started
     # together do not all pay for the analysis in the same 20 ms.
     encoding_offset: int = 0
+    # Asked before each analysis; False skips that frame. A server with many
+    # calls uses it to spread the analyses' cost over time (a budget per second).
+    encoding_gate: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
 
     def add(self, t: float, message: Message) -> None:
         kind, payload = message
@@ -99,6 +103,7 @@ class DirectionStats:
             and self._encoding_frames < ENCODING_MAX_FRAMES
             and (self.audio_messages + self.encoding_offset) % ENCODING_SAMPLE_EVERY == 1
             and len(message.payload) >= 64
+            and (self.encoding_gate is None or self.encoding_gate())
         ):
             verdict = guess_encoding(message.payload)
             if verdict:

@@ -1,0 +1,267 @@
+"""`audiosocket listen [ADDRESS]`: be the application Asterisk calls.
+
+The flags are checked and turned into a ListenConfig here; the calls run in
+server.py.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..inject import Injection
+from ..options import INJECT, AddressType, Failure, output_options
+from ..output import Environment, make_output
+from ..protocol import Message
+from ..status import ExitStatus, Terminated
+
+DEFAULT_ADDRESS = "127.0.0.1:9092"
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("address", required=False, default=DEFAULT_ADDRESS, type=AddressType(9092))
+@click.option(
+    "--record",
+    "record_dir",
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="Write each call's inbound audio to DIR/<uuid>.wav (another rate: <uuid>.<rate>.wav).",
+)
+@click.option("--echo", is_flag=True, help="Send each inbound audio message straight back.")
+@click.option(
+    "--play",
+    "play_path",
+    metavar="FILE",
+    help="Send this audio file to each caller, at the call's rate, paced at real time.",
+)
+@click.option("--loop", is_flag=True, help="With --play: start the file again at its end.")
+@click.option(
+    "--tone",
+    metavar="HZ",
+    type=click.FloatRange(0, 96000, min_open=True),
+    help="Send a sine tone at HZ to each caller.",
+)
+@click.option("--silence", is_flag=True, help="Send silent 20 ms frames to each caller.")
+@click.option(
+    "--inject",
+    "injections",
+    metavar="SPEC",
+    type=INJECT,
+    multiple=True,
+    help="Send WHAT@SECONDS into each call: hangup, error[:CODE], dtmf:DIGITS, raw:HEX, close.",
+)
+@click.option(
+    "--hangup-after",
+    metavar="SECONDS",
+    type=click.FloatRange(0),
+    help="Hang up each call after SECONDS (same as --inject hangup@SECONDS).",
+)
+@click.option(
+    "--max-calls",
+    metavar="N",
+    type=click.IntRange(1),
+    help="Serve N calls, then exit once they have ended.",
+)
+@click.option(
+    "--max-concurrent",
+    metavar="N",
+    type=click.IntRange(1),
+    default=1000,
+    show_default=True,
+    help="Calls served at once; a caller beyond is closed at once.",
+)
+@click.option(
+    "--timeout",
+    metavar="SECONDS",
+    type=click.FloatRange(0, min_open=True),
+    help="End a call when nothing arrives for SECONDS.",
+)
+@click.option("--monitor", is_flag=True, help="Play the inbound audio on the local sound device.")
+@output_options
+def listen(
+    address: object,
+    record_dir: str | None,
+    echo: bool,
+    play_path: str | None,
+    loop: bool,
+    tone: float | None,
+    silence: bool,
+    injections: tuple[Injection, ...],
+    hangup_after: float | None,
+    max_calls: int | None,
+    max_concurrent: int,
+    timeout: float | None,
+    monitor: bool,
+    json_lines: bool,
+    trace_path: str | None,
+    verbose: int,
+    quiet: bool,
+) -> None:
+    """Be the application: accept AudioSocket calls (default 127.0.0.1:9092),
+    many at once, show every message, and record, echo or play back.
+
+    Each call runs until the caller hangs up or closes. Replies (at most one
+    of --echo, --play, --tone, --silence) start at 8 kHz and follow the rate
+    of the caller's audio. Port 0 picks a free port; the first line on stderr
+    is always `listening on HOST:PORT`.
+
+    Exit status: 0 once --max-calls calls have ended, 3 if any of them broke
+    the protocol (a stream cut inside a message, garbage, a message that
+    stalls); 1 if it cannot listen; 130 on Ctrl-C and 143 on SIGTERM, with
+    every recording and trace complete.
+
+    \b
+    Examples:
+      audiosocket listen                             # show what Asterisk sends
+      audiosocket listen --record calls/ --echo      # record, and echo back
+      audiosocket listen 0.0.0.0:9092 --play prompt.wav --hangup-after 10
+      audiosocket listen --json | jq -c 'select(.kind == "dtmf")'
+      audiosocket listen --echo --inject error:2@3   # does Asterisk end the call?
+      audiosocket listen --monitor --timeout 5       # hear the first call
+
+    \b
+    In Asterisk's dialplan (8 kHz):
+      same => n,Answer()
+      same => n,AudioSocket(40325ec2-5bd7-4a4e-9a2c-6a4f6d3b1c01,127.0.0.1:9092)
+    or through the channel driver, 16 kHz:
+      same => n,Dial(AudioSocket/127.0.0.1:9092/40325ec2-5bd7-4a4e-9a2c-6a4f6d3b1c01/c(slin16))
+    """
+    replies = [
+        name
+        for name, chosen in (
+            ("--echo", echo),
+            ("--play", play_path is not None),
+            ("--tone", tone is not None),
+            ("--silence", silence),
+        )
+        if chosen
+    ]
+    if len(replies) > 1:
+        raise click.UsageError(f"{' and '.join(replies)} cannot go together: choose one reply")
+    if loop and play_path is None:
+        raise click.UsageError("--loop goes with --play FILE")
+    if hangup_after is not None:
+        injections = (*injections, Injection(hangup_after, "hangup", (Message.hangup(),)))
+
+    from ..server import ListenConfig, Server, signals_deferred
+    from ..transport import ConnectError
+
+    config = ListenConfig(
+        echo=echo,
+        injections=injections,
+        timeout=timeout,
+        max_calls=max_calls,
+        max_concurrent=max_concurrent,
+        source_factory=_source_factory(play_path, loop, tone, silence),
+        record_dir=_record_dir(record_dir),
+    )
+    env = Environment()
+    try:
+        output = make_output(
+            env,
+            json_lines=json_lines,
+            trace_path=trace_path,
+            verbose=verbose,
+            quiet=quiet,
+            command="listen",
+        )
+    except OSError as exc:
+        raise Failure(f"{trace_path}: cannot write: {exc.strerror or exc}") from None
+    server = None
+    status = ExitStatus.OK
+    how, reason = "our-close", "--max-calls reached"
+    try:
+        try:
+            server = Server.bind(address, output, config)  # type: ignore[arg-type]
+        except ConnectError as exc:
+            raise Failure(str(exc)) from None
+        env.stderr.write(f"listening on {server.address}\n")
+        env.stderr.flush()
+        if monitor:
+            server.monitor = config.monitor = _open_monitor(env)
+        _warm_up(record_dir is not None)
+        status = server.run()
+    except KeyboardInterrupt:
+        how, reason = "interrupted", "Ctrl-C"
+        raise
+    except Terminated:
+        how, reason = "terminated", "SIGTERM"
+        raise
+    finally:
+        with signals_deferred():
+            try:
+                if server is not None:
+                    server.close(how, reason)
+            finally:
+                if config.monitor is not None:
+                    config.monitor.close()
+                output.close()
+    if status != ExitStatus.OK:
+        click.get_current_context().exit(status)
+
+
+def _warm_up(recording: bool) -> None:
+    """Import now what the first call would otherwise wait for (numpy for levels
+    and statistics, soundfile for WAVs), while callers wait in the backlog."""
+    import numpy  # noqa: F401
+
+    if recording:
+        import soundfile  # noqa: F401
+
+
+def _source_factory(
+    play_path: str | None, loop: bool, tone: float | None, silence: bool
+) -> Callable[[], Any] | None:
+    """What paced replies come from, per call; a file is read here, once."""
+    if play_path is not None:
+        from ..audio import AudioFileError, FileSource
+        from ..server import file_source_factory
+
+        if not os.path.exists(play_path):
+            raise Failure(f"{play_path}: no such file")
+        if os.path.isdir(play_path):
+            raise Failure(f"{play_path}: is a directory")
+        try:
+            template = FileSource(play_path, loop=loop)
+            template.pcm(8000)  # resampled now, not while the first call waits
+        except AudioFileError as exc:
+            raise Failure(str(exc)) from None
+        return file_source_factory(template)
+    if tone is not None:
+        from ..audio import ToneSource
+
+        return lambda: ToneSource(tone)
+    if silence:
+        from ..audio import SilenceSource
+
+        return SilenceSource
+    return None
+
+
+def _record_dir(record_dir: str | None) -> Path | None:
+    if record_dir is None:
+        return None
+    path = Path(record_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise Failure(f"{record_dir}: cannot create: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise Failure(f"{record_dir}: cannot write there")
+    return path
+
+
+def _open_monitor(env: Environment) -> Any:
+    """A Monitor, or None with one line saying what is missing."""
+    from ..monitor import Monitor, MonitorUnavailable
+
+    try:
+        return Monitor()
+    except MonitorUnavailable as exc:
+        env.stderr.write(f"audiosocket: warning: --monitor: {exc}; going on without it\n")
+        env.stderr.flush()
+        return None

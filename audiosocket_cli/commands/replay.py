@@ -1,0 +1,840 @@
+"""`audiosocket replay TRACE [ADDRESS]`: run a recorded call again against an application.
+
+The `>` side of one call in a trace file, raw dump or packet capture is sent
+to ADDRESS with its original timing (relative to the call's first `>`
+message, scaled by --speed) on a drift-free clock, each message in one send.
+What the application sends back is shown, checked as Asterisk would check it,
+optionally recorded, and at the end set beside what it sent in the original.
+
+The input is read twice: once to list its calls and count what the
+application sent originally, once to stream the chosen call's messages out
+(so a long capture is never held in memory). Standard input is spooled to a
+temporary file first.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import click
+
+from ..address import Address
+from ..calls import CallInfo
+from ..options import AddressType, Failure, output_options
+from ..output import Environment, Output, make_output
+from ..pacing import Pacer, sleep_until
+from ..protocol import Kind, Message, ProtocolError, TruncatedMessage
+from ..stats import DirectionStats, diagnose_application
+from ..status import ExitStatus, Terminated
+from ..tracefile import Record, TraceFormatError, read_records, sniff
+from ..transport import ConnectError, Connection, PeerReset, connect
+
+DEFAULT_PORT = 9092
+ADDRESS = AddressType(default_port=DEFAULT_PORT)
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+SEND_FAILURE_GRACE = 0.2  # s for the receiver to tell why a send failed
+AUDIO_TOLERANCE = 0.0005  # s: audio durations this close are the same
+
+# How a call ended, from each tool's call-end vocabulary, as replay compares them.
+_SIDES = {
+    "app": "app",
+    "application": "app",
+    "server": "app",
+    "our": "app",  # listen speaks as the application
+    "caller": "caller",
+    "client": "caller",
+    "peer": "caller",
+}
+_HOWS = {"hangup": "hangup", "close": "close", "closed": "close", "reset": "reset"}
+_WHOLE = {
+    "duration": "caller-close",
+    "file-end": "caller-close",
+    "timeout": "app-close",
+    "refused": "refused",
+    "stall": "refused",
+    "truncated": "protocol-error",
+    "protocol-error": "protocol-error",
+    "capture-end": "capture-end",
+}
+
+
+@dataclass
+class CallScan:
+    """One call of the input, as the first reading found it."""
+
+    conn: int
+    uuid: str | None = None
+    to_app: int = 0  # '>' messages: what replay sends
+    first_t: float | None = None
+    rate: int | None = None  # of the first '>' audio: the call's rate
+    caller: DirectionStats = field(default_factory=DirectionStats)
+    app: DirectionStats = field(default_factory=DirectionStats)
+    first_hangup: tuple[float, str] | None = None
+    end_t: float | None = None
+    end_fields: dict[str, Any] = field(default_factory=dict)
+    last_t: float = 0.0
+    warnings: list[tuple[float, str]] = field(default_factory=list)
+
+    @property
+    def call_id(self) -> str:
+        return self.uuid or f"#{self.conn}"
+
+    @property
+    def short_id(self) -> str:
+        return self.uuid[:8] if self.uuid else f"#{self.conn}"
+
+    def ending(self) -> tuple[str, float]:
+        """How the original call ended, and when."""
+        if self.first_hangup is not None:
+            t, direction = self.first_hangup
+            return ("caller-hangup" if direction == ">" else "app-hangup"), t
+        when = self.end_t if self.end_t is not None else self.last_t
+        for key in ("ended", "how", "reason"):
+            value = self.end_fields.get(key)
+            if isinstance(value, str):
+                name = normalize_ending(value)
+                if name:
+                    return name, when
+        return "unknown", when
+
+
+def normalize_ending(value: str) -> str | None:
+    """`peer-close` (listen), `client-reset` (pcap), `application-hangup` (capture)... ."""
+    value = value.strip().lower()
+    if value in _WHOLE:
+        return _WHOLE[value]
+    side, _, how = value.partition("-")
+    if side in _SIDES and how in _HOWS:
+        return f"{_SIDES[side]}-{_HOWS[how]}"
+    return None
+
+
+# Reading the input.
+
+
+class _Input:
+    """The TRACE argument as a file that can be read twice."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.label = "<stdin>" if name == "-" else name
+        self._spool: IO[bytes] | None = None
+        if name == "-":
+            spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+            shutil.copyfileobj(sys.stdin.buffer, spool)
+            self._spool = spool
+
+    def open(self) -> IO[bytes]:
+        if self._spool is not None:
+            self._spool.seek(0)
+            return self._spool
+        try:
+            return open(self.name, "rb")  # noqa: SIM115 - closed by the caller
+        except FileNotFoundError:
+            raise Failure(f"{self.name}: no such file") from None
+        except IsADirectoryError:
+            raise Failure(f"{self.name}: is a directory") from None
+        except OSError as exc:
+            raise Failure(f"{self.name}: cannot read: {exc.strerror}") from None
+
+    def records(self, port: int | None) -> Iterator[Record]:
+        stream = self.open()
+        try:
+            yield from read_records(stream, self.label, ">", port=port)
+        except (TraceFormatError, ProtocolError) as exc:
+            raise Failure(str(exc)) from None
+        except OSError as exc:
+            raise Failure(f"{self.label}: cannot read: {exc.strerror or exc}") from None
+        finally:
+            if stream is not self._spool:
+                stream.close()
+
+    def kind(self) -> tuple[str, bytes]:
+        stream = self.open()
+        try:
+            head = stream.read(256)
+        except OSError as exc:
+            raise Failure(f"{self.label}: cannot read: {exc.strerror or exc}") from None
+        finally:
+            if stream is not self._spool:
+                stream.close()
+        return sniff(head), head
+
+    def close(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+
+
+def scan(source: _Input, port: int | None) -> tuple[dict[int, CallScan], str]:
+    """Every call of the input, with what the application sent in it."""
+    kind, head = source.kind()
+    calls: dict[int, CallScan] = {}
+    first = True
+    for record in source.records(port):
+        if first:
+            first = False
+            if kind == "raw" and (record.message is None or record.message.name == "unknown"):
+                raise Failure(
+                    f"{source.label}: not a trace file, packet capture or AudioSocket "
+                    f"byte dump (it begins {head[:8].hex(' ') or 'empty'})"
+                )
+        call = calls.get(record.conn)
+        if call is None:
+            call = calls[record.conn] = CallScan(record.conn)
+        if not record.call.startswith("#"):
+            call.uuid = call.uuid or record.call
+        call.last_t = max(call.last_t, record.t)
+        message = record.message
+        if message is None:
+            if record.event == "call-end":
+                call.end_t, call.end_fields = record.t, dict(record.fields)
+            elif record.event == "warning":
+                call.warnings.append((record.t, record.text))
+            continue
+        if record.dir == ">":
+            call.to_app += 1
+            call.caller.add(record.t, message)
+            if call.first_t is None:
+                call.first_t = record.t
+            if call.rate is None and message.is_audio:
+                call.rate = message.rate
+            if call.uuid is None and message.uuid is not None:
+                call.uuid = str(message.uuid)
+        elif record.dir == "<":
+            call.app.add(record.t, message)
+        if message.kind == Kind.HANGUP and call.first_hangup is None and record.dir in "<>":
+            call.first_hangup = (record.t, record.dir)
+    if first:
+        raise Failure(f"{source.label}: empty: nothing to replay")
+    return calls, kind
+
+
+def pick(calls: dict[int, CallScan], wanted: str | None, label: str) -> CallScan:
+    playable = [c for c in calls.values() if c.to_app]
+    if wanted is None:
+        if not playable:
+            raise Failure(f"{label}: no messages toward the application to replay")
+        if len(playable) > 1:
+            raise click.UsageError(
+                f"{label} holds {len(playable)} calls; pick one with --call: {_listing(playable)}"
+            )
+        return playable[0]
+    text = wanted.strip().lower()
+    if text.startswith("#"):
+        found = [c for c in calls.values() if f"#{c.conn}" == text]
+    else:
+        found = [c for c in calls.values() if c.uuid and c.uuid.lower().startswith(text)]
+    if not found:
+        raise click.BadParameter(
+            f"no call {wanted!r} in {label} (calls: {_listing(list(calls.values()))})",
+            param_hint="--call",
+        )
+    if len(found) > 1:
+        raise click.BadParameter(
+            f"{wanted!r} matches {len(found)} calls: {_listing(found)}", param_hint="--call"
+        )
+    if not found[0].to_app:
+        raise Failure(f"call {found[0].call_id} has no messages toward the application")
+    return found[0]
+
+
+def _listing(calls: list[CallScan]) -> str:
+    return ", ".join(
+        f"{c.call_id} (#{c.conn}, {c.to_app} message{'s' if c.to_app != 1 else ''} "
+        "to the application)"
+        for c in calls
+    )
+
+
+# Recording what comes back.
+
+
+class _Recording:
+    """The application's audio: FILE at the first rate heard, FILE.RATE.wav for others."""
+
+    def __init__(self, path: str, call_rate: int) -> None:
+        self.path = Path(path)
+        self.call_rate = call_rate
+        self.writers: dict[int, Any] = {}
+        self.connected = False  # no call, no file
+        self._lock = threading.Lock()
+
+    def path_for(self, rate: int) -> Path:
+        if not self.writers:
+            return self.path
+        return self.path.with_name(f"{self.path.stem}.{rate}{self.path.suffix or '.wav'}")
+
+    def write(self, rate: int, pcm: bytes) -> Path | None:
+        """Append audio; the path of a new file when this rate starts one."""
+        from ..audio import WavWriter
+
+        with self._lock:
+            writer = self.writers.get(rate)
+            started = None
+            if writer is None:
+                path = self.path_for(rate)
+                writer = self.writers[rate] = WavWriter(path, rate)
+                started = path if len(self.writers) > 1 else None
+            writer.write(pcm)
+            return started
+
+    def close(self) -> None:
+        from ..audio import WavWriter
+
+        with self._lock:
+            if not self.writers and self.connected:
+                # No audio came back: still a valid (empty) WAV at the call's rate.
+                self.writers[self.call_rate] = WavWriter(self.path, self.call_rate)
+            for writer in self.writers.values():
+                writer.close()
+
+
+# The replay.
+
+
+@dataclass
+class _Ending:
+    reason: str
+    text: str
+    status: ExitStatus = ExitStatus.OK
+    t: float = 0.0
+
+
+class Replay:
+    """Sends one call's `>` side and watches what comes back."""
+
+    def __init__(
+        self,
+        source: _Input,
+        original: CallScan,
+        port: int | None,
+        address: Any,
+        speed: float,
+        linger: float,
+        strict: bool,
+        output: Output,
+        recording: _Recording | None,
+        comparable: bool = True,
+    ) -> None:
+        self.source = source
+        self.comparable = comparable  # the input holds what the application sent
+        self.original = original
+        self.port = port
+        self.address = address
+        self.speed = speed
+        self.linger = linger
+        self.strict = strict
+        self.output = output
+        self.recording = recording
+        self.sent = DirectionStats()
+        self.sent.analyse_encoding = False  # our own audio needs no diagnosis
+        self.received = DirectionStats()
+        self.call = CallInfo(conn=1, uuid=original.uuid, peer=address)
+        self.conn: Connection | None = None
+        self.max_lag = 0.0
+        self.sent_hangup = False
+        self._ending: _Ending | None = None
+        self._ended = threading.Event()
+        self._lock = threading.Lock()
+        self._receiver: threading.Thread | None = None
+
+    def t(self, now: float | None = None) -> float:
+        return self.call.elapsed(now)
+
+    def end(self, reason: str, text: str, status: ExitStatus = ExitStatus.OK) -> None:
+        """The first reason given wins; either thread may call this."""
+        with self._lock:
+            if self._ending is None:
+                self._ending = _Ending(reason, text, status, self.t())
+        self._ended.set()
+
+    def run(self) -> _Ending:
+        try:
+            sock = connect(self.address)
+        except ConnectError as exc:
+            raise Failure(str(exc)) from None
+        self.conn = Connection(sock)
+        if self.recording is not None:
+            self.recording.connected = True
+        self.call.started = time.monotonic()
+        self.call.started_ts = time.time()
+        original = self.original
+        self.output.event(
+            self.call,
+            0.0,
+            "call-start",
+            f"replaying {original.call_id} from {self.source.label} to {self.address}"
+            f" speed={self.speed:g}",
+            peer=str(self.address),
+            source=self.source.label,
+            original_call=original.call_id,
+            speed=self.speed,
+        )
+        for t, text in original.warnings:
+            self.output.event(self.call, 0.0, "warning", f"in the trace at {t:.3f}s: {text}")
+        try:
+            self._receiver = threading.Thread(
+                target=self._receive_guarded, name="replay-receiver", daemon=True
+            )
+            self._receiver.start()
+            self._send_all()
+        except KeyboardInterrupt:
+            self.end("interrupted", "interrupted (Ctrl-C)", ExitStatus.INTERRUPTED)
+            raise
+        except Terminated:
+            self.end("terminated", "terminated (SIGTERM)", ExitStatus.TERMINATED)
+            raise
+        finally:
+            self._finish()
+        assert self._ending is not None
+        return self._ending
+
+    # Sending (main thread).
+
+    def _messages(self) -> Iterator[tuple[float, Message]]:
+        conn = self.original.conn
+        for record in self.source.records(self.port):
+            if record.conn == conn and record.dir == ">" and record.message is not None:
+                yield record.t, record.message
+
+    def _wait_until(self, deadline: float) -> bool:
+        """Sleep to a deadline; True if the call ended meanwhile."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining > 0.002:
+                # Woken early when the application ends the call; the last
+                # stretch is slept precisely.
+                if self._ended.wait(min(remaining - 0.0015, 0.5)):
+                    return True
+                continue
+            self.max_lag = max(self.max_lag, sleep_until(deadline))
+            return self._ended.is_set()
+
+    def _send_all(self) -> None:
+        assert self.conn is not None and self.original.first_t is not None
+        first_t = self.original.first_t
+        pacer: Pacer | None = None
+        for t, message in self._messages():
+            if pacer is None:
+                # The clock starts with the first message, once the file is open and
+                # the trace read up to it: that work must not make every send late.
+                pacer = Pacer(0.0, self.speed)
+            if self._wait_until(pacer.at(t - first_t)):
+                return
+            try:
+                self.conn.send(message)
+            except OSError as exc:
+                # The application went away; its hangup or close may be in flight
+                # to the receiver, which tells the truer story.
+                if not self._ended.wait(SEND_FAILURE_GRACE):
+                    what = "reset" if isinstance(exc, ConnectionResetError) else "closed"
+                    self.end(f"app-{what}", f"the application {what} the connection")
+                return
+            now = self.t()
+            self.sent.add(now, message)
+            self.output.message(self.call, now, ">", message)
+            if message.kind == Kind.HANGUP:
+                self.sent_hangup = True
+        # All sent: wait for the application to end the call, or for --linger.
+        if not self._ended.wait(self.linger):
+            if self.sent_hangup:
+                self.end("caller-hangup", "hung up as the original caller did")
+            else:
+                self.end("caller-close", f"all sent; closed after --linger {self.linger:g}s")
+
+    # Receiving (its own thread).
+
+    def _receive_guarded(self) -> None:
+        try:
+            self._receive()
+        except BrokenPipeError:
+            self.end("output-closed", "the output was closed")
+            self._drop()
+        except Exception as exc:  # never die silently: the call must still end
+            if not self._ended.is_set():
+                self.end("error", f"receiving failed: {exc}", ExitStatus.FAILED)
+                self._drop()
+
+    def _receive(self) -> None:
+        assert self.conn is not None
+        try:
+            for now, message in self.conn.receive(None):
+                if self._on_message(now, message):
+                    self._drop()
+                    return
+        except PeerReset:
+            if not self._ended.is_set():
+                self._app_gone("app-reset", "the application reset the connection")
+            return
+        except TruncatedMessage as exc:
+            if not self._ended.is_set():
+                self.output.event(
+                    self.call,
+                    self.t(),
+                    "warning",
+                    f"the application's stream ended inside a message: {exc}",
+                )
+                self.end(
+                    "protocol-error",
+                    "the application closed inside a message",
+                    ExitStatus.PROTOCOL,
+                )
+            return
+        except OSError:
+            if self._ended.is_set():
+                return  # our own shutdown
+            raise
+        if not self._ended.is_set():
+            self._app_gone("app-close", "the application closed the connection")
+
+    def _app_gone(self, reason: str, text: str) -> None:
+        if self.sent_hangup:
+            # After our hangup, the application closing is the answer, not the cause.
+            self.end("caller-hangup", f"hung up as the original caller did; {text.lower()}")
+        else:
+            self.end(reason, text)
+
+    def _on_message(self, now: float, message: Message) -> bool:
+        """One message from the application; True if it ends the call."""
+        t = self.t(now)
+        self.received.add(t, message)
+        self.output.message(self.call, t, "<", message)
+        if message.refused_by_asterisk:
+            self.received.note_refused(message)
+            what = message.problem or f"a {message.name} message (kind 0x{message.kind:02x})"
+            text = (
+                f"the application sent {what} at {t:.3f}s: Asterisk ends the session on "
+                "anything but hangup and non-empty audio"
+            )
+            if self.strict:
+                self.output.event(self.call, t, "warning", text)
+                self.end("refused", text, ExitStatus.PROTOCOL)
+                return True
+            self.output.event(self.call, t, "warning", f"{text}; --lenient: carrying on")
+            return False
+        if message.kind == Kind.HANGUP:
+            self._app_gone("app-hangup", "the application hung up")
+            return True
+        if message.is_audio and self.recording is not None and message.rate:
+            started = self.recording.write(message.rate, message.payload)
+            if started is not None:
+                self.output.event(
+                    self.call,
+                    t,
+                    "warning",
+                    f"the application changed rate to {message.rate} Hz; that audio is "
+                    f"recorded in {started}",
+                    path=str(started),
+                )
+        return False
+
+    def _drop(self) -> None:
+        """Close at once, as Asterisk does; wakes the receiver."""
+        if self.conn is not None:
+            try:
+                self.conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _finish(self) -> None:
+        if self._ending is None:
+            self.end("error", "ended by an internal error", ExitStatus.FAILED)
+        self._ended.set()
+        self._drop()
+        if self._receiver is not None:
+            self._receiver.join(timeout=2.0)
+        if self.conn is not None:
+            self.conn.close()
+        self._report()
+
+    # The summary.
+
+    def _report(self) -> None:
+        assert self._ending is not None
+        ending, original, t = self._ending, self.original, self.t()
+        diagnoses = diagnose_application(self.received, self.sent)
+        if ending.reason == "refused":
+            diagnoses = [d for d in diagnoses if d.code != "refused"]
+        for diagnosis in diagnoses:
+            text = diagnosis.text
+            if diagnosis.code in ("burst", "pacing") and self.speed != 1:
+                text += f" (this replay ran at --speed {self.speed:g}; an echo follows it)"
+            self.output.event(self.call, t, "diagnosis", text, code=diagnosis.code)
+        same: bool | None = None
+        if self.comparable:
+            same = self._compare(t)
+        else:
+            self.output.event(
+                self.call,
+                t,
+                "diagnosis",
+                "nothing to compare with: a raw dump holds only what Asterisk sent",
+                code="compare",
+                item="overall",
+                same=None,
+            )
+        self.output.event(
+            self.call,
+            t,
+            "call-end",
+            f"{ending.text}; after {ending.t:.2f}s; > {self.sent.summary()}; "
+            f"< {self.received.summary()}",
+            reason=ending.reason,
+            duration=round(ending.t, 6),
+            sent=self.sent.as_dict(),
+            received=self.received.as_dict(),
+            original=original.app.as_dict() if self.comparable else None,
+            original_ending=original.ending()[0] if self.comparable else None,
+            max_send_lag_ms=round(self.max_lag * 1000, 3),
+            same=same,
+        )
+
+    def _compare(self, t: float) -> bool:
+        """This time beside the original, a line per item and one overall; True if alike."""
+        assert self._ending is not None
+        differences = []
+        for item, now_text, then_text, same, extra in compare(
+            self.received,
+            self.original.app,
+            (self._ending.reason, self._ending.t),
+            self.original.ending(),
+        ):
+            if not same:
+                differences.append(item)
+            self.output.event(
+                self.call,
+                t,
+                "diagnosis",
+                f"compare {item}: this time {now_text}; originally {then_text}",
+                code="compare",
+                item=item,
+                same=same,
+                **extra,
+            )
+        if differences:
+            text = f"the application differs from the original in: {', '.join(differences)}"
+        else:
+            text = "the application answered as in the original"
+        self.output.event(
+            self.call,
+            t,
+            "diagnosis",
+            text,
+            code="compare",
+            item="overall",
+            same=not differences,
+            differences=differences,
+        )
+        return not differences
+
+
+def _kinds_text(stats: DirectionStats) -> str:
+    if not stats.messages:
+        return "0 messages"
+    kinds = ", ".join(f"{name} {n}" for name, n in sorted(stats.kinds.items()))
+    return f"{stats.messages} message{'s' if stats.messages != 1 else ''} ({kinds})"
+
+
+def compare(
+    now: DirectionStats,
+    then: DirectionStats,
+    now_end: tuple[str, float],
+    then_end: tuple[str, float],
+) -> list[tuple[str, str, str, bool, dict[str, Any]]]:
+    """(item, this time, originally, same?, fields) for each thing compared."""
+
+    def audio(stats: DirectionStats) -> str:
+        if not stats.audio_messages:
+            return "none"
+        rates = "/".join(str(r) for r in sorted(stats.rates))
+        return f"{stats.audio_seconds:.3f}s at {rates} Hz"
+
+    return [
+        (
+            "messages",
+            _kinds_text(now),
+            _kinds_text(then),
+            Counter(now.kinds) == Counter(then.kinds),
+            {"now": dict(now.kinds), "original": dict(then.kinds)},
+        ),
+        (
+            "audio",
+            audio(now),
+            audio(then),
+            abs(now.audio_seconds - then.audio_seconds) <= AUDIO_TOLERANCE
+            and set(now.rates) == set(then.rates),
+            {"now": round(now.audio_seconds, 6), "original": round(then.audio_seconds, 6)},
+        ),
+        (
+            "dtmf",
+            now.digits or "none",
+            then.digits or "none",
+            now.digits == then.digits,
+            {"now": now.digits, "original": then.digits},
+        ),
+        (
+            "ending",
+            f"{now_end[0]} after {now_end[1]:.2f}s",
+            f"{then_end[0]} after {then_end[1]:.2f}s",
+            now_end[0] == then_end[0],
+            {"now": now_end[0], "original": then_end[0]},
+        ),
+    ]
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("trace_file", metavar="TRACE", type=click.Path(allow_dash=True))
+@click.argument("address", metavar="[ADDRESS]", required=False, type=ADDRESS)
+@click.option(
+    "--call",
+    "call_filter",
+    metavar="UUID",
+    help="The call to replay when TRACE holds several (UUID, a prefix of it, or #N).",
+)
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="1 is the original timing, 2 twice as fast; 0 sends everything at once, in order.",
+)
+@click.option(
+    "--linger",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Seconds to wait for the application after the last message, then close.",
+)
+@click.option(
+    "--record",
+    "record_path",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Write the audio the application sends to this WAV "
+    "(audio at a second rate goes to FILE stem + .RATE.wav).",
+)
+@click.option(
+    "--port", type=click.IntRange(1, 65535), help="The application's port in a packet capture."
+)
+@click.option(
+    "--lenient",
+    is_flag=True,
+    help="Report what Asterisk would refuse as a warning and carry on, instead of "
+    "ending the call (exit 3) as Asterisk would.",
+)
+@output_options
+def replay(
+    trace_file: str,
+    address: Any,
+    call_filter: str | None,
+    speed: float,
+    linger: float,
+    record_path: str | None,
+    port: int | None,
+    lenient: bool,
+    json_lines: bool,
+    trace_path: str | None,
+    verbose: int,
+    quiet: bool,
+) -> None:
+    """Run a recorded call again: send the `>` side of TRACE (what Asterisk
+    sent) to the application at ADDRESS (default 127.0.0.1:9092) with its
+    original timing, show what comes back, and compare it with what the
+    application sent in the original.
+
+    TRACE is a trace file (--trace of any command), a raw dump of what
+    Asterisk sent (it carries no timing: each message goes out when the audio
+    before it has played, one 20 ms frame every 20 ms), or a packet capture
+    (pcap or pcapng, as tcpdump -w or Wireshark write). '-' reads standard
+    input. Each message goes out in one send at its
+    original time from the call's first message, on a drift-free clock. The
+    call ends when everything was sent and --linger passed, or when the
+    application hangs up or closes; a trace that ended with a hangup message
+    from Asterisk's side ends with it here too.
+
+    Strict like Asterisk: when the application sends something Asterisk
+    refuses, the call ends with the reason and exit status 3 (--lenient only
+    reports it).
+
+    \b
+    Examples:
+      audiosocket replay call.trace 127.0.0.1:9092
+      audiosocket replay call.trace --speed 0 --record answer.wav
+      audiosocket replay capture.pcap 9092 --call 40325ec2
+      audiosocket replay capture.pcap --port 4573 --json | jq -c 'select(.event)'
+      audiosocket replay dump.raw 10.0.0.5:9092 --linger 3 --trace again.trace
+
+    \b
+    Exit status: 0 the call ended normally (either side), 1 could not read
+    TRACE or connect, 2 usage error, 3 the application broke the protocol,
+    130 Ctrl-C, 143 SIGTERM.
+    """
+    if address is None:
+        address = Address("127.0.0.1", DEFAULT_PORT)
+    if trace_path and trace_path != "-" and Path(trace_path).resolve() == _resolved(trace_file):
+        raise click.BadParameter("--trace would overwrite TRACE", param_hint="--trace")
+    if record_path and Path(record_path).resolve() == _resolved(trace_file):
+        raise click.BadParameter("--record would overwrite TRACE", param_hint="--record")
+    source = _Input(trace_file)
+    try:
+        calls, kind = scan(source, port)
+        original = pick(calls, call_filter, source.label)
+        recording = _Recording(record_path, original.rate or 8000) if record_path else None
+        if record_path:
+            _check_writable(record_path)
+        env = Environment()
+        try:
+            output = make_output(
+                env,
+                json_lines=json_lines,
+                trace_path=trace_path,
+                verbose=verbose,
+                quiet=quiet,
+                command="replay",
+            )
+        except OSError as exc:
+            raise Failure(f"{trace_path}: cannot write: {exc.strerror or exc}") from None
+        try:
+            ending = Replay(
+                source,
+                original,
+                port,
+                address,
+                speed,
+                linger,
+                not lenient,
+                output,
+                recording,
+                comparable=kind != "raw",
+            ).run()
+        finally:
+            if recording is not None:
+                recording.close()
+            output.close()
+    finally:
+        source.close()
+    if ending.status != ExitStatus.OK:
+        click.get_current_context().exit(ending.status)
+
+
+def _resolved(name: str) -> Path | None:
+    return None if name == "-" else Path(name).resolve()
+
+
+def _check_writable(path: str) -> None:
+    """--record's folder must exist and be writable before the call is made."""
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise Failure(f"{path}: cannot write: no folder {folder}")
+    if Path(path).is_dir():
+        raise Failure(f"{path}: is a directory")
