@@ -311,7 +311,11 @@ class Caller:
             # The call ended on that very message, and result.text already says so.
             diagnoses = [d for d in diagnoses if d.code != "refused"]
         for diagnosis in diagnoses:
-            self.output.event(self.call, t, "diagnosis", diagnosis.text, code=diagnosis.code)
+            text = diagnosis.text
+            if diagnosis.code in ("burst", "pacing") and self.plan.speed != 1:
+                # An application that echoes follows our pace, not its own.
+                text += f" (this call ran at --speed {self.plan.speed:g})"
+            self.output.event(self.call, t, "diagnosis", text, code=diagnosis.code)
         result.diagnoses = [d.code for d in diagnoses]
         self.output.event(
             self.call,
