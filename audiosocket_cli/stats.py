@@ -8,6 +8,7 @@ measured from these counts, not guessed.
 
 from __future__ import annotations
 
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ BURST_WINDOW = 0.020  # seconds
 BURST_AUDIO = 0.100  # more audio than this within the window is a burst
 ENCODING_SAMPLE_EVERY = 5  # analyse one audio frame in five
 ENCODING_MAX_FRAMES = 60
+ENCODING_MAX_TRIES = 600  # a silent caller gives no verdict; stop trying after this many
 ENCODING_MIN_FRAMES = 8
 
 
@@ -44,6 +46,7 @@ class DirectionStats:
     _in_burst: bool = False
     encoding_votes: Counter = field(default_factory=Counter)
     _encoding_frames: int = 0
+    _encoding_tries: int = 0
     # False skips the encoding analysis (numpy, the costly part of add()) where
     # nobody reads likely_encoding, e.g. what a server sends itself.
     analyse_encoding: bool = True
@@ -101,10 +104,12 @@ class DirectionStats:
         if (
             self.analyse_encoding
             and self._encoding_frames < ENCODING_MAX_FRAMES
+            and self._encoding_tries < ENCODING_MAX_TRIES
             and (self.audio_messages + self.encoding_offset) % ENCODING_SAMPLE_EVERY == 1
             and len(message.payload) >= 64
             and (self.encoding_gate is None or self.encoding_gate())
         ):
+            self._encoding_tries += 1
             verdict = guess_encoding(message.payload)
             if verdict:
                 self._encoding_frames += 1
@@ -232,6 +237,31 @@ def ULAW_TABLE() -> object:  # noqa: N802 - a constant, built on first use
         magnitude = (((u & 0x0F) << 3) + 0x84) << ((u >> 4) & 0x07)
         _ulaw_table = np.where(u & 0x80, -(magnitude - 0x84), magnitude - 0x84).astype(np.float64)
     return _ulaw_table
+
+
+class AnalysisBudget:
+    """A token bucket for many calls' encoding analyses (their `encoding_gate`).
+
+    Each analysis costs tens of microseconds of numpy; shared by every call of
+    a server or proxy, the budget keeps that a small share of a core however
+    many calls run, and never binds with few calls.
+    """
+
+    def __init__(self, per_second: float = 1000.0, burst: float = 10.0) -> None:
+        self.per_second = per_second
+        self.burst = burst
+        self._tokens = burst
+        self._at = time.monotonic()
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        tokens = min(self.burst, self._tokens + (now - self._at) * self.per_second)
+        self._at = now
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
+            return True
+        self._tokens = tokens
+        return False
 
 
 @dataclass

@@ -1,0 +1,334 @@
+"""Plumbing the benchmarks share: the server under test as a subprocess, its CPU, statistics.
+
+Also runnable on its own, to stand in for commands that do not exist yet when
+a benchmark runs with `--self-test`:
+
+    python benchmarks/_client.py echo-server 127.0.0.1:0     # like listen --echo
+    python benchmarks/_client.py play-server 127.0.0.1:0 F   # like listen --play F
+    python benchmarks/_client.py dial-client HOST:PORT F     # like dial HOST:PORT --play F
+
+Each prints `listening on HOST:PORT` first on stderr where it listens, as the
+real commands do, so a benchmark drives them the same way. Everything here
+talks only to the addresses it is given (127.0.0.1 in the benchmarks).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    # Run from a checkout without installing: the benchmarks use the codec.
+    sys.path.insert(0, str(ROOT))
+
+LISTENING = re.compile(r"listening on (\[[^\]]+\]|[^\s:]+):(\d+)\s*$")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+FRAME = 0.020
+
+
+def cli_command(*args: str) -> list[str]:
+    """`audiosocket ARGS...` as a subprocess argv, run from this checkout."""
+    return [sys.executable, "-m", "audiosocket_cli", *args]
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+class ServerProcess:
+    """A command under test: started, its port read, its stderr drained, killed.
+
+    stderr is read by a thread all along: a server that writes a line per call
+    would otherwise block once the pipe fills, and that would be measured.
+    """
+
+    def __init__(
+        self, argv: Sequence[str], startup_timeout: float = 20.0, listens: bool = True
+    ) -> None:
+        self.argv = list(argv)
+        self.lines: collections.deque[str] = collections.deque(maxlen=200)
+        self.line_count = 0
+        self.notable: list[str] = []  # warnings, errors, tracebacks: worth reporting
+        self._port_found = threading.Event()
+        self.host = ""
+        self.port = 0
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=cli_env(),
+            text=True,
+            errors="replace",
+        )
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+        if not listens:
+            # A client command (dial): nothing to wait for.
+            self._port_found.set()
+        deadline = time.monotonic() + startup_timeout
+        while not self._port_found.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self._reader.join(1.0)
+                self.stop()
+                tail = " | ".join(self.lines) or "(no output)"
+                raise RuntimeError(
+                    f"{' '.join(self.argv[1:])}: no 'listening on' line "
+                    f"(exit status {self.proc.returncode}): {tail}"
+                )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.rstrip("\n")
+            self.line_count += 1
+            self.lines.append(line)
+            if not self._port_found.is_set():
+                match = LISTENING.search(line)
+                if match:
+                    self.host, self.port = match.group(1).strip("[]"), int(match.group(2))
+                    self._port_found.set()
+                    continue
+            lowered = line.lower()
+            notable = ("warning", "error", "traceback", "exception")
+            if len(self.notable) < 50 and any(word in lowered for word in notable):
+                self.notable.append(line)
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        return process_cpu(self.pid)
+
+    def stop(self, grace: float = 3.0) -> int | None:
+        """SIGTERM, then SIGKILL after `grace` seconds; the exit status."""
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(grace)
+        self._reader.join(1.0)
+        return self.proc.returncode
+
+
+def _stat_fields(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as fh:
+        text = fh.read()
+    # The command name may hold spaces and parentheses: split after the last ')'.
+    return text[text.rindex(")") + 2 :].split()
+
+
+def process_cpu(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process, its threads and its live descendants.
+
+    From /proc/PID/stat (utime, stime, and cutime, cstime for reaped children).
+    """
+    pids = [pid, *_descendants(pid)]
+    user = system = 0.0
+    for one in pids:
+        try:
+            fields = _stat_fields(one)
+        except (OSError, ValueError):
+            continue
+        user += (int(fields[11]) + int(fields[13])) / CLOCK_TICKS
+        system += (int(fields[12]) + int(fields[14])) / CLOCK_TICKS
+    return user, system
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            children[int(_stat_fields(int(entry))[1])].append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def machine_busy() -> float:
+    """CPU seconds all cores have spent busy since boot (/proc/stat), to diff."""
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal: all but idle and iowait.
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS
+
+
+def loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as fh:
+            return " ".join(fh.read().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def command_works(argv: Sequence[str], timeout: float = 20.0) -> bool:
+    """Does `argv` (a `--help`) exit 0?"""
+    try:
+        done = subprocess.run(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            env=cli_env(),
+            timeout=timeout,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+# Stand-ins for the real commands, for --self-test.
+
+
+def _listening_socket(address: str) -> socket.socket:
+    host, _, port = address.rpartition(":")
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind((host or "127.0.0.1", int(port)))
+    server.listen(4096)
+    bound_host, bound_port = server.getsockname()[:2]
+    print(f"listening on {bound_host}:{bound_port}", file=sys.stderr, flush=True)
+    return server
+
+
+def echo_server(address: str) -> None:
+    """Every byte straight back, from one selector loop: the least a server can do."""
+    server = _listening_socket(address)
+    server.setblocking(False)
+    selector = selectors.DefaultSelector()
+    selector.register(server, selectors.EVENT_READ)
+    while True:
+        for key, _ in selector.select():
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            if sock is server:
+                try:
+                    conn, _ = server.accept()
+                except BlockingIOError:
+                    continue
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conn.setblocking(False)
+                selector.register(conn, selectors.EVENT_READ)
+                continue
+            try:
+                data = sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                selector.unregister(sock)
+                sock.close()
+                continue
+            # The benchmark's calls are paced, so the send buffer never fills: block if it does.
+            sock.setblocking(True)
+            try:
+                sock.sendall(data)
+            except OSError:
+                pass
+            sock.setblocking(False)
+
+
+def paced_send(sock: socket.socket, pcm: bytes, rate: int = 8000) -> int:
+    """pcm as 20 ms audio messages, the k-th at start + k x 20 ms; the count sent."""
+    from audiosocket_cli.pacing import Pacer
+    from audiosocket_cli.protocol import Message
+
+    step = rate // 50 * 2
+    pacer = Pacer(FRAME)
+    count = 0
+    for k, offset in enumerate(range(0, len(pcm), step)):
+        pacer.wait(k)
+        sock.sendall(Message.audio(pcm[offset : offset + step], rate).encode())
+        count += 1
+    return count
+
+
+def play_server(address: str, path: str) -> None:
+    """Accept one call at a time; after its UUID, play `path` paced at real time."""
+    from audiosocket_cli.audio import load_pcm
+
+    pcm = load_pcm(path, 8000)
+    server = _listening_socket(address)
+    while True:
+        conn, _ = server.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.recv(19)  # the UUID message; we do not need it
+        try:
+            paced_send(conn, pcm)
+        except OSError:
+            pass
+        conn.close()
+
+
+def dial_client(address: str, path: str) -> None:
+    """Be Asterisk playing `path`: UUID in one write, paced audio, linger 1 s, close."""
+    import uuid
+
+    from audiosocket_cli.audio import load_pcm
+    from audiosocket_cli.protocol import Message
+
+    pcm = load_pcm(path, 8000)
+    host, _, port = address.rpartition(":")
+    sock = socket.create_connection((host, int(port)), timeout=2)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(Message.for_uuid(uuid.uuid4()).encode())
+    paced_send(sock, pcm)
+    time.sleep(1.0)
+    sock.close()
+
+
+def main(argv: Sequence[str]) -> int:
+    usage = (
+        "usage: _client.py echo-server ADDRESS | play-server ADDRESS FILE"
+        " | dial-client ADDRESS FILE"
+    )
+    try:
+        if argv[0] == "echo-server" and len(argv) == 2:
+            echo_server(argv[1])
+        elif argv[0] == "play-server" and len(argv) == 3:
+            play_server(argv[1], argv[2])
+        elif argv[0] == "dial-client" and len(argv) == 3:
+            dial_client(argv[1], argv[2])
+        else:
+            print(usage, file=sys.stderr)
+            return 2
+    except (KeyboardInterrupt, BrokenPipeError):
+        return 130
+    except IndexError:
+        print(usage, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    sys.exit(main(sys.argv[1:]))
