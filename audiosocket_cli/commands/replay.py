@@ -29,6 +29,7 @@ from typing import IO, Any
 import click
 
 from ..address import Address
+from ..caller import Recorder
 from ..calls import CallInfo
 from ..options import AddressType, Failure, output_options
 from ..output import Environment, Output, make_output
@@ -259,46 +260,6 @@ def _listing(calls: list[CallScan]) -> str:
 # Recording what comes back.
 
 
-class _Recording:
-    """The application's audio: FILE at the first rate heard, FILE.RATE.wav for others."""
-
-    def __init__(self, path: str, call_rate: int) -> None:
-        self.path = Path(path)
-        self.call_rate = call_rate
-        self.writers: dict[int, Any] = {}
-        self.connected = False  # no call, no file
-        self._lock = threading.Lock()
-
-    def path_for(self, rate: int) -> Path:
-        if not self.writers:
-            return self.path
-        return self.path.with_name(f"{self.path.stem}.{rate}{self.path.suffix or '.wav'}")
-
-    def write(self, rate: int, pcm: bytes) -> Path | None:
-        """Append audio; the path of a new file when this rate starts one."""
-        from ..audio import WavWriter
-
-        with self._lock:
-            writer = self.writers.get(rate)
-            started = None
-            if writer is None:
-                path = self.path_for(rate)
-                writer = self.writers[rate] = WavWriter(path, rate)
-                started = path if len(self.writers) > 1 else None
-            writer.write(pcm)
-            return started
-
-    def close(self) -> None:
-        from ..audio import WavWriter
-
-        with self._lock:
-            if not self.writers and self.connected:
-                # No audio came back: still a valid (empty) WAV at the call's rate.
-                self.writers[self.call_rate] = WavWriter(self.path, self.call_rate)
-            for writer in self.writers.values():
-                writer.close()
-
-
 # The replay.
 
 
@@ -323,7 +284,7 @@ class Replay:
         linger: float,
         strict: bool,
         output: Output,
-        recording: _Recording | None,
+        recording: Recorder | None,
         comparable: bool = True,
     ) -> None:
         self.source = source
@@ -789,7 +750,7 @@ def replay(
     try:
         calls, kind = scan(source, port)
         original = pick(calls, call_filter, source.label)
-        recording = _Recording(record_path, original.rate or 8000) if record_path else None
+        recording = Recorder(record_path, original.rate or 8000) if record_path else None
         if record_path:
             _check_writable(record_path)
         env = Environment()
