@@ -1,0 +1,174 @@
+"""`audiosocket capture --upstream ADDRESS [ADDRESS]`: a transparent recording proxy."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import click
+
+from ..address import Address
+from ..options import ADDRESS, AddressType, Failure, output_options
+from ..output import Environment, make_output
+from ..proxy import CONNECT_TIMEOUT, Proxy, resolve
+from ..reactor import Reactor
+from ..status import Terminated
+from ..transport import ConnectError, bound_address, listen
+
+DEFAULT_PORT = 9093
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument(
+    "address", required=False, default=f"127.0.0.1:{DEFAULT_PORT}", type=AddressType(DEFAULT_PORT)
+)
+@click.option(
+    "--upstream",
+    required=True,
+    type=ADDRESS,
+    help="The real AudioSocket application to forward each call to.",
+)
+@click.option(
+    "--record",
+    "record_dir",
+    type=click.Path(file_okay=False),
+    help="Write DIR/<uuid>.in.wav (from Asterisk) and DIR/<uuid>.out.wav (from the application).",
+)
+@click.option("--max-calls", type=click.IntRange(min=1), help="Exit after N calls have ended.")
+@click.option(
+    "--max-concurrent",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Calls at once; a caller beyond that is closed at once.",
+)
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=CONNECT_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+    help="Give up on the upstream after this long (Asterisk allows 2 s).",
+)
+@output_options
+def capture(
+    address: Address,
+    upstream: Address,
+    record_dir: str | None,
+    max_calls: int | None,
+    max_concurrent: int,
+    connect_timeout: float,
+    json_lines: bool,
+    trace_path: str | None,
+    verbose: int,
+    quiet: bool,
+) -> None:
+    """Sit between Asterisk and the application: forward, show and record.
+
+    Point Asterisk at ADDRESS (default 127.0.0.1:9093); each call is
+    forwarded to the --upstream application. Every byte goes on unchanged
+    and at once, in the chunks it came in, both ways; decoding, display and
+    recording happen on the side. At each call's end: a summary and the
+    diagnoses of `dial` (pacing, bursts, kinds Asterisk refuses, one-way
+    audio, mu-law labelled as slin). `>` is what Asterisk sent, `<` what the
+    application sent.
+
+    Exit status with --max-calls: 0, 1 if the upstream could not be
+    reached, 3 if a peer sent malformed bytes (forwarded all the same).
+
+    \b
+    Examples:
+      audiosocket capture --upstream 127.0.0.1:9092
+      audiosocket capture --upstream bot:9092 0.0.0.0:9093 --record calls/ --trace calls.trace
+      audiosocket capture --upstream 9092 --json | jq 'select(.event)'
+      audiosocket capture --upstream 9092 --max-calls 1 -q
+    """
+    ctx = click.get_current_context()
+    try:
+        addresses = resolve(upstream)
+    except OSError as exc:
+        raise Failure(f"cannot resolve upstream {upstream.host}: {exc.strerror or exc}") from None
+    directory = None
+    if record_dir:
+        directory = Path(record_dir)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise Failure(f"{record_dir}: cannot create: {exc.strerror}") from None
+    try:
+        output = make_output(
+            Environment(),
+            json_lines=json_lines,
+            trace_path=trace_path,
+            verbose=verbose,
+            quiet=quiet,
+            command="capture",
+        )
+    except OSError as exc:
+        raise Failure(f"{trace_path}: cannot write: {exc.strerror}") from None
+    _warm_up(record=directory is not None)
+    reactor = Reactor()
+    ending = "interrupted"
+    try:
+        try:
+            server = listen(address)
+        except ConnectError as exc:
+            raise Failure(str(exc)) from None
+        bound = bound_address(server)
+        if any(_same(bound, sockaddr) for _, sockaddr in addresses):
+            server.close()
+            raise click.BadParameter(
+                f"{upstream} is capture's own address: calls would loop", param_hint="--upstream"
+            )
+        click.echo(f"listening on {bound}", err=True)
+        proxy = Proxy(
+            reactor,
+            server,
+            upstream,
+            addresses,
+            output,
+            record_dir=directory,
+            max_concurrent=max_concurrent,
+            max_calls=max_calls,
+            connect_timeout=connect_timeout,
+        )
+        try:
+            proxy.start()
+            reactor.run()
+        except Terminated:
+            ending = "terminated"
+            raise
+        finally:
+            # Before the group maps Ctrl-C/SIGTERM to 130/143: WAVs and trace closed whole.
+            proxy.close(ending)
+    finally:
+        reactor.close()
+        output.close()
+    ctx.exit(proxy.exit_status)
+
+
+def _warm_up(record: bool) -> None:
+    """Load what decoding and recording need before the first call, not during it.
+
+    Imported on the first audio frame instead, numpy would stall the one
+    thread that forwards every call for tens of milliseconds.
+    """
+    from ..levels import level_dbfs
+    from ..stats import ULAW_TABLE
+
+    level_dbfs(bytes(320))
+    ULAW_TABLE()
+    if record:
+        import soundfile  # noqa: F401
+
+
+def _same(bound: Address, sockaddr: tuple) -> bool:
+    host, port = sockaddr[:2]
+    if port != bound.port:
+        return False
+    if host == bound.host:
+        return True
+    try:
+        return bound.host in ("0.0.0.0", "::") and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
