@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -183,3 +184,42 @@ class WavWriter:
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()
+
+
+class RateSplitRecording:
+    """One stream's audio as WAVs, a file per rate, so every sample keeps its own rate.
+
+    The first rate heard goes to `first_path()`, each other rate to
+    `other_path(first, rate)`; a file opens at its first audio.
+    """
+
+    def __init__(
+        self, first_path: Callable[[], Path], other_path: Callable[[Path, int], Path]
+    ) -> None:
+        self._first_path = first_path
+        self._other_path = other_path
+        self.writers: dict[int, WavWriter] = {}
+
+    @property
+    def paths(self) -> list[Path]:
+        return [writer.path for writer in self.writers.values()]
+
+    def write(self, rate: int, pcm: bytes) -> Path | None:
+        """Append audio; the path of the file this write opened, if it opened one."""
+        writer = self.writers.get(rate)
+        opened = None
+        if writer is None:
+            if self.writers:
+                opened = self._other_path(next(iter(self.writers.values())).path, rate)
+            else:
+                opened = self._first_path()
+            writer = self.writers[rate] = WavWriter(opened, rate)
+        writer.write(pcm)
+        return opened
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            try:
+                writer.close()
+            except Exception:  # a full disk must not stop the other files closing
+                pass

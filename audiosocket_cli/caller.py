@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .address import Address
-from .audio import FrameSource, WavWriter
+from .audio import FrameSource, RateSplitRecording
 from .calls import CallInfo
 from .inject import Injection
 from .output import Output
@@ -104,38 +104,28 @@ class Recorder:
     def __init__(self, path: str | Path, call_rate: int) -> None:
         self.path = Path(path)
         self.call_rate = call_rate
-        self.writers: dict[int, WavWriter] = {}
+        self.files = RateSplitRecording(
+            lambda: self.path,
+            lambda first, rate: first.with_name(f"{first.stem}.{rate}{first.suffix or '.wav'}"),
+        )
         self.connected = False  # no call, no file: an empty WAV only for a call that happened
         self._lock = threading.Lock()
 
-    def path_for(self, rate: int) -> Path:
-        """FILE for the first rate heard, FILE stem + .RATE.wav for any other."""
-        if not self.writers:
-            return self.path
-        return self.path.with_name(f"{self.path.stem}.{rate}{self.path.suffix or '.wav'}")
-
     def write(self, rate: int, pcm: bytes) -> Path | None:
-        """Append audio; return the new file's path when this rate starts one."""
+        """Append audio; return the new file's path when this rate starts a second one."""
         with self._lock:
-            writer = self.writers.get(rate)
-            started = None
-            if writer is None:
-                path = self.path_for(rate)
-                writer = self.writers[rate] = WavWriter(path, rate)
-                started = path if len(self.writers) > 1 else None
-            writer.write(pcm)
-            return started
+            opened = self.files.write(rate, pcm)
+            return opened if opened is not None and len(self.files.writers) > 1 else None
 
     @property
     def paths(self) -> list[Path]:
-        return [w.path for w in self.writers.values()]
+        return self.files.paths
 
     def close(self) -> None:
         with self._lock:
-            if not self.writers and self.connected:
-                self.writers[self.call_rate] = WavWriter(self.path, self.call_rate)
-            for writer in self.writers.values():
-                writer.close()
+            if not self.files.writers and self.connected:
+                self.files.write(self.call_rate, b"")
+            self.files.close()
 
 
 def describe_message(message: Message) -> str:

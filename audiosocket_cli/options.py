@@ -10,6 +10,7 @@ import click
 
 from .address import Address, parse_address
 from .inject import Injection, parse_inject
+from .output import Environment, Output, make_output
 from .protocol import RATE_KINDS
 from .status import ExitStatus
 
@@ -94,3 +95,26 @@ class Failure(click.ClickException):
     """Could not do the job (exit 1): one line, no traceback."""
 
     exit_code = ExitStatus.FAILED
+
+
+def open_output(
+    env: Environment,
+    *,
+    json_lines: bool,
+    trace_path: str | None,
+    verbose: int,
+    quiet: bool,
+    command: str,
+) -> Output:
+    """The command's output; a trace file that cannot be written is a one-line failure."""
+    try:
+        return make_output(
+            env,
+            json_lines=json_lines,
+            trace_path=trace_path,
+            verbose=verbose,
+            quiet=quiet,
+            command=command,
+        )
+    except OSError as exc:
+        raise Failure(f"{trace_path}: cannot write: {exc.strerror or exc}") from None

@@ -23,6 +23,7 @@ import struct
 import time
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 from .address import Address
 from .calls import CallInfo
@@ -42,6 +43,7 @@ IN_PROGRESS = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY, errno.EINTR
 LINGER_RESET = struct.pack("ii", 1, 0)  # close() then sends RST, not FIN
 DECODE_SLICE = 0.0005  # seconds of decoding between two polls of the sockets
 DECODE_BACKLOG = 8 << 20  # bytes forwarded but not yet decoded, at most
+HOLD_MESSAGES = 500  # application audio held until the caller's first message names the call
 
 
 def resolve(address: Address) -> list[tuple[int, tuple]]:
@@ -67,41 +69,41 @@ class Recorder:
     def __init__(self, directory: Path, side: str) -> None:
         self.directory = directory
         self.side = side
-        self.writers: dict[int, object] = {}
+        self.files: Any = None  # audio.RateSplitRecording, made at the first audio
         self.rate: int | None = None
         self.failed = False
 
     def write(self, stem: str, message: Message) -> str | None:
         """Record one audio message; returns a line to warn with, or None."""
-        from .audio import AudioFileError, WavWriter, unique_path
+        from .audio import AudioFileError, RateSplitRecording, unique_path
 
         rate = message.rate
         assert rate is not None
-        warning = None
-        writer = self.writers.get(rate)
-        if writer is None:
-            suffix = f".{self.side}.wav" if not self.writers else f".{self.side}.{rate}.wav"
-            path = unique_path(self.directory, stem, suffix)
-            try:
-                writer = self.writers[rate] = WavWriter(path, rate)
-            except AudioFileError as exc:
-                self.failed = True
-                return f"recording stopped: {exc}"
-            if self.rate is not None:
-                warning = f"audio rate changed from {self.rate} to {rate} Hz: recording into {path}"
-        elif rate != self.rate:
-            warning = f"audio rate changed from {self.rate} to {rate} Hz"
-        self.rate = rate
-        writer.write(message.payload)  # type: ignore[attr-defined]
-        return warning
+        if self.files is None:
+            directory, side = self.directory, self.side
+            self.files = RateSplitRecording(
+                lambda: unique_path(directory, stem, f".{side}.wav"),
+                lambda first, rate: unique_path(directory, stem, f".{side}.{rate}.wav"),
+            )
+        try:
+            opened = self.files.write(rate, message.payload)
+        except AudioFileError as exc:
+            self.failed = True
+            return f"recording stopped: {exc}"
+        previous, self.rate = self.rate, rate
+        if previous is None or rate == previous:
+            return None
+        if opened is not None:
+            return f"audio rate changed from {previous} to {rate} Hz: recording into {opened}"
+        return f"audio rate changed from {previous} to {rate} Hz"
 
     @property
     def paths(self) -> list[Path]:
-        return [writer.path for writer in self.writers.values()]  # type: ignore[attr-defined]
+        return self.files.paths if self.files is not None else []
 
     def close(self) -> None:
-        for writer in self.writers.values():
-            writer.close()  # type: ignore[attr-defined]
+        if self.files is not None:
+            self.files.close()
 
 
 class Pipe:
@@ -115,6 +117,7 @@ class Pipe:
         self.src: socket.socket | None = None
         self.dst: socket.socket | None = None
         self.pending: deque[bytes] = deque()  # read, not yet taken by dst's kernel
+        self.held: list[tuple[float, Message]] = []  # audio to record once the call has a name
         self.forwarded = 0
         self.eof = False  # the source ended its stream
         self.done = False  # ... and that was passed on
@@ -260,12 +263,37 @@ class Pipe:
             self._warn_once(
                 ct, "first", f"caller's first message is {message.name}, not a UUID (forwarded)"
             )
-        recorder = self.recorder
-        if recorder is not None and message.payload and message.is_audio and not recorder.failed:
-            # The name comes only from a validated UUID (Message.uuid), never raw bytes.
-            warning = recorder.write(info.uuid or f"conn-{info.conn}", message)
-            if warning:
-                output.event(info, ct, "warning", f"{self.who} {warning}")
+        if first and self.direction == ">":
+            call.outbound.record_held()  # the call has its name now
+        if self.recorder is not None and message.payload and message.is_audio:
+            if self.direction == "<" and call.inbound.first_message:
+                # The application spoke before the caller's first message named the
+                # call: hold its audio (bounded) so that its file gets the UUID.
+                self.held.append((ct, message))
+                if len(self.held) < HOLD_MESSAGES:
+                    return
+                self.record_held()
+            else:
+                self.record(ct, message)
+
+    def record(self, ct: float, message: Message) -> None:
+        recorder, info = self.recorder, self.call.info
+        if recorder is None or recorder.failed:
+            return
+        # The name comes only from a validated UUID (Message.uuid), never raw bytes.
+        warning = recorder.write(info.uuid or f"conn-{info.conn}", message)
+        if warning:
+            self.call.proxy.output.event(info, ct, "warning", f"{self.who} {warning}")
+
+    def record_held(self) -> None:
+        held, self.held = self.held, []
+        for ct, message in held:
+            self.record(ct, message)
+
+    def close_recording(self) -> None:
+        if self.recorder is not None:
+            self.record_held()
+            self.recorder.close()
 
     def _warn_once(self, ct: float, key: str, text: str) -> None:
         """The first of each problem as it passes; the call-end line counts the rest."""
@@ -426,8 +454,7 @@ class ProxyCall:
                     pass
             sock.close()
         for pipe in (self.inbound, self.outbound):
-            if pipe.recorder is not None:
-                pipe.recorder.close()
+            pipe.close_recording()
         proxy.call_ended(self, code, text)
 
     def report(self, how: str, reason: str) -> None:
@@ -624,8 +651,7 @@ class Proxy:
                 except Exception:
                     # Whatever state an interrupt left, the WAVs must be closed.
                     for pipe in (call.inbound, call.outbound):
-                        if pipe.recorder is not None:
-                            pipe.recorder.close()
+                        pipe.close_recording()
             self.server.close()
 
     @property

@@ -4,16 +4,25 @@
 cannot keep echo latency low under the GIL, so every socket and every paced
 send runs here. Timers fire at absolute monotonic times, which is what keeps
 paced audio free of drift.
+
+Ctrl-C and SIGTERM stop the loop between two callbacks and are raised from
+run() (as KeyboardInterrupt and status.Terminated), never in the middle of a
+callback: a WAV being written when the signal comes is never left half done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import selectors
+import signal
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+from .status import Terminated
 
 Callback = Callable[[], None]
 
@@ -38,6 +47,7 @@ class Reactor:
         self._readers: dict[int, Callback] = {}
         self._writers: dict[int, Callback] = {}
         self.stopped = False
+        self._signal: int | None = None
 
     # Timers
 
@@ -102,7 +112,51 @@ class Reactor:
         self.stopped = True
 
     def run(self) -> None:
-        """Run until stop() is called."""
+        """Run until stop() is called, or raise the Ctrl-C or SIGTERM that stopped it."""
+        with self._signals_stop_the_loop():
+            self._run()
+        if self._signal == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self._signal == signal.SIGTERM:
+            raise Terminated
+
+    @contextlib.contextmanager
+    def _signals_stop_the_loop(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        # The wakeup socket makes select() return at once when a signal comes.
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+
+        def on_signal(signum: int, frame: object) -> None:
+            self._signal = signum
+            self.stopped = True
+
+        def drain() -> None:
+            try:
+                while wake_r.recv(512):
+                    pass
+            except OSError:
+                pass
+
+        old_fd = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        old_handlers = {
+            signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)
+        }
+        self.add_reader(wake_r, drain)
+        try:
+            yield
+        finally:
+            for signum, handler in old_handlers.items():
+                signal.signal(signum, handler)
+            signal.set_wakeup_fd(old_fd)
+            self.forget(wake_r)
+            wake_r.close()
+            wake_w.close()
+
+    def _run(self) -> None:
         timers = self._timers
         readers, writers = self._readers, self._writers
         while not self.stopped:

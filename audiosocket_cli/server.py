@@ -122,43 +122,16 @@ def _raise_fd_limit() -> None:
         pass
 
 
-class Recorder:
-    """A call's inbound audio, streamed to DIR/<stem>.wav; a file per rate.
+def call_recording(directory: Path, stem: str) -> Any:
+    """A call's inbound audio: DIR/<stem>.wav (or <stem>-2.wav for a second call
+    with the same UUID), and DIR/<stem>.<rate>.wav for each rate the caller
+    switches to, so every sample is kept at its own rate."""
+    from .audio import RateSplitRecording, unique_path
 
-    The first rate goes to <stem>.wav, any other rate the caller switches to
-    into <stem>.<rate>.wav, so every sample is kept at its own rate.
-    """
-
-    def __init__(self, directory: Path, stem: str) -> None:
-        self.directory = directory
-        self.stem = stem
-        self.writers: dict[int, Any] = {}
-        self.paths: list[Path] = []
-        self.current: Any = None
-        self.current_rate = 0
-
-    def writer_for(self, rate: int) -> Any:
-        """The writer for `rate`, opening its file on first use (AudioFileError)."""
-        writer = self.writers.get(rate)
-        if writer is None:
-            from .audio import WavWriter, unique_path
-
-            if not self.writers:
-                path = unique_path(self.directory, self.stem, ".wav")
-                self.stem = path.stem  # <uuid>-2 for a second call with the same UUID
-            else:
-                path = unique_path(self.directory, f"{self.stem}.{rate}", ".wav")
-            writer = self.writers[rate] = WavWriter(path, rate)
-            self.paths.append(path)
-        self.current, self.current_rate = writer, rate
-        return writer
-
-    def close(self) -> None:
-        for writer in self.writers.values():
-            try:
-                writer.close()
-            except Exception:  # a full disk must not stop the other recordings closing
-                pass
+    return RateSplitRecording(
+        lambda: unique_path(directory, stem, ".wav"),
+        lambda first, rate: unique_path(directory, f"{first.stem}.{rate}", ".wav"),
+    )
 
 
 class Call:
@@ -189,7 +162,7 @@ class Call:
         self.idle_timer: Timer | None = None
         self.stall_timer: Timer | None = None
         self.frame_timer: Timer | None = None
-        self.recorder: Recorder | None = None
+        self.recorder: Any = None  # audio.RateSplitRecording, made at the first audio
         self.recording = self.config.record_dir is not None
         self.rate_in = 0  # rate of the caller's latest audio
         self.reply_rate = FIRST_RATE
@@ -385,12 +358,9 @@ class Call:
         recorder = self.recorder
         if recorder is None:
             stem = self.info.uuid or f"conn-{self.info.conn}"
-            recorder = self.recorder = Recorder(self.config.record_dir, stem)  # type: ignore[arg-type]
+            recorder = self.recorder = call_recording(self.config.record_dir, stem)  # type: ignore[arg-type]
         try:
-            writer = recorder.current if rate == recorder.current_rate else None
-            if writer is None:
-                writer = recorder.writer_for(rate)
-            writer.write(payload)
+            recorder.write(rate, payload)
         except Exception as exc:  # AudioFileError, a full disk: the call goes on unrecorded
             self.recording = False
             self.warn(t, f"cannot record this call: {exc}")

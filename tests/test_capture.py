@@ -362,6 +362,36 @@ def test_two_calls_at_once(tmp_path: Path, cli_env: dict[str, str]) -> None:
         assert wav_pcm(record / f"{call_uuid}.out.wav")[0] == b"".join(pcm[call_uuid])
 
 
+def test_application_audio_before_the_uuid_is_recorded_under_the_uuid(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    # An application that greets before Asterisk's UUID has come through.
+    app_pcm = frames(30, 10)
+
+    def app(sock: socket.socket) -> None:
+        sock.sendall(b"".join(Message.audio(f).encode() for f in app_pcm))
+        recv_all(sock)
+
+    application = Application(app)
+    call_uuid = uuid.uuid4()
+    record = tmp_path / "rec"
+    args = ("--upstream", str(application.port), "--record", str(record), "-q")
+    with running_capture(*args, "--max-calls", "1", env=cli_env) as (proc, port):
+        with connect(port) as caller:
+            got = b""
+            while len(got) < 10 * 323:
+                got += caller.recv(65536)  # the application's audio is through
+            caller.sendall(Message.for_uuid(call_uuid).encode())
+            caller.shutdown(socket.SHUT_WR)
+            recv_all(caller)
+        status, out, err = finish(proc)
+    application.join()
+
+    assert status == 0, err
+    assert sorted(p.name for p in record.iterdir()) == [f"{call_uuid}.out.wav"]
+    assert wav_pcm(record / f"{call_uuid}.out.wav") == (b"".join(app_pcm), 8000)
+
+
 @pytest.mark.parametrize(
     ("signum", "status_wanted", "how"),
     [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")],

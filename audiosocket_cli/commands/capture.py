@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from ..address import Address
-from ..options import ADDRESS, AddressType, Failure, output_options
-from ..output import Environment, make_output
+from ..options import ADDRESS, AddressType, Failure, open_output, output_options
+from ..output import Environment
 from ..proxy import CONNECT_TIMEOUT, Proxy, resolve
 from ..reactor import Reactor
 from ..status import Terminated
@@ -95,17 +95,14 @@ def capture(
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise Failure(f"{record_dir}: cannot create: {exc.strerror}") from None
-    try:
-        output = make_output(
-            Environment(),
-            json_lines=json_lines,
-            trace_path=trace_path,
-            verbose=verbose,
-            quiet=quiet,
-            command="capture",
-        )
-    except OSError as exc:
-        raise Failure(f"{trace_path}: cannot write: {exc.strerror}") from None
+    output = open_output(
+        Environment(),
+        json_lines=json_lines,
+        trace_path=trace_path,
+        verbose=verbose,
+        quiet=quiet,
+        command="capture",
+    )
     _warm_up(record=directory is not None)
     reactor = Reactor()
     ending = "interrupted"

@@ -18,8 +18,8 @@ from typing import Any
 import click
 
 from ..inject import Injection, parse_inject
-from ..options import INJECT, RATE, UUID, AddressType, Failure, output_options
-from ..output import Environment, Output, make_output
+from ..options import INJECT, RATE, UUID, AddressType, Failure, open_output, output_options
+from ..output import Environment, Output
 from ..protocol import MAX_PAYLOAD, frame_bytes
 from ..status import ExitStatus
 
@@ -451,17 +451,14 @@ def _run_call(
             # Once connected, on stderr: stdout stays the call's messages only.
             announce = functools.partial(click.echo, f"uuid {uuid}", err=True)
         env = Environment(stderr=_CurrentStderr())  # type: ignore[arg-type]
-        try:
-            output = make_output(
-                env,
-                json_lines=json_lines,
-                trace_path=trace_path,
-                verbose=verbose,
-                quiet=quiet,
-                command=command,
-            )
-        except OSError as exc:
-            raise Failure(f"{trace_path}: cannot write: {exc.strerror or exc}") from None
+        output = open_output(
+            env,
+            json_lines=json_lines,
+            trace_path=trace_path,
+            verbose=verbose,
+            quiet=quiet,
+            command=command,
+        )
         closers.append(output.close)
         recorder = Recorder(record_path, rate) if record_path else None
         if recorder is not None:

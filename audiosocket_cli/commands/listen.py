@@ -14,8 +14,8 @@ from typing import Any
 import click
 
 from ..inject import Injection
-from ..options import INJECT, AddressType, Failure, output_options
-from ..output import Environment, make_output
+from ..options import INJECT, AddressType, Failure, open_output, output_options
+from ..output import Environment
 from ..protocol import Message
 from ..status import ExitStatus, Terminated
 
@@ -160,17 +160,14 @@ def listen(
         record_dir=_record_dir(record_dir),
     )
     env = Environment()
-    try:
-        output = make_output(
-            env,
-            json_lines=json_lines,
-            trace_path=trace_path,
-            verbose=verbose,
-            quiet=quiet,
-            command="listen",
-        )
-    except OSError as exc:
-        raise Failure(f"{trace_path}: cannot write: {exc.strerror or exc}") from None
+    output = open_output(
+        env,
+        json_lines=json_lines,
+        trace_path=trace_path,
+        verbose=verbose,
+        quiet=quiet,
+        command="listen",
+    )
     server = None
     status = ExitStatus.OK
     how, reason = "our-close", "--max-calls reached"

@@ -31,8 +31,8 @@ import click
 from ..address import Address
 from ..caller import Recorder
 from ..calls import CallInfo
-from ..options import AddressType, Failure, output_options
-from ..output import Environment, Output, make_output
+from ..options import AddressType, Failure, open_output, output_options
+from ..output import Environment, Output
 from ..pacing import Pacer, sleep_until
 from ..protocol import Kind, Message, ProtocolError, TruncatedMessage
 from ..stats import DirectionStats, diagnose_application
@@ -754,17 +754,14 @@ def replay(
         if record_path:
             _check_writable(record_path)
         env = Environment()
-        try:
-            output = make_output(
-                env,
-                json_lines=json_lines,
-                trace_path=trace_path,
-                verbose=verbose,
-                quiet=quiet,
-                command="replay",
-            )
-        except OSError as exc:
-            raise Failure(f"{trace_path}: cannot write: {exc.strerror or exc}") from None
+        output = open_output(
+            env,
+            json_lines=json_lines,
+            trace_path=trace_path,
+            verbose=verbose,
+            quiet=quiet,
+            command="replay",
+        )
         try:
             ending = Replay(
                 source,

@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from ..calls import CallInfo
-from ..options import Failure, output_options
-from ..output import Environment, make_output
+from ..options import Failure, open_output, output_options
+from ..output import Environment
 from ..protocol import MESSAGE_NAMES, ProtocolError
 from ..stats import DirectionStats
 from ..tracefile import Record, TraceFormatError, read_records
@@ -68,17 +68,14 @@ def trace(
     """
     wanted_kinds = _parse_kinds(kinds)
     env = Environment()
-    try:
-        output = make_output(
-            env,
-            json_lines=json_lines,
-            trace_path=trace_path,
-            verbose=verbose,
-            quiet=quiet,
-            command="trace",
-        )
-    except OSError as exc:
-        raise Failure(f"{trace_path}: cannot write: {exc.strerror or exc}") from None
+    output = open_output(
+        env,
+        json_lines=json_lines,
+        trace_path=trace_path,
+        verbose=verbose,
+        quiet=quiet,
+        command="trace",
+    )
     calls: dict[tuple[int, int], CallInfo] = {}
     tables: dict[tuple[int, int], dict[str, DirectionStats]] = {}
     # With --call, a call's records before its UUID message (its call-start) wait here
