@@ -35,7 +35,7 @@ from .protocol import (
     encode,
 )
 from .reactor import Reactor, Timer
-from .stats import DirectionStats, diagnose_asterisk
+from .stats import AnalysisBudget, DirectionStats, diagnose_asterisk
 from .status import ExitStatus, Terminated
 from .transport import accept, bound_address, listen
 
@@ -49,8 +49,6 @@ DRAIN_LIMIT = 2.0  # seconds a closing call may take to hand over what it queued
 ACCEPT_BATCH = 128  # callers accepted per wake-up, so running calls are not starved
 # The encoding analysis (mu-law labelled as slin...) costs ~40 us a frame: a budget
 # across all calls keeps it under ~4% of a core; with few calls it never binds.
-ANALYSES_PER_SECOND = 1000.0
-ANALYSES_BURST = 10.0
 
 # How a call ended (the call-end event's `how`).
 ENDINGS = (
@@ -630,8 +628,8 @@ class Server:
         self.monitor = self.config.monitor
         self.monitor_warned = False
         self.show_messages = shows_messages(self.output)
-        self._analyses = ANALYSES_BURST
-        self._analyses_at = time.monotonic()
+        # Shared by every call: the encoding analysis stays a small share of a core.
+        self.analysis_allowed = AnalysisBudget()
         self.address: Address = bound_address(self.listener)
         self.listener.setblocking(False)
 
@@ -690,19 +688,6 @@ class Server:
             "warning",
             f"cannot accept a caller: {exc.strerror or exc}",
         )
-
-    def analysis_allowed(self) -> bool:
-        """A token bucket: may a call's statistics analyse one more frame now?"""
-        now = time.monotonic()
-        tokens = self._analyses + (now - self._analyses_at) * ANALYSES_PER_SECOND
-        self._analyses_at = now
-        if tokens > ANALYSES_BURST:
-            tokens = ANALYSES_BURST
-        if tokens >= 1.0:
-            self._analyses = tokens - 1.0
-            return True
-        self._analyses = tokens
-        return False
 
     # Running
 
