@@ -13,6 +13,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
 
 
+def skip_without_portaudio() -> None:
+    """Skip where PortAudio is not installed, except in CI, which installs it."""
+    if not os.environ.get("CI") and ctypes.util.find_library("portaudio") is None:
+        pytest.skip("PortAudio is not installed (apt-get install libportaudio2)")
+
+
 @pytest.fixture
 def alsa_null_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """A HOME whose ALSA default device is the null device: real PortAudio, no sound card.
@@ -20,8 +26,7 @@ def alsa_null_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str,
     Sets HOME for this process and returns an environment for subprocesses.
     Skipped where PortAudio is not installed, except in CI, which installs it.
     """
-    if not os.environ.get("CI") and ctypes.util.find_library("portaudio") is None:
-        pytest.skip("PortAudio is not installed (apt-get install libportaudio2)")
+    skip_without_portaudio()
     home = tmp_path / "home"
     home.mkdir()
     (home / ".asoundrc").write_text("pcm.!default { type null }\n")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from asterisk_client import AsteriskClient
+from conftest import skip_without_portaudio
 from test_listen import Listen, pcm_for, wav_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,6 +115,7 @@ def test_monitor_unavailable_without_portaudio(no_portaudio_env):
 
 
 def test_monitor_unavailable_without_an_output_device(tmp_path):
+    skip_without_portaudio()
     home = tmp_path / "home"
     home.mkdir()
     (home / ".asoundrc").write_text("pcm.!default { type hw card 99 }\n")
