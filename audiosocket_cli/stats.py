@@ -13,7 +13,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .protocol import Message, frame_bytes
+from .protocol import AUDIO_RATES, Kind, Message, frame_bytes
 
 BURST_WINDOW = 0.020  # seconds
 BURST_AUDIO = 0.100  # more audio than this within the window is a burst
@@ -59,43 +59,54 @@ class DirectionStats:
     encoding_gate: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
 
     def add(self, t: float, message: Message) -> None:
+        # The hot path of every server: well-formed audio skips the general checks.
         kind, payload = message
+        size = len(payload)
         self.messages += 1
-        self.wire_bytes += 3 + len(payload)
-        name = message.name
-        self.kinds[name] += 1
+        self.wire_bytes += 3 + size
+        rate = AUDIO_RATES.get(kind)
+        if rate is not None and size and not size & 1:
+            self.kinds["audio"] += 1
+            self._add_audio(t, rate, payload)
+            return
+        self.kinds[message.name] += 1
         problem = message.problem
         if problem:
             self.problems[problem] += 1
-        if name == "audio":
-            self._add_audio(t, message)
-        elif name == "dtmf" and message.digit:
+        if rate is not None:
+            self._add_audio(t, rate, payload)
+        elif kind == Kind.DTMF and message.digit:
             self.digits += message.digit
 
     def note_refused(self, message: Message) -> None:
         what = message.problem or f"{message.name} message"
         self.refused[what] += 1
 
-    def _add_audio(self, t: float, message: Message) -> None:
-        duration = message.duration
+    def _add_audio(self, t: float, rate: int, payload: bytes) -> None:
+        size = len(payload)
+        duration = size / (2 * rate)
         self.audio_messages += 1
         self.audio_seconds += duration
-        self.rates[message.rate] += 1
-        self.sizes[len(message.payload)] += 1
-        if self.last_audio is not None:
-            self.max_gap = max(self.max_gap, t - self.last_audio)
-        else:
+        self.rates[rate] += 1
+        self.sizes[size] += 1
+        last = self.last_audio
+        if last is None:
             self.first_audio = t
+        elif t - last > self.max_gap:
+            self.max_gap = t - last
         self.last_audio = t
         self.last_audio_duration = duration
         # Bursts: audio that arrived within the last 20 ms.
         window = self._window
         window.append((t, duration))
-        self._window_audio += duration
-        while window and window[0][0] < t - BURST_WINDOW:
-            self._window_audio -= window.popleft()[1]
-        self.max_window_audio = max(self.max_window_audio, self._window_audio)
-        if self._window_audio > BURST_AUDIO:
+        in_window = self._window_audio + duration
+        oldest = t - BURST_WINDOW
+        while window[0][0] < oldest:
+            in_window -= window.popleft()[1]
+        self._window_audio = in_window
+        if in_window > self.max_window_audio:
+            self.max_window_audio = in_window
+        if in_window > BURST_AUDIO:
             if not self._in_burst:
                 self.bursts += 1
                 self._in_burst = True
@@ -103,14 +114,14 @@ class DirectionStats:
             self._in_burst = False
         if (
             self.analyse_encoding
+            and (self.audio_messages + self.encoding_offset) % ENCODING_SAMPLE_EVERY == 1
             and self._encoding_frames < ENCODING_MAX_FRAMES
             and self._encoding_tries < ENCODING_MAX_TRIES
-            and (self.audio_messages + self.encoding_offset) % ENCODING_SAMPLE_EVERY == 1
-            and len(message.payload) >= 64
+            and size >= 64
             and (self.encoding_gate is None or self.encoding_gate())
         ):
             self._encoding_tries += 1
-            verdict = guess_encoding(message.payload)
+            verdict = guess_encoding(payload)
             if verdict:
                 self._encoding_frames += 1
                 self.encoding_votes[verdict] += 1
