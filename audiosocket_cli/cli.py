@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .status import ExitStatus, Terminated, raise_on_sigterm
+from audiosocket_cli import __version__
+from audiosocket_cli.status import ExitStatus, Terminated, raise_on_sigterm
 
 COMMANDS = {
     "listen": ("listen", "Be the application: accept calls from Asterisk."),

@@ -259,8 +259,8 @@ def echo_server(address: str) -> None:
 
 def paced_send(sock: socket.socket, pcm: bytes, rate: int = 8000) -> int:
     """pcm as 20 ms audio messages, the k-th at start + k x 20 ms; the count sent."""
-    from audiosocket_cli.pacing import Pacer
-    from audiosocket_cli.protocol import Message
+    from audiosocket_cli.net.pacing import Pacer
+    from audiosocket_cli.protocol.wire import Message
 
     step = rate // 50 * 2
     pacer = Pacer(FRAME)
@@ -274,7 +274,7 @@ def paced_send(sock: socket.socket, pcm: bytes, rate: int = 8000) -> int:
 
 def play_server(address: str, path: str) -> None:
     """Accept one call at a time; after its UUID, play `path` paced at real time."""
-    from audiosocket_cli.audio import load_pcm
+    from audiosocket_cli.media.audio import load_pcm
 
     pcm = load_pcm(path, 8000)
     server = _listening_socket(address)
@@ -293,8 +293,8 @@ def dial_client(address: str, path: str) -> None:
     """Be Asterisk playing `path`: UUID in one write, paced audio, linger 1 s, close."""
     import uuid
 
-    from audiosocket_cli.audio import load_pcm
-    from audiosocket_cli.protocol import Message
+    from audiosocket_cli.media.audio import load_pcm
+    from audiosocket_cli.protocol.wire import Message
 
     pcm = load_pcm(path, 8000)
     host, _, port = address.rpartition(":")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from audiosocket_cli.protocol import Decoder, Message, encode  # noqa: E402
+from audiosocket_cli.protocol.wire import Decoder, Message, encode  # noqa: E402
 
 CHUNK = 64 * 1024
 PAYLOAD = 320

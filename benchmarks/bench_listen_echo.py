@@ -81,7 +81,7 @@ class Call:
     )
 
     def __init__(self, index: int, sock: socket.socket, messages: int) -> None:
-        from audiosocket_cli.protocol import Decoder, Message
+        from audiosocket_cli.protocol.wire import Decoder, Message
 
         self.index = index
         self.sock = sock

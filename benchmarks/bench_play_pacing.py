@@ -51,7 +51,7 @@ class Receiver(threading.Thread):
     def __init__(self, sock: socket.socket, expected: int | None, deadline: float) -> None:
         """Read until `expected` audio messages (and LINGER more), a close, or `deadline`."""
         super().__init__(daemon=True)
-        from audiosocket_cli.protocol import Decoder
+        from audiosocket_cli.protocol.wire import Decoder
 
         self.sock = sock
         self.decoder = Decoder()
@@ -67,7 +67,7 @@ class Receiver(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        from audiosocket_cli.protocol import RemoteProtocolError
+        from audiosocket_cli.protocol.wire import RemoteProtocolError
 
         sock, decoder = self.sock, self.decoder
         monotonic = time.monotonic
@@ -122,8 +122,8 @@ def make_wav(directory: Path, seconds: float, rate: int, hz: float) -> Path:
 
 def send_silence(sock: socket.socket, receiver: Receiver) -> None:
     """Silent 8 kHz frames every 20 ms on a drift-free clock, as a quiet line sends."""
-    from audiosocket_cli.pacing import Pacer
-    from audiosocket_cli.protocol import Message
+    from audiosocket_cli.net.pacing import Pacer
+    from audiosocket_cli.protocol.wire import Message
 
     frame = Message.audio(bytes(320), RATE).encode()
     pacer = Pacer(FRAME)
@@ -144,7 +144,7 @@ def _busy_since(info: dict[str, Any]) -> None:
 
 
 def run_listen(args: argparse.Namespace, wav: Path, expected: int) -> dict[str, Any]:
-    from audiosocket_cli.protocol import Message
+    from audiosocket_cli.protocol.wire import Message
 
     if args.self_test:
         argv = [sys.executable, str(Path(_client.__file__)), "play-server", "127.0.0.1:0", str(wav)]

@@ -87,7 +87,7 @@ def _take(data: bytes, decoder: object, result: Latencies, arrived: float, skip:
 
 def application(pipe: multiprocessing.connection.Connection, skip: int) -> None:
     """Accept calls; time each message's arrival; send it straight back, stamped anew."""
-    from audiosocket_cli.protocol import Decoder
+    from audiosocket_cli.protocol.wire import Decoder
 
     result = Latencies()
     server = socket.create_server(("127.0.0.1", 0), backlog=4096)
@@ -141,7 +141,7 @@ def caller(
     pipe: multiprocessing.connection.Connection, port: int, calls: int, seconds: float, skip: int
 ) -> None:
     """Connect the calls, then send every call's messages on time and time the replies."""
-    from audiosocket_cli.protocol import Decoder, Message
+    from audiosocket_cli.protocol.wire import Decoder, Message
 
     result = Latencies()
     lateness = array("d")

@@ -15,9 +15,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from audiosocket_cli.calls import CallInfo  # noqa: E402
-from audiosocket_cli.protocol import Message  # noqa: E402
-from audiosocket_cli.tracefile import TraceWriter  # noqa: E402
+from audiosocket_cli.files.trace import TraceWriter  # noqa: E402
+from audiosocket_cli.protocol.events import CallInfo  # noqa: E402
+from audiosocket_cli.protocol.wire import Message  # noqa: E402
 
 UUID = "40325ec2-5bd7-4a4e-9a2c-6a4f6d3b1c01"
 TEXT = "Hello. This is an audio socket test call. Press one to continue."

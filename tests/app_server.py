@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from audiosocket_cli.protocol import HEADER, Decoder, Kind, Message, frame_bytes
+from audiosocket_cli.protocol.wire import HEADER, Decoder, Kind, Message, frame_bytes
 
 Handler = Callable[["ServerCall"], None]
 OnMessage = Callable[["ServerCall", float, Message], None]

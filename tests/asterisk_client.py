@@ -19,8 +19,8 @@ import time
 import uuid as uuid_lib
 from collections.abc import Iterator
 
-from audiosocket_cli.pacing import sleep_until
-from audiosocket_cli.protocol import Decoder, Message, frame_bytes
+from audiosocket_cli.net.pacing import sleep_until
+from audiosocket_cli.protocol.wire import Decoder, Message, frame_bytes
 
 
 def frames(pcm: bytes, rate: int = 8000, frame_ms: float = 20) -> Iterator[bytes]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from audiosocket_cli.address import DEFAULT_HOST, Address, parse_address
+from audiosocket_cli.net.address import DEFAULT_HOST, Address, parse_address
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from audiosocket_cli.cli import cli
-from audiosocket_cli.protocol import Message
+from audiosocket_cli.protocol.wire import Message
 
 TIMEOUT = 10.0
 

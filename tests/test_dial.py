@@ -31,7 +31,7 @@ from click.testing import CliRunner, Result
 from conftest import PYTHON, SAMPLES
 
 from audiosocket_cli.cli import cli
-from audiosocket_cli.protocol import Kind, Message, decode_all
+from audiosocket_cli.protocol.wire import Kind, Message, decode_all
 
 HELLO = SAMPLES / "hello-8k.wav"
 UUID = "40325ec2-5a6f-4f4e-9b7a-1c2d3e4f5a6b"

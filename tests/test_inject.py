@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from audiosocket_cli.inject import Injection, parse_inject
-from audiosocket_cli.protocol import Message
+from audiosocket_cli.protocol.inject import Injection, parse_inject
+from audiosocket_cli.protocol.wire import Message
 
 
 @pytest.mark.parametrize(

@@ -20,9 +20,9 @@ import soundfile as sf
 from asterisk_client import AsteriskClient
 from click.testing import CliRunner
 
-from audiosocket_cli.audio import load_pcm
 from audiosocket_cli.cli import cli
-from audiosocket_cli.protocol import Message
+from audiosocket_cli.media.audio import load_pcm
+from audiosocket_cli.protocol.wire import Message
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = ROOT / "samples" / "hello-8k.wav"
@@ -519,7 +519,7 @@ def test_a_message_that_stalls_ends_its_call_and_the_others_go_on(listen_procs):
 
 
 def test_trace_file_keeps_every_message(tmp_path, listen_procs):
-    from audiosocket_cli.tracefile import read_records
+    from audiosocket_cli.files.trace import read_records
 
     trace = tmp_path / "calls.trace"
     proc = listen_procs("--trace", str(trace), "--echo", "-q", "--max-calls", "1")

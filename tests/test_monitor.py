@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PLAY_SCRIPT = r"""
 import json, time
 import numpy as np
-from audiosocket_cli.monitor import Monitor
+from audiosocket_cli.media.monitor import Monitor
 
 monitor = Monitor()
 assert monitor.stream_rate == 0  # nothing opened yet
@@ -50,7 +50,7 @@ print(json.dumps({"low": low, "high": high}))
 """
 
 UNAVAILABLE_SCRIPT = r"""
-from audiosocket_cli.monitor import Monitor, MonitorUnavailable
+from audiosocket_cli.media.monitor import Monitor, MonitorUnavailable
 try:
     Monitor()
 except MonitorUnavailable as exc:

@@ -15,9 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audiosocket_cli.calls import CallInfo
-from audiosocket_cli.levels import format_level, level_dbfs
-from audiosocket_cli.output import (
+from audiosocket_cli.analysis.levels import format_level, level_dbfs
+from audiosocket_cli.files.trace import (
+    FORMAT,
+    VERSION,
+    TraceFormatError,
+    read_raw,
+    read_records,
+    sniff,
+)
+from audiosocket_cli.output.sinks import (
     Environment,
     JsonSink,
     PlainSink,
@@ -26,15 +33,8 @@ from audiosocket_cli.output import (
     plain_event_line,
     plain_message_line,
 )
-from audiosocket_cli.protocol import Message
-from audiosocket_cli.tracefile import (
-    FORMAT,
-    VERSION,
-    TraceFormatError,
-    read_raw,
-    read_records,
-    sniff,
-)
+from audiosocket_cli.protocol.events import CallInfo
+from audiosocket_cli.protocol.wire import Message
 
 UUID = "40325ec2-5bd7-4a4e-9a2c-6a4f6d3b1c01"
 

@@ -26,9 +26,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from audiosocket_cli.cli import cli
-from audiosocket_cli.pcap import read_pcap
-from audiosocket_cli.protocol import Message
-from audiosocket_cli.tracefile import read_records
+from audiosocket_cli.files.pcap import read_pcap
+from audiosocket_cli.files.trace import read_records
+from audiosocket_cli.protocol.wire import Message
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = ROOT / "samples" / "hello-8k.wav"

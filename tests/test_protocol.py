@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audiosocket_cli.protocol import (
+from audiosocket_cli.protocol.wire import (
     AUDIO_RATES,
     MAX_PAYLOAD,
     MESSAGE_NAMES,

@@ -26,9 +26,9 @@ import soundfile as sf
 from click.testing import CliRunner, Result
 from test_pcap import T0, TcpConn, write_capture
 
-from audiosocket_cli.calls import CallInfo
-from audiosocket_cli.protocol import Decoder, Message, decode_all
-from audiosocket_cli.tracefile import TraceWriter
+from audiosocket_cli.files.trace import TraceWriter
+from audiosocket_cli.protocol.events import CallInfo
+from audiosocket_cli.protocol.wire import Decoder, Message, decode_all
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"

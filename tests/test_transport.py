@@ -10,9 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from audiosocket_cli.address import Address
-from audiosocket_cli.protocol import Message, TruncatedMessage
-from audiosocket_cli.transport import (
+from audiosocket_cli.net.address import Address
+from audiosocket_cli.net.transport import (
     ConnectError,
     Connection,
     PeerReset,
@@ -21,6 +20,7 @@ from audiosocket_cli.transport import (
     connect,
     listen,
 )
+from audiosocket_cli.protocol.wire import Message, TruncatedMessage
 
 UUID = "40325ec2-5bd7-4a4e-9a2c-6a4f6d3b1c01"
 FRAME = bytes(range(256)) + bytes(range(64))

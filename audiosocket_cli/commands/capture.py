@@ -7,13 +7,19 @@ from pathlib import Path
 
 import click
 
-from ..address import Address
-from ..options import ADDRESS, AddressType, Failure, open_output, output_options
-from ..output import Environment
-from ..proxy import CONNECT_TIMEOUT, Proxy, resolve
-from ..reactor import Reactor
-from ..status import Terminated
-from ..transport import ConnectError, bound_address, listen
+from audiosocket_cli.commands.options import (
+    ADDRESS,
+    AddressType,
+    Failure,
+    open_output,
+    output_options,
+)
+from audiosocket_cli.engines.capture import CONNECT_TIMEOUT, Proxy, resolve
+from audiosocket_cli.net.address import Address
+from audiosocket_cli.net.reactor import Reactor
+from audiosocket_cli.net.transport import ConnectError, bound_address, listen
+from audiosocket_cli.output.sinks import Environment
+from audiosocket_cli.status import Terminated
 
 DEFAULT_PORT = 9093
 
@@ -150,8 +156,8 @@ def _warm_up(record: bool) -> None:
     Imported on the first audio frame instead, numpy would stall the one
     thread that forwards every call for tens of milliseconds.
     """
-    from ..levels import level_dbfs
-    from ..stats import ULAW_TABLE
+    from audiosocket_cli.analysis.levels import level_dbfs
+    from audiosocket_cli.analysis.stats import ULAW_TABLE
 
     level_dbfs(bytes(320))
     ULAW_TABLE()

@@ -17,11 +17,19 @@ from typing import Any
 
 import click
 
-from ..inject import Injection, parse_inject
-from ..options import INJECT, RATE, UUID, AddressType, Failure, open_output, output_options
-from ..output import Environment, Output
-from ..protocol import MAX_PAYLOAD, frame_bytes
-from ..status import ExitStatus
+from audiosocket_cli.commands.options import (
+    INJECT,
+    RATE,
+    UUID,
+    AddressType,
+    Failure,
+    open_output,
+    output_options,
+)
+from audiosocket_cli.output.sinks import Environment, Output
+from audiosocket_cli.protocol.inject import Injection, parse_inject
+from audiosocket_cli.protocol.wire import MAX_PAYLOAD, frame_bytes
+from audiosocket_cli.status import ExitStatus
 
 DEFAULT_PORT = 9092
 ADDRESS = AddressType(default_port=DEFAULT_PORT)
@@ -314,7 +322,7 @@ def _make_source(
     kind: str, play_path: str | None, tone: float | None, rate: int, samples: int
 ) -> tuple[Any, str, float | None]:
     """(frame source or None, its name for output, its duration when it is a file)."""
-    from .. import audio
+    from audiosocket_cli.media import audio
 
     if kind == "--no-audio":
         return None, "none", None
@@ -340,7 +348,7 @@ def _make_source(
             )
         return audio.ToneSource(tone), f"tone:{tone:g}Hz", None
     if kind == "--mic":
-        from ..mic import MicSource, MicUnavailable
+        from audiosocket_cli.media.mic import MicSource, MicUnavailable
 
         source = MicSource()
         try:
@@ -353,7 +361,7 @@ def _make_source(
 
 def _open_monitor() -> Any:
     try:
-        from ..monitor import Monitor, MonitorUnavailable
+        from audiosocket_cli.media.monitor import Monitor, MonitorUnavailable
     except ImportError as exc:
         raise Failure(f"--monitor is not available: {exc}") from None
     try:
@@ -426,8 +434,8 @@ def _run_call(
     verbose: int,
     quiet: bool,
 ) -> None:
-    from ..caller import Caller, CallPlan, Recorder
-    from ..transport import ConnectError
+    from audiosocket_cli.engines.dial import Caller, CallPlan, Recorder
+    from audiosocket_cli.net.transport import ConnectError
 
     # Everything that can be wrong with the input is found before connecting.
     samples = _frame_samples(rate, frame_ms)

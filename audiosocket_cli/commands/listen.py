@@ -13,11 +13,17 @@ from typing import Any
 
 import click
 
-from ..inject import Injection
-from ..options import INJECT, AddressType, Failure, open_output, output_options
-from ..output import Environment
-from ..protocol import Message
-from ..status import ExitStatus, Terminated
+from audiosocket_cli.commands.options import (
+    INJECT,
+    AddressType,
+    Failure,
+    open_output,
+    output_options,
+)
+from audiosocket_cli.output.sinks import Environment
+from audiosocket_cli.protocol.inject import Injection
+from audiosocket_cli.protocol.wire import Message
+from audiosocket_cli.status import ExitStatus, Terminated
 
 DEFAULT_ADDRESS = "127.0.0.1:9092"
 
@@ -147,8 +153,8 @@ def listen(
     if hangup_after is not None:
         injections = (*injections, Injection(hangup_after, "hangup", (Message.hangup(),)))
 
-    from ..server import ListenConfig, Server, signals_deferred
-    from ..transport import ConnectError
+    from audiosocket_cli.engines.listen import ListenConfig, Server, signals_deferred
+    from audiosocket_cli.net.transport import ConnectError
 
     config = ListenConfig(
         echo=echo,
@@ -215,8 +221,8 @@ def _source_factory(
 ) -> Callable[[], Any] | None:
     """What paced replies come from, per call; a file is read here, once."""
     if play_path is not None:
-        from ..audio import AudioFileError, FileSource
-        from ..server import file_source_factory
+        from audiosocket_cli.engines.listen import file_source_factory
+        from audiosocket_cli.media.audio import AudioFileError, FileSource
 
         if not os.path.exists(play_path):
             raise Failure(f"{play_path}: no such file")
@@ -229,11 +235,11 @@ def _source_factory(
             raise Failure(str(exc)) from None
         return file_source_factory(template)
     if tone is not None:
-        from ..audio import ToneSource
+        from audiosocket_cli.media.audio import ToneSource
 
         return lambda: ToneSource(tone)
     if silence:
-        from ..audio import SilenceSource
+        from audiosocket_cli.media.audio import SilenceSource
 
         return SilenceSource
     return None
@@ -254,7 +260,7 @@ def _record_dir(record_dir: str | None) -> Path | None:
 
 def _open_monitor(env: Environment) -> Any:
     """A Monitor, or None with one line saying what is missing."""
-    from ..monitor import Monitor, MonitorUnavailable
+    from audiosocket_cli.media.monitor import Monitor, MonitorUnavailable
 
     try:
         return Monitor()

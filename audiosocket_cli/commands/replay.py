@@ -15,12 +15,12 @@ from typing import Any
 
 import click
 
-from ..address import Address
-from ..caller import Recorder
-from ..options import AddressType, Failure, open_output, output_options
-from ..output import Environment
-from ..replayer import Replay, ReplayInput, pick, scan
-from ..status import ExitStatus
+from audiosocket_cli.commands.options import AddressType, Failure, open_output, output_options
+from audiosocket_cli.engines.dial import Recorder
+from audiosocket_cli.engines.replay import Replay, ReplayInput, pick, scan
+from audiosocket_cli.net.address import Address
+from audiosocket_cli.output.sinks import Environment
+from audiosocket_cli.status import ExitStatus
 
 DEFAULT_PORT = 9092
 ADDRESS = AddressType(default_port=DEFAULT_PORT)

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import click
 
-from ..calls import CallInfo
-from ..options import Failure, open_output, output_options
-from ..output import Environment
-from ..protocol import MESSAGE_NAMES, ProtocolError
-from ..stats import DirectionStats
-from ..tracefile import Record, TraceFormatError, read_records
+from audiosocket_cli.analysis.stats import DirectionStats
+from audiosocket_cli.commands.options import Failure, open_output, output_options
+from audiosocket_cli.files.trace import Record, TraceFormatError, read_records
+from audiosocket_cli.output.sinks import Environment
+from audiosocket_cli.protocol.events import CallInfo
+from audiosocket_cli.protocol.wire import MESSAGE_NAMES, ProtocolError
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -228,7 +228,7 @@ class _Extractor:
 
     def add(self, key: tuple[int, int], call: CallInfo, record: Record) -> None:
         """Audio of one call (key: file number and connection) into its WAV."""
-        from ..audio import AudioFileError, WavWriter, unique_path
+        from audiosocket_cli.media.audio import AudioFileError, WavWriter, unique_path
 
         message = record.message
         if message is None or not message.is_audio or record.dir not in "<>":

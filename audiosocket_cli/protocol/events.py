@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from .address import Address
+from audiosocket_cli.net.address import Address
 
 
 @dataclass

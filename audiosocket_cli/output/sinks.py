@@ -17,9 +17,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
-from .calls import CallInfo
-from .levels import format_level, level_dbfs
-from .protocol import Message, describe_error_code
+from audiosocket_cli.analysis.levels import format_level, level_dbfs
+from audiosocket_cli.protocol.events import CallInfo
+from audiosocket_cli.protocol.wire import Message, describe_error_code
 
 EVENT_NAMES = ("call-start", "call-end", "warning", "diagnosis")
 
@@ -248,14 +248,16 @@ def make_output(
         sinks.append(JsonSink(env.stdout, quiet=quiet))
         sinks.append(StderrEventSink(env.stderr))
     elif env.stdout_isatty:
-        from .human import HumanSink  # rich costs start-up time; only for terminals
+        from audiosocket_cli.output.human import (
+            HumanSink,
+        )  # rich costs start-up time; only for terminals
 
         sinks.append(HumanSink(env, verbose=verbose, quiet=quiet))
     else:
         sinks.append(PlainSink(env.stdout, quiet=quiet))
         sinks.append(StderrEventSink(env.stderr))
     if trace_path:
-        from .tracefile import TraceWriter
+        from audiosocket_cli.files.trace import TraceWriter
 
         sinks.append(TraceWriter(trace_path, command=command))
     return Output(sinks)

@@ -21,16 +21,16 @@ from typing import IO, Any
 
 import click
 
-from .caller import Recorder
-from .calls import CallInfo
-from .options import Failure
-from .output import Output
-from .pacing import Pacer, sleep_until
-from .protocol import Kind, Message, ProtocolError, TruncatedMessage
-from .stats import DirectionStats, diagnose_application
-from .status import ExitStatus, Terminated
-from .tracefile import Record, TraceFormatError, read_records, sniff
-from .transport import ConnectError, Connection, PeerReset, connect
+from audiosocket_cli.analysis.stats import DirectionStats, diagnose_application
+from audiosocket_cli.commands.options import Failure
+from audiosocket_cli.engines.dial import Recorder
+from audiosocket_cli.files.trace import Record, TraceFormatError, read_records, sniff
+from audiosocket_cli.net.pacing import Pacer, sleep_until
+from audiosocket_cli.net.transport import ConnectError, Connection, PeerReset, connect
+from audiosocket_cli.output.sinks import Output
+from audiosocket_cli.protocol.events import CallInfo
+from audiosocket_cli.protocol.wire import Kind, Message, ProtocolError, TruncatedMessage
+from audiosocket_cli.status import ExitStatus, Terminated
 
 SEND_FAILURE_GRACE = 0.2  # s for the receiver to tell why a send failed
 AUDIO_TOLERANCE = 0.0005  # s: audio durations this close are the same

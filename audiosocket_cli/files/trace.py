@@ -21,10 +21,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from . import __version__
-from .calls import CallInfo
-from .output import json_event_record, json_message_record
-from .protocol import Decoder, Message, ProtocolError, TruncatedMessage
+from audiosocket_cli import __version__
+from audiosocket_cli.output.sinks import json_event_record, json_message_record
+from audiosocket_cli.protocol.events import CallInfo
+from audiosocket_cli.protocol.wire import Decoder, Message, ProtocolError, TruncatedMessage
 
 SNIFF_SIZE = 256
 RECV_SIZE = 65536
@@ -218,7 +218,7 @@ def read_records(
         return read_trace_lines(iter(stream), name)
     if kind == "pcap":
         try:
-            from .pcap import read_pcap
+            from audiosocket_cli.files.pcap import read_pcap
         except ImportError as exc:  # pragma: no cover - pcap support not built yet
             raise TraceFormatError(f"{name}: packet captures are not supported: {exc}") from None
         return read_pcap(stream, name, port=port)

@@ -4,7 +4,7 @@ dpkt reads the file formats and the packet headers (Ethernet, Linux cooked
 SLL and SLL2, BSD loopback/null, raw IP; IPv4 and IPv6; TCP). This module
 finds the TCP connections that carry AudioSocket, puts each direction's
 bytes back in order by sequence number, and decodes them into the same
-:class:`~audiosocket_cli.tracefile.Record` s a trace file gives.
+:class:`~audiosocket_cli.files.trace.Record` s a trace file gives.
 
 - A connection is AudioSocket when its client's first bytes are a UUID
   message header (0x01 0x00 0x10), or when one end's port is `port`.
@@ -42,9 +42,16 @@ from typing import Any, BinaryIO
 
 import dpkt
 
-from .address import Address
-from .protocol import AUDIO_RATES, DTMF_DIGITS, Decoder, Kind, Message, TruncatedMessage
-from .tracefile import Record, TraceFormatError
+from audiosocket_cli.files.trace import Record, TraceFormatError
+from audiosocket_cli.net.address import Address
+from audiosocket_cli.protocol.wire import (
+    AUDIO_RATES,
+    DTMF_DIGITS,
+    Decoder,
+    Kind,
+    Message,
+    TruncatedMessage,
+)
 
 # Link-layer header types as pcap files number them (tcpdump.org/linktypes.html).
 LINKTYPE_NULL = 0

@@ -8,11 +8,11 @@ from typing import Any
 
 import click
 
-from .address import Address, parse_address
-from .inject import Injection, parse_inject
-from .output import Environment, Output, make_output
-from .protocol import RATE_KINDS
-from .status import ExitStatus
+from audiosocket_cli.net.address import Address, parse_address
+from audiosocket_cli.output.sinks import Environment, Output, make_output
+from audiosocket_cli.protocol.inject import Injection, parse_inject
+from audiosocket_cli.protocol.wire import RATE_KINDS
+from audiosocket_cli.status import ExitStatus
 
 
 class AddressType(click.ParamType):

@@ -20,11 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .address import Address
-from .calls import CallInfo
-from .inject import Injection
-from .output import Output
-from .protocol import (
+from audiosocket_cli.analysis.stats import AnalysisBudget, DirectionStats, diagnose_asterisk
+from audiosocket_cli.net.address import Address
+from audiosocket_cli.net.reactor import Reactor, Timer
+from audiosocket_cli.net.transport import accept, bound_address, listen
+from audiosocket_cli.output.sinks import Output
+from audiosocket_cli.protocol.events import CallInfo
+from audiosocket_cli.protocol.inject import Injection
+from audiosocket_cli.protocol.wire import (
     AUDIO_RATES,
     KIND_NAMES,
     RATE_KINDS,
@@ -34,10 +37,7 @@ from .protocol import (
     TruncatedMessage,
     encode,
 )
-from .reactor import Reactor, Timer
-from .stats import AnalysisBudget, DirectionStats, diagnose_asterisk
-from .status import ExitStatus, Terminated
-from .transport import accept, bound_address, listen
+from audiosocket_cli.status import ExitStatus, Terminated
 
 FRAME_INTERVAL = 0.020  # replies go out in 20 ms messages, as Asterisk sends
 FIRST_RATE = 8000  # the dialplan application always talks 8 kHz
@@ -124,7 +124,7 @@ def call_recording(directory: Path, stem: str) -> Any:
     """A call's inbound audio: DIR/<stem>.wav (or <stem>-2.wav for a second call
     with the same UUID), and DIR/<stem>.<rate>.wav for each rate the caller
     switches to, so every sample is kept at its own rate."""
-    from .audio import RateSplitRecording, unique_path
+    from audiosocket_cli.media.audio import RateSplitRecording, unique_path
 
     return RateSplitRecording(
         lambda: unique_path(directory, stem, ".wav"),
@@ -585,7 +585,7 @@ class Call:
 def shows_messages(output: Output) -> bool:
     """Does any sink use messages? Not when every one is quiet plain/JSON (-q),
     which spares 25,000 calls a second into Output at 500 echoed calls."""
-    from .output import JsonSink, PlainSink, StderrEventSink
+    from audiosocket_cli.output.sinks import JsonSink, PlainSink, StderrEventSink
 
     for sink in output.sinks:
         if isinstance(sink, StderrEventSink):

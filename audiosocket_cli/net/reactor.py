@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from .status import Terminated
+from audiosocket_cli.status import Terminated
 
 Callback = Callable[[], None]
 

@@ -13,7 +13,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .protocol import AUDIO_RATES, Kind, Message, frame_bytes
+from audiosocket_cli.protocol.wire import AUDIO_RATES, Kind, Message, frame_bytes
 
 BURST_WINDOW = 0.020  # seconds
 BURST_AUDIO = 0.100  # more audio than this within the window is a burst

@@ -12,8 +12,8 @@ import socket
 import time
 from collections.abc import Iterator
 
-from .address import Address
-from .protocol import Decoder, Message, RemoteProtocolError, encode
+from audiosocket_cli.net.address import Address
+from audiosocket_cli.protocol.wire import Decoder, Message, RemoteProtocolError, encode
 
 CONNECT_TIMEOUT = 2.0  # what Asterisk allows per address
 RECV_SIZE = 65536

@@ -9,7 +9,7 @@ from __future__ import annotations
 import binascii
 from dataclasses import dataclass
 
-from .protocol import LocalProtocolError, Message
+from audiosocket_cli.protocol.wire import LocalProtocolError, Message
 
 
 @dataclass(frozen=True)

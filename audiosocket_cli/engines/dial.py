@@ -26,16 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .address import Address
-from .audio import FrameSource, RateSplitRecording
-from .calls import CallInfo
-from .inject import Injection
-from .output import Output
-from .pacing import Pacer, sleep_until
-from .protocol import Decoder, Kind, Message, TruncatedMessage, frame_bytes
-from .stats import DirectionStats, diagnose_application
-from .status import ExitStatus, Terminated
-from .transport import RECV_SIZE, Connection, connect
+from audiosocket_cli.analysis.stats import DirectionStats, diagnose_application
+from audiosocket_cli.media.audio import FrameSource, RateSplitRecording
+from audiosocket_cli.net.address import Address
+from audiosocket_cli.net.pacing import Pacer, sleep_until
+from audiosocket_cli.net.transport import RECV_SIZE, Connection, connect
+from audiosocket_cli.output.sinks import Output
+from audiosocket_cli.protocol.events import CallInfo
+from audiosocket_cli.protocol.inject import Injection
+from audiosocket_cli.protocol.wire import Decoder, Kind, Message, TruncatedMessage, frame_bytes
+from audiosocket_cli.status import ExitStatus, Terminated
 
 # Asterisk waits for a payload about 5 ms after its header (PROTOCOL.md).
 PAYLOAD_STALL = 0.005

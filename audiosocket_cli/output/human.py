@@ -10,10 +10,10 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from .calls import CallInfo
-from .levels import format_level, level_dbfs
-from .output import Environment, message_detail
-from .protocol import Message
+from audiosocket_cli.analysis.levels import format_level, level_dbfs
+from audiosocket_cli.output.sinks import Environment, message_detail
+from audiosocket_cli.protocol.events import CallInfo
+from audiosocket_cli.protocol.wire import Message
 
 DIRECTION_STYLE = {">": "cyan", "<": "magenta", "-": "dim"}
 EVENT_STYLE = {

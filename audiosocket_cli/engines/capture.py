@@ -25,13 +25,18 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from .address import Address
-from .calls import CallInfo
-from .output import Output
-from .protocol import Decoder, Kind, Message, TruncatedMessage
-from .reactor import Reactor, Timer
-from .stats import AnalysisBudget, DirectionStats, diagnose_application, diagnose_asterisk
-from .status import ExitStatus
+from audiosocket_cli.analysis.stats import (
+    AnalysisBudget,
+    DirectionStats,
+    diagnose_application,
+    diagnose_asterisk,
+)
+from audiosocket_cli.net.address import Address
+from audiosocket_cli.net.reactor import Reactor, Timer
+from audiosocket_cli.output.sinks import Output
+from audiosocket_cli.protocol.events import CallInfo
+from audiosocket_cli.protocol.wire import Decoder, Kind, Message, TruncatedMessage
+from audiosocket_cli.status import ExitStatus
 
 RECV_SIZE = 65536
 CONNECT_TIMEOUT = 2.0  # what Asterisk allows
@@ -75,7 +80,7 @@ class Recorder:
 
     def write(self, stem: str, message: Message) -> str | None:
         """Record one audio message; returns a line to warn with, or None."""
-        from .audio import AudioFileError, RateSplitRecording, unique_path
+        from audiosocket_cli.media.audio import AudioFileError, RateSplitRecording, unique_path
 
         rate = message.rate
         assert rate is not None

@@ -1,0 +1,1 @@
+"""What a call did, measured: levels, per-direction statistics, diagnoses."""

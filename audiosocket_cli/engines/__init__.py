@@ -1,0 +1,1 @@
+"""Engines, one per command that runs calls: listen, dial, capture, replay."""

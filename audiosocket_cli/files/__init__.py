@@ -1,0 +1,1 @@
+"""Files calls are kept in: trace files, raw dumps, packet captures."""

@@ -1,0 +1,1 @@
+"""Sound: files read and resampled, frame sources, recordings, live devices."""

@@ -1,0 +1,1 @@
+"""Sockets and time: addresses, connections, the selector loop, drift-free pacing."""

@@ -1,0 +1,1 @@
+"""The one output layer: human (rich), plain lines, JSON lines, trace files."""

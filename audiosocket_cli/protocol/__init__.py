@@ -1,0 +1,51 @@
+"""The protocol layer, sans I/O and stdlib only: the wire format, the rules each
+side of a call keeps (one session object per role), and the events every
+command reports."""
+
+from audiosocket_cli.protocol.wire import (
+    AUDIO_RATES,
+    DTMF_DIGITS,
+    ERROR_CODE_NAMES,
+    HEADER,
+    HEADER_SIZE,
+    KIND_NAMES,
+    MAX_PAYLOAD,
+    MESSAGE_NAMES,
+    RATE_KINDS,
+    Decoder,
+    ErrorCode,
+    Kind,
+    LocalProtocolError,
+    Message,
+    ProtocolError,
+    RemoteProtocolError,
+    TruncatedMessage,
+    decode_all,
+    describe_error_code,
+    encode,
+    frame_bytes,
+)
+
+__all__ = [
+    "HEADER",
+    "HEADER_SIZE",
+    "MAX_PAYLOAD",
+    "DTMF_DIGITS",
+    "Kind",
+    "AUDIO_RATES",
+    "RATE_KINDS",
+    "KIND_NAMES",
+    "MESSAGE_NAMES",
+    "ErrorCode",
+    "ERROR_CODE_NAMES",
+    "describe_error_code",
+    "ProtocolError",
+    "LocalProtocolError",
+    "RemoteProtocolError",
+    "TruncatedMessage",
+    "Message",
+    "encode",
+    "Decoder",
+    "decode_all",
+    "frame_bytes",
+]
