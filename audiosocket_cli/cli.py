@@ -23,6 +23,8 @@ COMMANDS = {
     "capture": ("capture", "Sit between Asterisk and the application, and record."),
     "replay": ("replay", "Run a recorded call again against an application."),
     "trace": ("trace", "Print saved traces, raw dumps and packet captures."),
+    "report": ("report", "Write an HTML page with plots of each call."),
+    "dissector": ("dissector", "Print or install the Wireshark dissector for AudioSocket."),
 }
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 

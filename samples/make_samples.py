@@ -1,8 +1,13 @@
-"""Regenerate the samples: python samples/make_samples.py (needs espeak-ng and sox).
+"""Regenerate the samples from hello-8k.wav: python samples/make_samples.py
 
-- hello-8k.wav: a short spoken phrase, 8 kHz 16-bit mono.
+- hello-8k.wav: a short spoken phrase, 8 kHz 16-bit mono. The committed file is
+  the reference: espeak-ng's voice differs between versions, so it is made
+  again only with --speech (needs espeak-ng and sox), and the tests then need
+  their expected bytes updated.
 - call.raw: what Asterisk sends in a call (UUID, 20 ms frames, DTMF), as raw bytes.
-- call.trace: a whole call both ways, as `--trace` writes it.
+- call.trace: a whole call both ways, as `--trace` writes it (the current version).
+
+Both are made from hello-8k.wav the same way every time: byte for byte the same.
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from audiosocket_cli.engines.call import CallReport  # noqa: E402
 from audiosocket_cli.files.trace import TraceWriter  # noqa: E402
-from audiosocket_cli.protocol.events import CallInfo  # noqa: E402
+from audiosocket_cli.output.sinks import Output, TraceSink  # noqa: E402
+from audiosocket_cli.protocol.events import CallInfo, CallStart  # noqa: E402
+from audiosocket_cli.protocol.session import Ended  # noqa: E402
 from audiosocket_cli.protocol.wire import Message  # noqa: E402
 
 UUID = "40325ec2-5bd7-4a4e-9a2c-6a4f6d3b1c01"
@@ -42,7 +50,8 @@ def main() -> None:
     import soundfile as sf
 
     wav = HERE / "hello-8k.wav"
-    speech_wav(wav)
+    if "--speech" in sys.argv[1:]:
+        speech_wav(wav)
     pcm = sf.read(str(wav), dtype="int16")[0].tobytes()
     audio = frames(pcm)
 
@@ -51,22 +60,25 @@ def main() -> None:
     raw += [Message.dtmf("1"), Message.dtmf("#")] + [Message.audio(f) for f in audio[50:100]]
     (HERE / "call.raw").write_bytes(b"".join(m.encode() for m in raw))
 
-    # The trace: Asterisk's audio at 20 ms, the application echoing it 1 ms later.
-    call = CallInfo(conn=1, uuid=None, started_ts=1_764_000_000.0)
-    writer = TraceWriter(str(HERE / "call.trace"), command="make_samples.py")
-    writer.event(call, 0.0, "call-start", "peer=127.0.0.1:40000", {"peer": "127.0.0.1:40000"})
-    writer.message(call, 0.000412, ">", Message.for_uuid(UUID))
+    # The trace: Asterisk's audio at 20 ms, the application echoing it 1 ms later,
+    # reported as every command reports a call.
+    call = CallInfo(conn=1, uuid=None, peer="127.0.0.1:40000", started_ts=1_764_000_000.0)
+    writer = TraceWriter(str(HERE / "call.trace"), command="make_samples.py", created=1_764_000_000.0)
+    output = Output([TraceSink(writer, print)])
+    report = CallReport(output, call)
+    output.emit(call, CallStart(0.0, "from 127.0.0.1:40000", {"peer": "127.0.0.1:40000"}))
+    report.message(0.000412, ">", Message.for_uuid(UUID))
     call.uuid = UUID
     t = 0.020
     for n, frame in enumerate(audio[:100]):
-        writer.message(call, t, ">", Message.audio(frame))
-        writer.message(call, t + 0.001, "<", Message.audio(frame))
+        report.message(t, ">", Message.audio(frame))
+        report.message(t + 0.001, "<", Message.audio(frame))
         if n == 60:
-            writer.message(call, t + 0.005, ">", Message.dtmf("5"))
+            report.message(t + 0.005, ">", Message.dtmf("5"))
         t += 0.020
-    writer.message(call, t, "<", Message.hangup())
-    writer.event(call, t, "call-end", "ended=our-hangup", {"ended": "our-hangup"})
-    writer.close()
+    report.message(t, "<", Message.hangup())
+    report.finish(Ended(t, "app-hangup", "the application hung up"), t=t)
+    output.close()
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import errno
 import io
 import json
 import math
@@ -11,6 +12,7 @@ import threading
 import time
 import uuid as uuid_lib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,20 +22,35 @@ from audiosocket_cli.files.trace import (
     FORMAT,
     VERSION,
     TraceFormatError,
+    TraceWriter,
+    event_from_record,
     read_raw,
     read_records,
+    read_trace_lines,
     sniff,
 )
+from audiosocket_cli.output import sinks as sinks_module
 from audiosocket_cli.output.sinks import (
     Environment,
     JsonSink,
+    Output,
     PlainSink,
     StderrEventSink,
+    TraceSink,
     make_output,
+    message_detail,
     plain_event_line,
     plain_message_line,
 )
-from audiosocket_cli.protocol.events import CallInfo
+from audiosocket_cli.protocol.events import (
+    CallDiagnosis,
+    CallEnd,
+    CallInfo,
+    CallStart,
+    CallWarning,
+    event_record,
+    message_record,
+)
 from audiosocket_cli.protocol.wire import Message
 
 UUID = "40325ec2-5bd7-4a4e-9a2c-6a4f6d3b1c01"
@@ -96,9 +113,20 @@ def test_level_ignores_an_odd_last_byte() -> None:
 def test_plain_audio_line_as_cli_md() -> None:
     pcm = sine(2200, 160)
     level = expected_level(pcm)
-    line = plain_message_line("40325ec2", 0.020113, ">", Message.audio(pcm, 8000))
+    line = plain_message_line("40325ec2", 0.020113, ">", Message.audio(pcm, 8000), level_dbfs(pcm))
     assert line == f"0.020113 40325ec2 > audio 320 rate=8000 level={level:.1f}dBFS"
     assert line.split(" ")[:6] == ["0.020113", "40325ec2", ">", "audio", "320", "rate=8000"]
+
+
+def test_the_level_shown_is_the_one_passed() -> None:
+    # The level is computed once by Output.message and handed to every sink: the line
+    # shows that level, not one computed again from the payload.
+    pcm = sine(2200, 160)
+    assert message_detail(Message.audio(pcm), -12.5) == "rate=8000 level=-12.5dBFS"
+    assert message_detail(Message.audio(pcm), None) == "rate=8000 level=silent"
+    assert plain_message_line("#1", 0.5, "<", Message.audio(pcm, 16000), 0.0) == (
+        "0.500000 #1 < audio 320 rate=16000 level=0.0dBFS"
+    )
 
 
 @pytest.mark.parametrize(
@@ -143,7 +171,11 @@ def test_plain_audio_line_as_cli_md() -> None:
     ],
 )
 def test_plain_lines(message: Message, expected: str) -> None:
-    assert plain_message_line("40325ec2", 1.300204, ">", message) == expected
+    level = level_dbfs(message.payload) if message.name == "audio" else None
+    assert plain_message_line("40325ec2", 1.300204, ">", message, level) == expected
+    if message.name != "audio":
+        # Only audio has a level: a level passed with another kind is not shown.
+        assert plain_message_line("40325ec2", 1.300204, ">", message, -3.0) == expected
 
 
 def test_plain_event_lines() -> None:
@@ -159,18 +191,40 @@ def plain_env() -> Environment:
     )
 
 
+def sample_end(t: float = 2.0, **fields: Any) -> CallEnd:
+    return CallEnd(
+        t=t,
+        ended="caller-close",
+        detail="",
+        directions={">": {"messages": 2, "bytes": 363}, "<": {"messages": 1, "bytes": 4}},
+        summary="> 2 messages, < 1 message",
+        fields=fields,
+    )
+
+
+def test_call_end_text_and_endings() -> None:
+    end = sample_end()
+    assert (end.name, end.text) == ("call-end", "caller-close; > 2 messages, < 1 message")
+    with_detail = CallEnd(2.0, "app-hangup", "sent hangup", {}, "> 1 message")
+    assert with_detail.text == "app-hangup (sent hangup); > 1 message"
+    with pytest.raises(ValueError, match="unknown ending 'peer-closed'"):
+        CallEnd(2.0, "peer-closed", "", {}, "")
+
+
 def test_plain_output_through_make_output() -> None:
     env = plain_env()
     output = make_output(env)
     assert [type(s) for s in output.sinks] == [PlainSink, StderrEventSink]
+    assert output.sinks[0].batch  # stdout is not a terminal: lines go out in batches
     call = CallInfo(conn=1, started_ts=0.0)
-    output.event(call, 0.0, "call-start", "peer=127.0.0.1:40000", peer="127.0.0.1:40000")
+    output.emit(call, CallStart(0.0, "peer=127.0.0.1:40000", {"peer": "127.0.0.1:40000"}))
     output.message(call, 0.0004, ">", Message.for_uuid(UUID))
     call.uuid = UUID
     output.message(call, 0.020113, ">", Message.audio(bytes(320)))
     output.message(call, 1.3002041, "<", Message.error(2))
-    output.event(call, 1.5, "warning", "odd audio length 3")
-    output.event(call, 2.0, "call-end", "ended=peer-closed")
+    output.warning(call, 1.5, "odd audio length 3")
+    output.diagnosis(call, 1.6, "slow-audio", "audio arrives at 0.5x real time", ratio=0.5)
+    output.call_end(call, sample_end())
     output.close()
     assert env.stdout.getvalue().splitlines() == [
         "0.000000 #1 - call-start - peer=127.0.0.1:40000",
@@ -178,20 +232,143 @@ def test_plain_output_through_make_output() -> None:
         "0.020113 40325ec2 > audio 320 rate=8000 level=silent",
         "1.300204 40325ec2 < error 1 code=0x02 frame-forwarding-error",
         "1.500000 40325ec2 - warning - odd audio length 3",
-        "2.000000 40325ec2 - call-end - ended=peer-closed",
+        "1.600000 40325ec2 - diagnosis - audio arrives at 0.5x real time",
+        "2.000000 40325ec2 - call-end - caller-close; > 2 messages, < 1 message",
     ]
     # Warnings and diagnoses also go to stderr, in human form.
-    assert env.stderr.getvalue() == "warning: call 40325ec2: odd audio length 3\n"
+    assert env.stderr.getvalue() == (
+        "warning: call 40325ec2: odd audio length 3\n"
+        "diagnosis: call 40325ec2: audio arrives at 0.5x real time\n"
+    )
 
 
-def test_quiet_shows_events_only() -> None:
+def test_call_start_is_timed_from_the_call() -> None:
+    env = plain_env()
+    output = make_output(env)
+    call = CallInfo(conn=4, started=time.monotonic() - 5.0, started_ts=0.0)
+    output.call_start(call, "peer=127.0.0.1:40000", peer="127.0.0.1:40000")
+    output.close()
+    t, rest = env.stdout.getvalue().split(" ", 1)
+    assert rest == "#4 - call-start - peer=127.0.0.1:40000\n"
+    assert 5.0 <= float(t) < 6.0
+
+
+def test_batched_lines_wait_for_a_flush(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sinks_module, "FLUSH_INTERVAL", 1e9)  # no flush by time in this test
+    env = plain_env()
+    output = make_output(env)
+    call = call_with_uuid()
+    output.emit(call, CallStart(0.0, "peer=x"))
+    output.message(call, 0.02, ">", Message.dtmf("1"))
+    assert env.stdout.getvalue() == ""  # a call's start is no reason to flush
+    output.flush()
+    assert env.stdout.getvalue().splitlines() == [
+        "0.000000 40325ec2 - call-start - peer=x",
+        "0.020000 40325ec2 > dtmf 1 digit=1",
+    ]
+    output.message(call, 0.04, ">", Message.dtmf("2"))
+    assert len(env.stdout.getvalue().splitlines()) == 2
+    output.warning(call, 0.05, "w")  # every other event flushes, with what came before
+    assert env.stdout.getvalue().splitlines()[2:] == [
+        "0.040000 40325ec2 > dtmf 1 digit=2",
+        "0.050000 40325ec2 - warning - w",
+    ]
+    output.message(call, 0.06, ">", Message.dtmf("3"))
+    output.diagnosis(call, 0.07, "code", "d")
+    assert env.stdout.getvalue().splitlines()[4:] == [
+        "0.060000 40325ec2 > dtmf 1 digit=3",
+        "0.070000 40325ec2 - diagnosis - d",
+    ]
+    output.message(call, 0.08, ">", Message.dtmf("4"))
+    output.call_end(call, sample_end(0.09))
+    assert env.stdout.getvalue().splitlines()[6:] == [
+        "0.080000 40325ec2 > dtmf 1 digit=4",
+        "0.090000 40325ec2 - call-end - caller-close; > 2 messages, < 1 message",
+    ]
+    output.message(call, 0.1, ">", Message.dtmf("5"))
+    assert len(env.stdout.getvalue().splitlines()) == 8
+    output.close()
+    assert env.stdout.getvalue().splitlines()[8:] == ["0.100000 40325ec2 > dtmf 1 digit=5"]
+
+
+def test_batched_lines_flush_every_100_ms() -> None:
+    stream = io.StringIO()
+    sink = PlainSink(stream, batch=True)
+    output = Output([sink], io.StringIO())
+    call = call_with_uuid()
+    output.message(call, 0.0, ">", Message.dtmf("1"))
+    time.sleep(sinks_module.FLUSH_INTERVAL + 0.02)
+    output.message(call, 0.1, ">", Message.dtmf("2"))  # 100 ms since the last flush
+    assert stream.getvalue().splitlines() == [
+        "0.000000 40325ec2 > dtmf 1 digit=1",
+        "0.100000 40325ec2 > dtmf 1 digit=2",
+    ]
+    assert sinks_module.FLUSH_INTERVAL == 0.1
+
+
+def test_unbatched_lines_go_out_at_once() -> None:
+    for sink_type, check in ((PlainSink, str.split), (JsonSink, json.loads)):
+        stream = io.StringIO()
+        output = Output([sink_type(stream)], io.StringIO())
+        assert output.sinks[0].batch is False
+        call = call_with_uuid()
+        output.emit(call, CallStart(0.0, "peer=x"))
+        assert len(stream.getvalue().splitlines()) == 1
+        output.message(call, 0.02, ">", Message.dtmf("1"))
+        lines = stream.getvalue().splitlines()
+        assert len(lines) == 2 and check(lines[1])
+
+
+def test_quiet_shows_events_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_level(pcm: bytes) -> float | None:
+        raise AssertionError("no sink shows the level: it is not computed")
+
+    monkeypatch.setattr(sinks_module, "level_dbfs", no_level)
     env = plain_env()
     output = make_output(env, quiet=True)
+    assert not output.shows_messages
+    assert all(not s.needs_level for s in output.sinks)
     call = call_with_uuid()
     output.message(call, 0.02, ">", Message.audio(sine(1000)))
-    output.event(call, 1.0, "call-end", "ended=our-hangup")
+    output.call_end(call, CallEnd(1.0, "app-hangup", "", {}, "> 1 message"))
     output.close()
-    assert env.stdout.getvalue() == "1.000000 40325ec2 - call-end - ended=our-hangup\n"
+    assert env.stdout.getvalue() == "1.000000 40325ec2 - call-end - app-hangup; > 1 message\n"
+
+
+def test_the_level_is_computed_once_for_all_sinks(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    computed: list[bytes] = []
+
+    def counting_level(pcm: bytes) -> float | None:
+        computed.append(pcm)
+        return level_dbfs(pcm)
+
+    monkeypatch.setattr(sinks_module, "level_dbfs", counting_level)
+    env = plain_env()
+    path = tmp_path / "call.trace"
+    output = make_output(env, trace_path=str(path))
+    call = call_with_uuid()
+    pcm = sine(1000)
+    output.message(call, 0.02, ">", Message.audio(pcm))
+    output.message(call, 0.03, ">", Message.dtmf("1"))  # no level for other kinds
+    output.message(call, 0.04, "<", Message.audio(pcm, 16000))
+    output.close()
+    assert computed == [pcm, pcm]
+    assert [line.split(" ", 3)[3] for line in env.stdout.getvalue().splitlines()] == [
+        "audio 320 rate=8000 level=-33.3dBFS",
+        "dtmf 1 digit=1",
+        "audio 320 rate=16000 level=-33.3dBFS",
+    ]
+    with open(path, "rb") as stream:
+        traced = [json.loads(line) for line in stream][1:]
+    assert [r.get("level_dbfs", "none") for r in traced] == [-33.3, "none", -33.3]
+    # A quiet display with a trace: the trace still needs the level.
+    computed.clear()
+    output = make_output(plain_env(), trace_path=str(tmp_path / "quiet.trace"), quiet=True)
+    output.message(call, 0.02, ">", Message.audio(pcm))
+    output.close()
+    assert computed == [pcm]
 
 
 def test_terminal_gets_the_human_sink() -> None:
@@ -202,6 +379,7 @@ def test_terminal_gets_the_human_sink() -> None:
     # --json wins over a terminal.
     output = make_output(env, json_lines=True)
     assert [type(s) for s in output.sinks] == [JsonSink, StderrEventSink]
+    assert output.sinks[0].batch is False  # a terminal sees each line at once
 
 
 # JSON lines --------------------------------------------------------------------------
@@ -210,6 +388,7 @@ def test_terminal_gets_the_human_sink() -> None:
 def test_json_fields() -> None:
     env = plain_env()
     output = make_output(env, json_lines=True)
+    assert output.sinks[0].batch  # stdout is not a terminal
     call = CallInfo(conn=7, started_ts=0.0)
     pcm = sine(3000)
     output.message(call, 0.0004, ">", Message.for_uuid(UUID))
@@ -222,7 +401,19 @@ def test_json_fields() -> None:
     output.message(call, 1.7, "<", Message(0x02, b"ab"))
     output.message(call, 1.8, "<", Message(0x01, b"abcd"))
     output.message(call, 1.9, "<", Message.hangup())
-    output.event(call, 2.0, "call-end", "ended=our-hangup", ended="our-hangup")
+    end = CallEnd(
+        t=2.0,
+        ended="app-hangup",
+        detail="sent hangup",
+        directions={">": {"messages": 4, "bytes": 985}, "<": {"messages": 5, "bytes": 25}},
+        summary="> 4 messages, < 5 messages",
+        violations=("unassigned kind 0x02",),
+        diagnoses=("slow-audio",),
+        recordings=("in.wav",),
+        partial=True,
+        fields={"peer": "127.0.0.1:40000"},
+    )
+    output.call_end(call, end)
     output.close()
     records = [json.loads(line) for line in env.stdout.getvalue().splitlines()]
     common = [{k: r[k] for k in ("t", "conn", "call", "dir")} for r in records]
@@ -268,10 +459,87 @@ def test_json_fields() -> None:
         "call": UUID,
         "dir": "-",
         "event": "call-end",
-        "text": "ended=our-hangup",
-        "ended": "our-hangup",
+        "text": "app-hangup (sent hangup); > 4 messages, < 5 messages",
+        "ended": "app-hangup",
+        "detail": "sent hangup",
+        "duration": 2.0,
+        ">": {"messages": 4, "bytes": 985},
+        "<": {"messages": 5, "bytes": 25},
+        "violations": ["unassigned kind 0x02"],
+        "diagnoses": ["slow-audio"],
+        "recordings": ["in.wav"],
+        "partial": True,
+        "peer": "127.0.0.1:40000",
     }
     assert "kind" not in records[9]
+    # The records are those of protocol/events.py, the one JSON contract.
+    assert records[9] == event_record(call, end)
+    assert records[1] == message_record(
+        call, 0.020113, ">", Message.audio(pcm, 8000), level_dbfs(pcm)
+    )
+
+
+def test_json_events() -> None:
+    env = plain_env()
+    output = make_output(env, json_lines=True)
+    call = call_with_uuid()
+    output.call_start(call, "peer=127.0.0.1:40000", peer="127.0.0.1:40000")
+    output.warning(call, 1.5, "odd audio length 3", length=3)
+    output.diagnosis(call, 1.6, "slow-audio", "audio arrives at 0.5x real time", ratio=0.5)
+    # An event's own fields never hide the common ones.
+    hiding = {"t": 99, "conn": 0, "call": "x", "dir": ">", "event": "call-end", "text": "no"}
+    output.emit(call, CallWarning(1.7, "the real text", {**hiding, "extra": 1}))
+    output.emit(call, CallDiagnosis(1.8, "code-x", "diagnosed", dict(hiding)))
+    output.call_end(call, CallEnd(1234.5678901, "caller-reset", "", {">": {"messages": 1}}, "s"))
+    output.close()
+    records = [json.loads(line) for line in env.stdout.getvalue().splitlines()]
+    start = records[0]
+    assert 0.0 <= start.pop("t") < 5.0  # call_start: the time since the call started
+    assert start == {
+        "conn": 3,
+        "call": UUID,
+        "dir": "-",
+        "event": "call-start",
+        "text": "peer=127.0.0.1:40000",
+        "peer": "127.0.0.1:40000",
+    }
+    base = {"conn": 3, "call": UUID, "dir": "-"}
+    assert records[1:5] == [
+        {**base, "t": 1.5, "event": "warning", "text": "odd audio length 3", "length": 3},
+        {
+            **base,
+            "t": 1.6,
+            "event": "diagnosis",
+            "text": "audio arrives at 0.5x real time",
+            "code": "slow-audio",
+            "ratio": 0.5,
+        },
+        {**base, "t": 1.7, "event": "warning", "text": "the real text", "extra": 1},
+        {**base, "t": 1.8, "event": "diagnosis", "text": "diagnosed", "code": "code-x"},
+    ]
+    assert records[5] == {
+        **base,
+        "t": 1234.56789,
+        "event": "call-end",
+        "text": "caller-reset; s",
+        "ended": "caller-reset",
+        "detail": "",
+        "duration": 1234.56789,
+        ">": {"messages": 1},
+        "<": {},
+        "violations": [],
+        "diagnoses": [],
+        "recordings": [],
+        "partial": False,
+    }
+    assert len(records) == 6
+    # Warnings and diagnoses also go to stderr beside the JSON lines.
+    assert env.stderr.getvalue() == (
+        "warning: call 40325ec2: odd audio length 3\n"
+        "diagnosis: call 40325ec2: audio arrives at 0.5x real time\n"
+        "warning: call 40325ec2: the real text\n"
+        "diagnosis: call 40325ec2: diagnosed\n"
+    )
 
 
 def test_output_is_safe_from_two_threads() -> None:
@@ -289,21 +557,37 @@ def test_output_is_safe_from_two_threads() -> None:
         thread.start()
     for thread in threads:
         thread.join()
+    output.close()  # stdout is not a terminal: the last batch goes out on close
     lines = env.stdout.getvalue().splitlines()
     assert len(lines) == 600
     assert all(line.endswith(" audio 320 rate=8000 level=-33.3dBFS") for line in lines)
+    for direction in "<>":
+        mine = [line for line in lines if line.split(" ")[2] == direction]
+        assert [line.split(" ")[0] for line in mine] == [f"{n * 0.02:.6f}" for n in range(300)]
 
 
 # Trace files -------------------------------------------------------------------------
+
+
+SAMPLE_START = CallStart(0.0, "peer=127.0.0.1:40000", {"peer": "127.0.0.1:40000"})
+SAMPLE_END = CallEnd(
+    t=0.2,
+    ended="app-hangup",
+    detail="",
+    directions={">": {"messages": 7, "bytes": 1707}, "<": {"messages": 8, "bytes": 1683}},
+    summary="> 7 messages, < 8 messages",
+    fields={"peer": "127.0.0.1:40000"},
+)
 
 
 def write_sample_trace(path: Path) -> list[tuple[float, str, Message]]:
     """A call written through make_output(trace_path=...): what went in."""
     env = plain_env()
     output = make_output(env, trace_path=str(path), command="test")
+    assert [type(s) for s in output.sinks] == [PlainSink, StderrEventSink, TraceSink]
     call = CallInfo(conn=2, started_ts=1_764_000_000.0)
     sent: list[tuple[float, str, Message]] = [(0.0004, ">", Message.for_uuid(UUID))]
-    output.event(call, 0.0, "call-start", "peer=127.0.0.1:40000", peer="127.0.0.1:40000")
+    output.emit(call, SAMPLE_START)
     output.message(call, *sent[0])
     call.uuid = UUID
     for n in range(5):
@@ -315,8 +599,9 @@ def write_sample_trace(path: Path) -> list[tuple[float, str, Message]]:
     sent.append((0.2, "<", Message.hangup()))
     for t, direction, message in sent[1:]:
         output.message(call, t, direction, message)
-    output.event(call, 0.2, "call-end", "ended=our-hangup", ended="our-hangup")
+    output.call_end(call, SAMPLE_END)
     output.close()
+    assert not output.trace_failed
     return sent
 
 
@@ -326,7 +611,7 @@ def test_trace_file_written_then_read_back(tmp_path: Path) -> None:
     lines = path.read_bytes().splitlines()
     header = json.loads(lines[0])
     assert header["format"] == FORMAT == "audiosocket-trace"
-    assert header["version"] == VERSION == 1
+    assert header["version"] == VERSION == 2
     assert header["command"] == "test"
     assert header["tool"].startswith("audiosocket-cli ")
     second = json.loads(lines[2])  # the UUID message line: the JSON record plus ts and data
@@ -344,9 +629,154 @@ def test_trace_file_written_then_read_back(tmp_path: Path) -> None:
     assert [r.ts for r in messages] == [round(1_764_000_000.0 + t, 6) for t, _, _ in sent]
     assert [(e.t, e.event, e.text, e.fields) for e in events] == [
         (0.0, "call-start", "peer=127.0.0.1:40000", {"peer": "127.0.0.1:40000"}),
-        (0.2, "call-end", "ended=our-hangup", {"ended": "our-hangup"}),
+        (
+            0.2,
+            "call-end",
+            "app-hangup; > 7 messages, < 8 messages",
+            {
+                "ended": "app-hangup",
+                "detail": "",
+                "duration": 0.2,
+                ">": {"messages": 7, "bytes": 1707},
+                "<": {"messages": 8, "bytes": 1683},
+                "violations": [],
+                "diagnoses": [],
+                "recordings": [],
+                "partial": False,
+                "peer": "127.0.0.1:40000",
+            },
+        ),
     ]
     assert events[0].dir == "-" and events[0].ts == 1_764_000_000.0
+    assert events[1].ts == 1_764_000_000.2
+    # The events come back typed, as they were written.
+    assert [event_from_record(e) for e in events] == [SAMPLE_START, SAMPLE_END]
+    # read_trace_lines reads the same lines.
+    with open(path, "rb") as stream:
+        again = list(read_trace_lines(iter(stream), str(path)))
+    assert again == records
+
+
+def test_trace_writer_buffers_until_flush_or_event(tmp_path: Path) -> None:
+    path = tmp_path / "w.trace"
+    writer = TraceWriter(str(path), command="cmd", created=1_700_000_000.5)
+    header = json.loads(path.read_bytes())  # the header is written at once
+    assert {k: header[k] for k in ("format", "version", "command", "created")} == {
+        "format": FORMAT,
+        "version": 2,
+        "command": "cmd",
+        "created": 1_700_000_000.5,
+    }
+    call = call_with_uuid()
+    writer.message(call, 0.02, ">", Message.audio(sine(1000)), -33.3)
+    assert len(path.read_bytes().splitlines()) == 1  # buffered
+    writer.flush()
+    lines = path.read_bytes().splitlines()
+    assert len(lines) == 2
+    assert json.loads(lines[1])["level_dbfs"] == -33.3  # the level passed in
+    writer.message(call, 0.04, "<", Message.dtmf("1"), None)
+    assert len(path.read_bytes().splitlines()) == 2
+    writer.event(call, CallWarning(0.05, "w"))  # an event flushes
+    assert [json.loads(line).get("event") for line in path.read_bytes().splitlines()[2:]] == [
+        None,
+        "warning",
+    ]
+    writer.message(call, 0.06, "<", Message.hangup(), None)
+    writer.close()
+    records = list(read_records(io.BytesIO(path.read_bytes()), "w.trace"))
+    assert [(r.t, r.dir, r.message, r.event) for r in records] == [
+        (0.02, ">", Message.audio(sine(1000)), None),
+        (0.04, "<", Message.dtmf("1"), None),
+        (0.05, "-", None, "warning"),
+        (0.06, "<", Message.hangup(), None),
+    ]
+
+
+def test_output_flush_reaches_the_trace(tmp_path: Path) -> None:
+    path = tmp_path / "f.trace"
+    output = make_output(plain_env(), trace_path=str(path))
+    call = call_with_uuid()
+    output.message(call, 0.02, ">", Message.dtmf("1"))
+    assert len(path.read_bytes().splitlines()) == 1
+    output.flush()
+    assert len(path.read_bytes().splitlines()) == 2
+    output.close()
+
+
+class _FullDisk(io.StringIO):
+    def write(self, text: str) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def flush(self) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_trace_write_error_warns_once_and_stops(tmp_path: Path) -> None:
+    env = plain_env()
+    path = tmp_path / "full.trace"
+    output = make_output(env, trace_path=str(path))
+    trace = output.sinks[2]
+    assert isinstance(trace, TraceSink)
+    trace.writer.stream.close()
+    trace.writer.stream = _FullDisk()
+    call = call_with_uuid()
+    output.message(call, 0.02, ">", Message.dtmf("1"))  # does not raise
+    output.message(call, 0.04, ">", Message.dtmf("2"))
+    output.flush()
+    output.call_end(call, CallEnd(0.1, "app-hangup", "", {}, "s"))
+    output.close()
+    assert output.trace_failed
+    assert env.stderr.getvalue() == (
+        f"audiosocket: warning: {path}: cannot write the trace: "
+        f"{os.strerror(errno.ENOSPC)}; it stops here, whole up to the last message written\n"
+    )
+    # The display goes on regardless.
+    assert env.stdout.getvalue().splitlines() == [
+        "0.020000 40325ec2 > dtmf 1 digit=1",
+        "0.040000 40325ec2 > dtmf 1 digit=2",
+        "0.100000 40325ec2 - call-end - app-hangup; s",
+    ]
+
+
+def test_version_1_trace_is_upgraded_when_read() -> None:
+    header = {"format": FORMAT, "version": 1, "tool": "audiosocket-cli 0.1.0", "command": "x"}
+    base = {"conn": 1, "call": UUID, "dir": "-", "event": "call-end"}
+    ends = [
+        {**base, "t": 1.0, "text": "ended=our-hangup", "ended": "our-hangup"},
+        {**base, "t": 2.0, "text": "t", "how": "peer-closed", "inbound": {"messages": 3}},
+        {**base, "t": 3.0, "text": "t", "reason": "client-reset", "outbound": {"messages": 4}},
+        {**base, "t": 4.0, "text": "t", "ended": "application-hangup", "sent": {"m": 1}},
+        {**base, "t": 5.0, "text": "t", "ended": "weird", "received": {"m": 2}},
+    ]
+    data = b"".join(json.dumps(obj).encode() + b"\n" for obj in [header, *ends])
+    records = list(read_records(io.BytesIO(data), "old.trace"))
+    assert [r.fields.get("ended") for r in records] == [
+        "app-hangup",
+        "caller-close",
+        "caller-reset",
+        "app-hangup",
+        "weird",
+    ]
+    assert records[1].fields[">"] == {"messages": 3} and "<" not in records[1].fields
+    assert records[2].fields["<"] == {"messages": 4} and ">" not in records[2].fields
+    assert records[3].fields[">"] == {"m": 1}
+    assert records[4].fields["<"] == {"m": 2}
+    events = [event_from_record(r) for r in records]
+    assert all(isinstance(e, CallEnd) for e in events)
+    assert [e.ended for e in events] == [
+        "app-hangup",
+        "caller-close",
+        "caller-reset",
+        "app-hangup",
+        "unknown",  # not a word of ENDINGS: how the call ended is not known
+    ]
+    assert events[1].directions == {">": {"messages": 3}, "<": {}}
+    assert events[0].text == "app-hangup; ended=our-hangup"
+    # A version 2 file keeps its words as written.
+    v2 = {**header, "version": 2}
+    data = b"".join(json.dumps(obj).encode() + b"\n" for obj in [v2, ends[1]])
+    (record,) = read_records(io.BytesIO(data), "new.trace")
+    assert "ended" not in record.fields and ">" not in record.fields
 
 
 def test_trace_read_from_a_stream_without_peek(tmp_path: Path) -> None:

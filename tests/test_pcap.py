@@ -255,7 +255,7 @@ def two_calls(v6: bool = False) -> tuple[list[tuple[float, dpkt.Packet]], list[E
     put(end + 0.0005, a.fin(False))
     put(end + 0.0010, a.ack(True))
     put(end + 0.002, b.rst(False))
-    exp_a.ended, exp_b.ended = "client-close", "server-reset"
+    exp_a.ended, exp_b.ended = "caller-close", "app-reset"
     packets.sort(key=lambda item: item[0])
     return packets, [exp_a, exp_b]
 
@@ -330,8 +330,12 @@ def test_two_interleaved_calls(tmp_path: Path) -> None:
     assert lines[0] == "0.000000 #1 - call-start - client=10.0.0.1:40001 server=10.0.0.2:9092"
     assert lines[1] == "0.000000 #2 - call-start - client=10.0.0.3:40002 server=10.0.0.2:9092"
     assert "0.120000 11111111 > dtmf 1 digit=7" in lines
-    assert lines[-2].endswith("11111111 - call-end - ended=client-close")
-    assert lines[-1].endswith("aaaaaaaa - call-end - ended=server-reset")
+    assert lines[-2].endswith(
+        "11111111 - call-end - caller-close (the caller closed the connection)"
+    )
+    assert lines[-1].endswith(
+        "aaaaaaaa - call-end - app-reset (the application reset the connection)"
+    )
     assert sum(" > audio 320 " in line for line in lines) == 20  # no duplicated frame
 
 
@@ -441,7 +445,7 @@ def test_gap_is_reported_and_decoding_resumes(tmp_path: Path) -> None:
     for r in audio_records[3:]:
         k = [audio(n) for n in range(10)].index(r.message)
         assert r.ts == pytest.approx(T0 + 0.02 + 0.02 * k, abs=2e-6)
-    assert records[-1].event == "call-end" and records[-1].fields["ended"] == "client-close"
+    assert records[-1].event == "call-end" and records[-1].fields["ended"] == "caller-close"
     # The command shows it on stderr as well.
     result = trace(str(path))
     assert result.exit_code == 0
@@ -466,7 +470,7 @@ def test_gap_at_the_end_of_a_capture(tmp_path: Path) -> None:
         audio(2),
         audio(3),
     ]
-    assert records[-1].fields["ended"] == "capture-end"
+    assert records[-1].fields["ended"] == "unknown"
 
 
 def test_a_fin_the_capture_missed_is_no_gap(tmp_path: Path) -> None:
@@ -507,7 +511,7 @@ def test_port_finds_calls_that_do_not_start_with_a_uuid(tmp_path: Path) -> None:
     assert {r.call for r in records} == {"#1"}
     start = records[0]
     assert start.event == "call-start" and start.fields["server"] == "10.0.0.2:4573"
-    assert records[-1].fields["ended"] == "server-close"
+    assert records[-1].fields["ended"] == "app-close"
     result = trace("--port", "4573", str(path))
     assert result.exit_code == 0 and "#1 < hangup 0" in result.stdout
 

@@ -27,7 +27,7 @@ from click.testing import CliRunner, Result
 from test_pcap import T0, TcpConn, write_capture
 
 from audiosocket_cli.files.trace import TraceWriter
-from audiosocket_cli.protocol.events import CallInfo
+from audiosocket_cli.protocol.events import CallEnd, CallInfo, CallStart
 from audiosocket_cli.protocol.wire import Decoder, Message, decode_all
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,14 +146,18 @@ def write_trace(
     writer = TraceWriter(str(path), command="test")
     for conn, (uuid, messages) in enumerate(calls, start=1):
         call = CallInfo(conn=conn, started_ts=1_764_000_000.0 + conn)
-        writer.event(call, 0.0, "call-start", "peer=127.0.0.1:40000", {"peer": "127.0.0.1:40000"})
+        writer.event(call, CallStart(0.0, "peer=127.0.0.1:40000", {"peer": "127.0.0.1:40000"}))
         last = 0.0
         for t, direction, message in messages:
-            writer.message(call, t, direction, message)
+            writer.message(call, t, direction, message, None)
             if message.name == "uuid" and uuid:
                 call.uuid = uuid
             last = t
-        writer.event(call, last, "call-end", "ended", dict(ended or {"how": "peer-close"}))
+        end = dict(ended or {"ended": "caller-close"})
+        writer.event(
+            call,
+            CallEnd(last, end.pop("ended"), "", {}, "", fields=end),
+        )
     writer.close()
     return path
 
@@ -248,7 +252,7 @@ def test_bytes_arrive_as_in_the_trace(tmp_path: Path, server: Server) -> None:
     start = events(result, "call-start")[0]
     assert start["original_call"] == UUID and start["peer"] == server.address
     end = events(result, "call-end")[0]
-    assert end["reason"] == "caller-close" and end["call"] == UUID
+    assert end["ended"] == "caller-close" and end["call"] == UUID
 
 
 def test_timing_at_speed_1(tmp_path: Path, cli_env: dict) -> None:
@@ -283,7 +287,7 @@ def test_timing_at_speed_1(tmp_path: Path, cli_env: dict) -> None:
         assert set(ends) <= boundaries
         assert len(conn.chunks) >= 0.9 * len(sizes)
         end = [e for e in json_lines(done.stdout) if e.get("event") == "call-end"][0]
-        assert end["reason"] == "caller-close" and end["max_send_lag_ms"] >= 0
+        assert end["ended"] == "caller-close" and end["max_send_lag_ms"] >= 0
         return [a for a, _ in conn.messages], [t for t, _, _ in messages]
 
     within(attempt)
@@ -417,7 +421,7 @@ def test_bad_inputs(tmp_path: Path, server: Server) -> None:
         ([str(trace), "--linger", "x"], 2, "--linger"),
         ([str(trace), "127.0.0.1:http"], 2, "ADDRESS"),
         ([str(trace), "127.0.0.1:99999"], 2, "port"),
-        ([str(trace), "--record", str(tmp_path / "no" / "x.wav")], 1, "cannot write"),
+        ([str(trace), "--record", str(tmp_path / "no" / "x.wav")], 1, "no such folder"),
     ]
     empty = tmp_path / "empty.raw"
     empty.write_bytes(b"")
@@ -506,7 +510,7 @@ def test_plain_summary_and_a_different_answer(tmp_path: Path) -> None:
     assert lines[-2].endswith(
         "the application differs from the original in: messages, audio, ending"
     )
-    assert " - call-end - the application hung up; " in lines[-1]
+    assert " - call-end - app-hangup (the application hung up); " in lines[-1]
 
 
 def test_original_hangup_is_replayed(tmp_path: Path, server: Server) -> None:
@@ -517,7 +521,7 @@ def test_original_hangup_is_replayed(tmp_path: Path, server: Server) -> None:
     conn = server.conn()
     assert decode_all(conn.data)[-1] == Message.hangup()
     end = events(result, "call-end")[0]
-    assert end["reason"] == "caller-hangup" and end["original_ending"] == "caller-hangup"
+    assert end["ended"] == "caller-hangup" and end["original_ending"] == "caller-hangup"
 
 
 def test_strict_and_lenient(tmp_path: Path) -> None:
@@ -536,8 +540,13 @@ def test_strict_and_lenient(tmp_path: Path) -> None:
         finally:
             server.close()
         assert result.exit_code == status, result.stderr
-        warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
-        assert "the application sent a dtmf message (kind 0x03)" in warnings[0]
+        # Strict: the call's ending (the error line) says it; lenient: a warning.
+        said = [
+            line
+            for line in result.stderr.splitlines()
+            if line.startswith("warning:" if flags else "audiosocket: error:")
+        ]
+        assert "the application sent a dtmf message (kind 0x03, 1 byte, digit 1)" in said[0]
         received = decode_all(conn.data)
         if status == 3:
             assert "refused" in result.stdout.splitlines()[-1] or "Asterisk ends" in result.stdout

@@ -109,17 +109,18 @@ def test_trace_file_plain_lines() -> None:
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
     assert lines[:3] == [
-        "0.000000 #1 - call-start - peer=127.0.0.1:40000",
+        "0.000000 #1 - call-start - from 127.0.0.1:40000",
         f"0.000412 #1 > uuid 16 uuid={UUID}",
         lines[2],
     ]
     assert lines[2].startswith("0.020000 40325ec2 > audio 320 rate=8000 level=")
     assert lines[3].startswith("0.021000 40325ec2 < audio 320 rate=8000 level=")
     assert [line for line in lines if " dtmf " in line] == ["1.225000 40325ec2 > dtmf 1 digit=5"]
-    assert lines[-2:] == [
-        "2.020000 40325ec2 < hangup 0",
-        "2.020000 40325ec2 - call-end - ended=our-hangup",
-    ]
+    assert lines[-2] == "2.020000 40325ec2 < hangup 0"
+    assert lines[-1].startswith(
+        "2.020000 40325ec2 - call-end - app-hangup (the application hung up); after 2.02s; "
+        "> 102 msgs 32323 B audio 2.00s dtmf=5; < 101 msgs 32303 B audio 2.00s; "
+    )
     assert len(lines) == 1 + 1 + 100 * 2 + 1 + 1 + 1
     # Plain lines are grep-able: fields separated by single spaces, no colour codes.
     assert all("\x1b" not in line and "  " not in line for line in lines)
@@ -175,12 +176,12 @@ def test_json_of_a_trace_file_keeps_events_and_directions() -> None:
         "call": "#1",
         "dir": "-",
         "event": "call-start",
-        "text": "peer=127.0.0.1:40000",
+        "text": "from 127.0.0.1:40000",
         "peer": "127.0.0.1:40000",
     }
     assert sum(1 for r in records if r.get("dir") == ">") == 102
     assert sum(1 for r in records if r.get("dir") == "<") == 101
-    assert records[-1]["event"] == "call-end" and records[-1]["ended"] == "our-hangup"
+    assert records[-1]["event"] == "call-end" and records[-1]["ended"] == "app-hangup"
 
 
 # Filters -----------------------------------------------------------------------------
@@ -439,11 +440,22 @@ def test_trace_option_into_a_missing_folder(tmp_path: Path) -> None:
     assert line == f"audiosocket: error: {target}: cannot write: No such file or directory"
 
 
+def test_version_1_traces_still_read_in_the_new_words() -> None:
+    """A trace written before the one vocabulary: its call-end reads as `ended`."""
+    result = run("--json", str(ROOT / "tests" / "data" / "call-v1.trace"))
+    assert result.exit_code == 0
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == 1 + 1 + 100 * 2 + 1 + 1 + 1
+    assert records[-1]["event"] == "call-end" and records[-1]["ended"] == "app-hangup"
+    assert records[-1]["call"] == UUID
+    assert [r["digit"] for r in records if r.get("kind") == "dtmf"] == ["5"]
+
+
 def test_trace_of_an_unknown_version(tmp_path: Path) -> None:
     path = tmp_path / "future.trace"
-    path.write_text(json.dumps({"format": "audiosocket-trace", "version": 2}) + "\n")
+    path.write_text(json.dumps({"format": "audiosocket-trace", "version": 99}) + "\n")
     line = assert_one_line_error(run(str(path)))
-    assert line == f"audiosocket: error: {path}: trace version 2 is not supported"
+    assert line == f"audiosocket: error: {path}: trace version 99 is not supported"
 
 
 def test_trace_file_with_a_broken_line(tmp_path: Path) -> None:

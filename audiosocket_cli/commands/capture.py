@@ -11,13 +11,17 @@ from audiosocket_cli.commands.options import (
     ADDRESS,
     AddressType,
     Failure,
+    application_rules,
+    asterisk_rules,
     open_output,
     output_options,
+    warm_up,
 )
-from audiosocket_cli.engines.capture import CONNECT_TIMEOUT, Proxy, resolve
+from audiosocket_cli.engines.capture import Proxy, resolve
+from audiosocket_cli.media.recorder import check_writable_folder
 from audiosocket_cli.net.address import Address
 from audiosocket_cli.net.reactor import Reactor
-from audiosocket_cli.net.transport import ConnectError, bound_address, listen
+from audiosocket_cli.net.transport import CONNECT_TIMEOUT, ConnectError, bound_address, listen
 from audiosocket_cli.output.sinks import Environment
 from audiosocket_cli.status import Terminated
 
@@ -56,6 +60,12 @@ DEFAULT_PORT = 9093
     metavar="SECONDS",
     help="Give up on the upstream after this long (Asterisk allows 2 s).",
 )
+@click.option(
+    "--timeout",
+    metavar="SECONDS",
+    type=click.FloatRange(0, min_open=True),
+    help="End a call when nothing arrives from the caller for SECONDS.",
+)
 @output_options
 def capture(
     address: Address,
@@ -64,6 +74,7 @@ def capture(
     max_calls: int | None,
     max_concurrent: int,
     connect_timeout: float,
+    timeout: float | None,
     json_lines: bool,
     trace_path: str | None,
     verbose: int,
@@ -97,10 +108,9 @@ def capture(
     directory = None
     if record_dir:
         directory = Path(record_dir)
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise Failure(f"{record_dir}: cannot create: {exc.strerror}") from None
+        problem = check_writable_folder(directory)
+        if problem:
+            raise Failure(problem)
     output = open_output(
         Environment(),
         json_lines=json_lines,
@@ -109,7 +119,7 @@ def capture(
         quiet=quiet,
         command="capture",
     )
-    _warm_up(record=directory is not None)
+    warm_up(directory is not None)
     reactor = Reactor()
     ending = "interrupted"
     try:
@@ -134,6 +144,8 @@ def capture(
             max_concurrent=max_concurrent,
             max_calls=max_calls,
             connect_timeout=connect_timeout,
+            caller_rules=application_rules(idle_timeout=timeout, observe=True),
+            app_rules=asterisk_rules(observe=True),
         )
         try:
             proxy.start()
@@ -148,21 +160,6 @@ def capture(
         reactor.close()
         output.close()
     ctx.exit(proxy.exit_status)
-
-
-def _warm_up(record: bool) -> None:
-    """Load what decoding and recording need before the first call, not during it.
-
-    Imported on the first audio frame instead, numpy would stall the one
-    thread that forwards every call for tens of milliseconds.
-    """
-    from audiosocket_cli.analysis.levels import level_dbfs
-    from audiosocket_cli.analysis.stats import ULAW_TABLE
-
-    level_dbfs(bytes(320))
-    ULAW_TABLE()
-    if record:
-        import soundfile  # noqa: F401
 
 
 def _same(bound: Address, sockaddr: tuple) -> bool:

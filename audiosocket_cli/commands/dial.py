@@ -8,7 +8,6 @@ call ended to an exit status. The call itself is caller.Caller's job.
 from __future__ import annotations
 
 import functools
-import os
 import sys
 import uuid as uuid_lib
 from collections.abc import Callable
@@ -23,23 +22,19 @@ from audiosocket_cli.commands.options import (
     UUID,
     AddressType,
     Failure,
+    ProtocolFailure,
+    asterisk_rules,
     open_output,
     output_options,
 )
 from audiosocket_cli.output.sinks import Environment, Output
+from audiosocket_cli.protocol.events import FAILURE_ENDINGS
 from audiosocket_cli.protocol.inject import Injection, parse_inject
 from audiosocket_cli.protocol.wire import MAX_PAYLOAD, frame_bytes
-from audiosocket_cli.status import ExitStatus
 
 DEFAULT_PORT = 9092
 ADDRESS = AddressType(default_port=DEFAULT_PORT)
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-class ProtocolFailure(click.ClickException):
-    """The application broke the protocol, or sent what Asterisk refuses (exit 3)."""
-
-    exit_code = ExitStatus.PROTOCOL
 
 
 class DtmfType(click.ParamType):
@@ -308,14 +303,11 @@ def _frame_samples(rate: int, frame_ms: float) -> int:
 
 
 def _check_record_path(path: str) -> None:
-    target = Path(path)
-    parent = target.parent if str(target.parent) else Path(".")
-    if target.is_dir():
-        raise Failure(f"{path}: is a directory (--record takes a file)")
-    if not parent.is_dir():
-        raise Failure(f"{path}: no such directory {str(parent)!r} for --record")
-    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise Failure(f"{path}: cannot write (--record)")
+    from audiosocket_cli.media.recorder import check_writable
+
+    problem = check_writable(Path(path))
+    if problem:
+        raise Failure(f"{problem} (--record)")
 
 
 def _make_source(
@@ -434,7 +426,8 @@ def _run_call(
     verbose: int,
     quiet: bool,
 ) -> None:
-    from audiosocket_cli.engines.dial import Caller, CallPlan, Recorder
+    from audiosocket_cli.engines.dial import Caller, CallPlan
+    from audiosocket_cli.media.recorder import file_recording
     from audiosocket_cli.net.transport import ConnectError
 
     # Everything that can be wrong with the input is found before connecting.
@@ -468,9 +461,9 @@ def _run_call(
             command=command,
         )
         closers.append(output.close)
-        recorder = Recorder(record_path, rate) if record_path else None
-        if recorder is not None:
-            closers.insert(0, recorder.close)
+        recording = file_recording(Path(record_path), rate) if record_path else None
+        if recording is not None:
+            closers.insert(0, recording.close)
         progress = None
         if source_duration is not None and env.stderr_isatty:
             progress = _ProgressBar(env, output, Path(play_path or "").name, source_duration)
@@ -482,18 +475,18 @@ def _run_call(
             frame_ms=frame_ms,
             source=source,
             source_name=source_name,
-            source_duration=source_duration,
+            finite_source=source_duration is not None,
             injections=[*dtmf, *injections],
             duration=duration,
             linger=linger,
             end=end,
             speed=speed,
-            strict=not lenient,
+            rules=asterisk_rules(lenient=lenient),
         )
         caller = Caller(
             plan,
             output,
-            recorder=recorder,
+            recording=recording,
             monitor=monitor_device,
             on_progress=progress,
             on_connected=announce,
@@ -502,10 +495,6 @@ def _run_call(
             result = caller.run()
         except ConnectError as exc:
             raise Failure(str(exc)) from None
-        except BrokenPipeError:
-            raise  # stdout's reader left: the cli ends quietly
-        except OSError as exc:  # the trace or a recording could not be written
-            raise Failure(f"call to {address} failed: {exc.strerror or exc}") from None
     finally:
         # Recordings first: they must be whole even if closing anything else fails.
         for close in closers:
@@ -514,6 +503,6 @@ def _run_call(
             except Exception:
                 pass
     if result.broke_protocol:
-        raise ProtocolFailure(result.text)
-    if result.status == ExitStatus.FAILED:
-        raise Failure(result.text)
+        raise ProtocolFailure(f"{result.ended}: {result.detail}")
+    if result.ended in FAILURE_ENDINGS:
+        raise Failure(f"{result.ended}: {result.detail}")

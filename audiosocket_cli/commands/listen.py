@@ -17,8 +17,10 @@ from audiosocket_cli.commands.options import (
     INJECT,
     AddressType,
     Failure,
+    application_rules,
     open_output,
     output_options,
+    warm_up,
 )
 from audiosocket_cli.output.sinks import Environment
 from audiosocket_cli.protocol.inject import Injection
@@ -159,7 +161,7 @@ def listen(
     config = ListenConfig(
         echo=echo,
         injections=injections,
-        timeout=timeout,
+        rules=application_rules(idle_timeout=timeout),
         max_calls=max_calls,
         max_concurrent=max_concurrent,
         source_factory=_source_factory(play_path, loop, tone, silence),
@@ -176,44 +178,43 @@ def listen(
     )
     server = None
     status = ExitStatus.OK
-    how, reason = "our-close", "--max-calls reached"
+    ended, detail = "interrupted", "the tool stopped"
     try:
         try:
             server = Server.bind(address, output, config)  # type: ignore[arg-type]
         except ConnectError as exc:
             raise Failure(str(exc)) from None
-        env.stderr.write(f"listening on {server.address}\n")
-        env.stderr.flush()
+        missing = ""
         if monitor:
-            server.monitor = config.monitor = _open_monitor(env)
-        _warm_up(record_dir is not None)
+            server.monitor, missing = _open_monitor()
+            config.monitor = server.monitor
+        # Ready means ready: the first call's clock is as exact as the hundredth's.
+        warm_up(record_dir is not None)
+        env.stderr.write(f"listening on {server.address}\n")  # always the first line
+        if missing:
+            env.stderr.write(f"audiosocket: warning: --monitor: {missing}; going on without it\n")
+        env.stderr.flush()
         status = server.run()
     except KeyboardInterrupt:
-        how, reason = "interrupted", "Ctrl-C"
+        ended, detail = "interrupted", "Ctrl-C"
         raise
     except Terminated:
-        how, reason = "terminated", "SIGTERM"
+        ended, detail = "terminated", "SIGTERM"
+        raise
+    except BrokenPipeError:
+        ended, detail = "output-closed", "the output was closed"
         raise
     finally:
         with signals_deferred():
             try:
                 if server is not None:
-                    server.close(how, reason)
+                    server.close(ended, detail)
             finally:
                 if config.monitor is not None:
                     config.monitor.close()
                 output.close()
     if status != ExitStatus.OK:
         click.get_current_context().exit(status)
-
-
-def _warm_up(recording: bool) -> None:
-    """Import now what the first call would otherwise wait for (numpy for levels
-    and statistics, soundfile for WAVs), while callers wait in the backlog."""
-    import numpy  # noqa: F401
-
-    if recording:
-        import soundfile  # noqa: F401
 
 
 def _source_factory(
@@ -258,13 +259,11 @@ def _record_dir(record_dir: str | None) -> Path | None:
     return path
 
 
-def _open_monitor(env: Environment) -> Any:
-    """A Monitor, or None with one line saying what is missing."""
+def _open_monitor() -> tuple[Any, str]:
+    """A Monitor and "", or None and what is missing."""
     from audiosocket_cli.media.monitor import Monitor, MonitorUnavailable
 
     try:
-        return Monitor()
+        return Monitor(), ""
     except MonitorUnavailable as exc:
-        env.stderr.write(f"audiosocket: warning: --monitor: {exc}; going on without it\n")
-        env.stderr.flush()
-        return None
+        return None, str(exc)

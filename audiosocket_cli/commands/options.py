@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid as uuid_lib
 from collections.abc import Callable
 from typing import Any
@@ -91,10 +92,63 @@ def output_options(func: Callable) -> Callable:
     return func
 
 
+def _env_seconds(name: str, default: float | None) -> float | None:
+    """A slow limit made test-sized through the environment (docs/output.md, "Limits")."""
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise click.UsageError(f"{name}={text!r} is not a number of seconds") from None
+    return value if value > 0 else None
+
+
+def application_rules(idle_timeout: float | None = None, observe: bool = False) -> Any:
+    """The session rules of the application's side (listen, capture's caller half)."""
+    from audiosocket_cli.protocol.session import MESSAGE_STALL, Mode, Rules
+
+    return Rules(
+        mode=Mode.OBSERVE if observe else Mode.STRICT,
+        message_stall=_env_seconds("AUDIOSOCKET_MESSAGE_STALL", MESSAGE_STALL),
+        idle_timeout=idle_timeout,
+    )
+
+
+def asterisk_rules(lenient: bool = False, observe: bool = False) -> Any:
+    """The session rules of Asterisk's side (dial, play, replay, capture's application half)."""
+    from audiosocket_cli.protocol.session import INACTIVITY, PAYLOAD_WINDOW, Mode, Rules
+
+    mode = Mode.OBSERVE if observe else Mode.LENIENT if lenient else Mode.STRICT
+    return Rules(
+        mode=mode,
+        payload_window=_env_seconds("AUDIOSOCKET_PAYLOAD_WINDOW", PAYLOAD_WINDOW),
+        inactivity=None if observe else _env_seconds("AUDIOSOCKET_INACTIVITY", INACTIVITY),
+    )
+
+
+def warm_up(recording: bool) -> None:
+    """Load now what the first call would otherwise wait for (numpy for levels and
+    statistics, soundfile for recordings), before saying we are ready."""
+    from audiosocket_cli.analysis.levels import level_dbfs
+    from audiosocket_cli.analysis.stats import ULAW_TABLE
+
+    level_dbfs(bytes(320))
+    ULAW_TABLE()
+    if recording:
+        import soundfile  # noqa: F401
+
+
 class Failure(click.ClickException):
     """Could not do the job (exit 1): one line, no traceback."""
 
     exit_code = ExitStatus.FAILED
+
+
+class ProtocolFailure(click.ClickException):
+    """The peer broke the protocol, or sent what Asterisk refuses (exit 3)."""
+
+    exit_code = ExitStatus.PROTOCOL
 
 
 def open_output(

@@ -15,12 +15,21 @@ from typing import Any
 
 import click
 
-from audiosocket_cli.commands.options import AddressType, Failure, open_output, output_options
-from audiosocket_cli.engines.dial import Recorder
-from audiosocket_cli.engines.replay import Replay, ReplayInput, pick, scan
+from audiosocket_cli.commands.options import (
+    AddressType,
+    Failure,
+    ProtocolFailure,
+    asterisk_rules,
+    open_output,
+    output_options,
+)
+from audiosocket_cli.engines.replay import ReplayError, ReplayInput, pick, scan
+from audiosocket_cli.engines.replay import replay as run_replay
+from audiosocket_cli.media.recorder import check_writable, file_recording
 from audiosocket_cli.net.address import Address
+from audiosocket_cli.net.transport import ConnectError
 from audiosocket_cli.output.sinks import Environment
-from audiosocket_cli.status import ExitStatus
+from audiosocket_cli.protocol.events import FAILURE_ENDINGS
 
 DEFAULT_PORT = 9092
 ADDRESS = AddressType(default_port=DEFAULT_PORT)
@@ -120,16 +129,22 @@ def replay(
         raise click.BadParameter("--trace would overwrite TRACE", param_hint="--trace")
     if record_path and Path(record_path).resolve() == _resolved(trace_file):
         raise click.BadParameter("--record would overwrite TRACE", param_hint="--record")
-    source = ReplayInput(trace_file)
+    if record_path:
+        problem = check_writable(Path(record_path))
+        if problem:
+            raise Failure(f"{problem} (--record)")
+    try:
+        source = ReplayInput(trace_file)
+    except ReplayError as exc:
+        raise Failure(str(exc)) from None
     try:
         calls, kind = scan(source, port)
         original = pick(calls, call_filter, source.label)
-        recording = Recorder(record_path, original.rate or 8000) if record_path else None
-        if record_path:
-            _check_writable(record_path)
-        env = Environment()
+        recording = (
+            file_recording(Path(record_path), original.rate or 8000) if record_path else None
+        )
         output = open_output(
-            env,
+            Environment(),
             json_lines=json_lines,
             trace_path=trace_path,
             verbose=verbose,
@@ -137,36 +152,37 @@ def replay(
             command="replay",
         )
         try:
-            ending = Replay(
+            end = run_replay(
                 source,
                 original,
                 port,
                 address,
-                speed,
-                linger,
-                not lenient,
-                output,
-                recording,
+                speed=speed,
+                linger=linger,
+                rules=asterisk_rules(lenient=lenient),
+                output=output,
+                recording=recording,
                 comparable=kind != "raw",
-            ).run()
+            )
+        except ConnectError as exc:
+            raise Failure(str(exc)) from None
         finally:
             if recording is not None:
                 recording.close()
             output.close()
+    except ReplayError as exc:
+        if exc.usage:
+            if exc.param:
+                raise click.BadParameter(str(exc), param_hint=exc.param) from None
+            raise click.UsageError(str(exc)) from None
+        raise Failure(str(exc)) from None
     finally:
         source.close()
-    if ending.status != ExitStatus.OK:
-        click.get_current_context().exit(ending.status)
+    if end.broke_protocol:
+        raise ProtocolFailure(f"{end.ended}: {end.detail}")
+    if end.ended in FAILURE_ENDINGS:
+        raise Failure(f"{end.ended}: {end.detail}")
 
 
 def _resolved(name: str) -> Path | None:
     return None if name == "-" else Path(name).resolve()
-
-
-def _check_writable(path: str) -> None:
-    """--record's folder must exist and be writable before the call is made."""
-    folder = Path(path).resolve().parent
-    if not folder.is_dir():
-        raise Failure(f"{path}: cannot write: no folder {folder}")
-    if Path(path).is_dir():
-        raise Failure(f"{path}: is a directory")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
 from audiosocket_cli.analysis.stats import DirectionStats
 from audiosocket_cli.commands.options import Failure, open_output, output_options
-from audiosocket_cli.files.trace import Record, TraceFormatError, read_records
+from audiosocket_cli.files.trace import Record, TraceFormatError, event_from_record, read_records
 from audiosocket_cli.output.sinks import Environment
 from audiosocket_cli.protocol.events import CallInfo
 from audiosocket_cli.protocol.wire import MESSAGE_NAMES, ProtocolError
@@ -92,11 +93,11 @@ def trace(
             stats.setdefault(record.dir, DirectionStats()).add(record.t, record.message)
             if extractor:
                 extractor.add(key, call, record)
-            if summary or (wanted_kinds and record.message.name not in wanted_kinds):
+            if summary or extractor or (wanted_kinds and record.message.name not in wanted_kinds):
                 return
             output.message(call, record.t, record.dir, record.message)
-        elif not summary and not wanted_kinds:
-            output.event(call, record.t, record.event or "event", record.text, **record.fields)
+        elif not summary and not wanted_kinds and not extractor:
+            output.emit(call, event_from_record(record))
 
     try:
         for number, name in enumerate(files):
@@ -215,39 +216,55 @@ def _print_summary(
 
 
 class _Extractor:
-    """WAVs per call and direction: DIR/<call>.in.wav (>) and .out.wav (<)."""
+    """Audio per call and direction: DIR/<call>.in.wav (>) and .out.wav (<); a second rate
+    in <call>.in.<rate>.wav. Files of an earlier run are replaced, not piled up."""
 
     def __init__(self, directory: str) -> None:
+        from audiosocket_cli.media.recorder import check_writable_folder
+
         self.directory = Path(directory)
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise Failure(f"{directory}: cannot create: {exc.strerror}") from None
-        self.writers: dict[tuple[tuple[int, int], str, int], object] = {}
-        self.written: list[Path] = []
+        problem = check_writable_folder(self.directory)
+        if problem:
+            raise Failure(problem)
+        self.recordings: dict[tuple[tuple[int, int], str], Any] = {}
+        self.stems: set[str] = set()
 
     def add(self, key: tuple[int, int], call: CallInfo, record: Record) -> None:
-        """Audio of one call (key: file number and connection) into its WAV."""
-        from audiosocket_cli.media.audio import AudioFileError, WavWriter, unique_path
+        """Audio of one call (key: file number and connection) into its files."""
+        from audiosocket_cli.media.recorder import Recording
 
         message = record.message
-        if message is None or not message.is_audio or record.dir not in "<>":
+        if message is None or not message.is_audio or record.dir not in "<>" or not message.rate:
             return
-        wav_key = (key, record.dir, message.rate)
-        writer = self.writers.get(wav_key)
-        if writer is None:
+        recording = self.recordings.get((key, record.dir))
+        if recording is None:
             stem = call.call_id.replace("#", "conn")
+            if (key, "<" if record.dir == ">" else ">") not in self.recordings:
+                # Two inputs holding the same call keep apart: the second gets -2.
+                base, n = stem, 2
+                while stem in self.stems:
+                    stem, n = f"{base}-{n}", n + 1
+                self.stems.add(stem)
+            else:
+                stem = self.recordings[(key, "<" if record.dir == ">" else ">")].stem
             side = "in" if record.dir == ">" else "out"
-            rates = {k[2] for k in self.writers if k[:2] == wav_key[:2]}
-            suffix = f".{side}.wav" if not rates else f".{side}.{message.rate}.wav"
-            path = unique_path(self.directory, stem, suffix)
-            try:
-                writer = self.writers[wav_key] = WavWriter(path, message.rate)
-            except AudioFileError as exc:
-                raise Failure(str(exc)) from None
-            self.written.append(path)
-        writer.write(message.payload)  # type: ignore[attr-defined]
+            directory = self.directory
+
+            def path_for(rate: int, first: Path | None, stem: str = stem, side: str = side) -> Path:
+                return directory / (
+                    f"{stem}.{side}.wav" if first is None else f"{stem}.{side}.{rate}.wav"
+                )
+
+            recording = self.recordings[(key, record.dir)] = Recording(path_for)
+            recording.stem = stem  # type: ignore[attr-defined]
+        note = recording.write(message.rate, message.payload)
+        if recording.error is not None and note:
+            raise Failure(recording.error)
+
+    @property
+    def written(self) -> list[Path]:
+        return [path for recording in self.recordings.values() for path in recording.paths]
 
     def close(self) -> None:
-        for writer in self.writers.values():
-            writer.close()  # type: ignore[attr-defined]
+        for recording in self.recordings.values():
+            recording.close()

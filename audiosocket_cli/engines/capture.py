@@ -23,32 +23,25 @@ import struct
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
 
-from audiosocket_cli.analysis.stats import (
-    AnalysisBudget,
-    DirectionStats,
-    diagnose_application,
-    diagnose_asterisk,
-)
+from audiosocket_cli.analysis.stats import AnalysisBudget
+from audiosocket_cli.engines.call import CallReport, SessionClock, Tally
+from audiosocket_cli.media.recorder import call_recording
 from audiosocket_cli.net.address import Address
 from audiosocket_cli.net.reactor import Reactor, Timer
+from audiosocket_cli.net.transport import CONNECT_TIMEOUT, RECV_SIZE, set_nodelay
 from audiosocket_cli.output.sinks import Output
-from audiosocket_cli.protocol.events import CallInfo
-from audiosocket_cli.protocol.wire import Decoder, Kind, Message, TruncatedMessage
+from audiosocket_cli.protocol.events import CallEnd, CallInfo
+from audiosocket_cli.protocol.session import Ended, Problem, Received, Role, Rules, Session
 from audiosocket_cli.status import ExitStatus
 
-RECV_SIZE = 65536
-CONNECT_TIMEOUT = 2.0  # what Asterisk allows
 ACCEPT_BATCH = 64
 ACCEPT_PAUSE = 0.1  # out of file descriptors: wait before accepting again
 WHO = {">": "caller", "<": "application"}
-SIDE = {">": "in", "<": "out"}
 IN_PROGRESS = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY, errno.EINTR)
 LINGER_RESET = struct.pack("ii", 1, 0)  # close() then sends RST, not FIN
 DECODE_SLICE = 0.0005  # seconds of decoding between two polls of the sockets
 DECODE_BACKLOG = 8 << 20  # bytes forwarded but not yet decoded, at most
-HOLD_MESSAGES = 500  # application audio held until the caller's first message names the call
 
 
 def resolve(address: Address) -> list[tuple[int, tuple]]:
@@ -57,58 +50,8 @@ def resolve(address: Address) -> list[tuple[int, tuple]]:
     return [(family, sockaddr) for family, _, _, _, sockaddr in infos]
 
 
-def _nodelay(sock: socket.socket) -> None:
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        pass
-
-
 def _error_text(exc: OSError) -> str:
     return exc.strerror or str(exc) or type(exc).__name__
-
-
-class Recorder:
-    """One direction's audio as WAVs: `<stem>.<side>.wav`, then one file per new rate."""
-
-    def __init__(self, directory: Path, side: str) -> None:
-        self.directory = directory
-        self.side = side
-        self.files: Any = None  # audio.RateSplitRecording, made at the first audio
-        self.rate: int | None = None
-        self.failed = False
-
-    def write(self, stem: str, message: Message) -> str | None:
-        """Record one audio message; returns a line to warn with, or None."""
-        from audiosocket_cli.media.audio import AudioFileError, RateSplitRecording, unique_path
-
-        rate = message.rate
-        assert rate is not None
-        if self.files is None:
-            directory, side = self.directory, self.side
-            self.files = RateSplitRecording(
-                lambda: unique_path(directory, stem, f".{side}.wav"),
-                lambda first, rate: unique_path(directory, stem, f".{side}.{rate}.wav"),
-            )
-        try:
-            opened = self.files.write(rate, message.payload)
-        except AudioFileError as exc:
-            self.failed = True
-            return f"recording stopped: {exc}"
-        previous, self.rate = self.rate, rate
-        if previous is None or rate == previous:
-            return None
-        if opened is not None:
-            return f"audio rate changed from {previous} to {rate} Hz: recording into {opened}"
-        return f"audio rate changed from {previous} to {rate} Hz"
-
-    @property
-    def paths(self) -> list[Path]:
-        return self.files.paths if self.files is not None else []
-
-    def close(self) -> None:
-        if self.files is not None:
-            self.files.close()
 
 
 class Pipe:
@@ -122,21 +65,17 @@ class Pipe:
         self.src: socket.socket | None = None
         self.dst: socket.socket | None = None
         self.pending: deque[bytes] = deque()  # read, not yet taken by dst's kernel
-        self.held: list[tuple[float, Message]] = []  # audio to record once the call has a name
         self.forwarded = 0
         self.eof = False  # the source ended its stream
         self.done = False  # ... and that was passed on
-        self.decoder = Decoder()
-        # The encoding analysis (numpy) is spread: calls that start together
-        # analyse different frames, within one budget for all calls.
-        self.stats = DirectionStats(
-            encoding_offset=call.info.conn, encoding_gate=call.proxy.analysis_budget
-        )
-        self.hung_up = False
-        self.first_message = True
-        self.warned: set[str] = set()
-        record_dir = call.proxy.record_dir
-        self.recorder = Recorder(record_dir, SIDE[direction]) if record_dir else None
+        # What the caller sends is judged as the application would, what the
+        # application sends as Asterisk would; neither ends a call (we forward).
+        proxy = call.proxy
+        if direction == ">":
+            self.session = Session(Role.APPLICATION, proxy.caller_rules, started=call.info.started)
+        else:
+            self.session = Session(Role.ASTERISK, proxy.app_rules, started=call.info.started)
+        self.clock = SessionClock(proxy.reactor, self.session, self.on_deadline)
 
     @property
     def other(self) -> Pipe:
@@ -218,93 +157,36 @@ class Pipe:
     # Decoding: on the side, after forwarding.
 
     def decode(self, t: float, data: bytes | None) -> None:
-        call, proxy = self.call, self.call.proxy
-        info = call.info
-        ct = t - info.started
-        if data is None:
-            try:
-                self.decoder.end_of_stream()
-            except TruncatedMessage as exc:
-                call.malformed = True
-                proxy.output.event(
-                    info,
-                    ct,
-                    "warning",
-                    f"{self.who}'s stream ended inside a message: {exc.have} bytes "
-                    f"received, {exc.missing} missing (forwarded as they were)",
-                    missing=exc.missing,
-                    dir=self.direction,
-                )
+        call = self.call
+        events = self.session.receive(data or b"", t)
+        report = call.report
+        for event in events:
+            if type(event) is Received:
+                if self.direction == ">" and call.info.uuid is None and self.session.uuid:
+                    call.info.uuid = self.session.uuid  # named from its uuid message on
+                report.message(event.t, self.direction, event.message)
+                if self.direction == ">":
+                    report.release_recordings()  # the call has its name now
+            elif isinstance(event, Problem):
+                report.problem(event, self.direction)
+            elif isinstance(event, Ended) and call.first_end is None:
+                call.first_end = event
+        if data is not None:
+            self.clock.arm()
+
+    def on_deadline(self) -> None:
+        """The session's deadline (a payload late after its header): judged on
+        everything forwarded so far."""
+        call = self.call
+        call.proxy.flush_decode()
+        if call.ended:
             return
-        self.decoder.feed(data)
-        for message in self.decoder.messages():
-            self.on_message(ct, message)
-
-    def on_message(self, ct: float, message: Message) -> None:
-        call, proxy = self.call, self.call.proxy
-        info, output = call.info, proxy.output
-        self.stats.add(ct, message)
-        first, self.first_message = self.first_message, False
-        if first and self.direction == ">":
-            uuid = message.uuid
-            if uuid is not None:
-                info.uuid = str(uuid)
-        output.message(info, ct, self.direction, message)
-        kind = message[0]
-        if kind == Kind.HANGUP:
-            self.hung_up = True
-        problem = message.problem
-        if problem:
-            call.malformed = True
-        if self.direction == "<" and message.refused_by_asterisk:
-            self.stats.note_refused(message)
-            what = problem or f"{message.name} message"
-            self._warn_once(
-                ct, what, f"application sent {what}: Asterisk would end the session (forwarded)"
-            )
-        elif problem:
-            self._warn_once(ct, problem, f"{self.who} sent {problem} (forwarded)")
-        elif first and self.direction == ">" and kind != Kind.UUID:
-            self._warn_once(
-                ct, "first", f"caller's first message is {message.name}, not a UUID (forwarded)"
-            )
-        if first and self.direction == ">":
-            call.outbound.record_held()  # the call has its name now
-        if self.recorder is not None and message.payload and message.is_audio:
-            if self.direction == "<" and call.inbound.first_message:
-                # The application spoke before the caller's first message named the
-                # call: hold its audio (bounded) so that its file gets the UUID.
-                self.held.append((ct, message))
-                if len(self.held) < HOLD_MESSAGES:
-                    return
-                self.record_held()
-            else:
-                self.record(ct, message)
-
-    def record(self, ct: float, message: Message) -> None:
-        recorder, info = self.recorder, self.call.info
-        if recorder is None or recorder.failed:
-            return
-        # The name comes only from a validated UUID (Message.uuid), never raw bytes.
-        warning = recorder.write(info.uuid or f"conn-{info.conn}", message)
-        if warning:
-            self.call.proxy.output.event(info, ct, "warning", f"{self.who} {warning}")
-
-    def record_held(self) -> None:
-        held, self.held = self.held, []
-        for ct, message in held:
-            self.record(ct, message)
-
-    def close_recording(self) -> None:
-        if self.recorder is not None:
-            self.record_held()
-            self.recorder.close()
-
-    def _warn_once(self, ct: float, key: str, text: str) -> None:
-        """The first of each problem as it passes; the call-end line counts the rest."""
-        if key not in self.warned:
-            self.warned.add(key)
-            self.call.proxy.output.event(self.call.info, ct, "warning", text, dir=self.direction)
+        for event in self.session.tick(time.monotonic()):
+            if isinstance(event, Problem):
+                call.report.problem(event, self.direction)
+            elif isinstance(event, Ended):  # --timeout: the one rule that ends a proxied call
+                call.first_end = call.first_end or event
+                call.end(reset=False)
 
 
 class ProxyCall:
@@ -317,9 +199,21 @@ class ProxyCall:
         self.upstream: socket.socket | None = None
         self.connected = False
         self.ended = False
-        self.malformed = False
-        self.upstream_failed = False
         self.first_close: str | None = None
+        self.first_end: Ended | None = None  # the first ending either session saw
+        recordings = {}
+        if proxy.record_dir is not None:
+            stem = self._stem
+            recordings = {
+                ">": call_recording(proxy.record_dir, stem, "in"),
+                "<": call_recording(proxy.record_dir, stem, "out"),
+            }
+        self.report = CallReport(
+            proxy.output, self.info, recordings=recordings, encoding_gate=proxy.analysis_budget
+        )
+        # The application may speak before the caller's first message names the
+        # call: its audio waits (bounded) so that its file gets the UUID.
+        self.report.hold_recordings()
         self.inbound = Pipe(self, ">")
         self.outbound = Pipe(self, "<")
         self.inbound.src = caller
@@ -327,12 +221,12 @@ class ProxyCall:
         self._addresses = list(proxy.upstream_addresses)
         self._timer: Timer | None = None
 
+    def _stem(self) -> str:
+        return self.info.uuid or f"conn-{self.info.conn}"
+
     def start(self) -> None:
         proxy = self.proxy
-        proxy.output.event(
-            self.info,
-            0.0,
-            "call-start",
+        self.report.start(
             f"from {self.info.peer} to upstream {proxy.upstream}",
             peer=str(self.info.peer),
             upstream=str(proxy.upstream),
@@ -390,13 +284,10 @@ class ProxyCall:
         if self._addresses:
             self._connect_next()
             return
-        self.upstream_failed = True
         text = f"cannot connect to upstream {self.proxy.upstream}: {reason}"
         self.proxy.flush_decode()
-        self.proxy.output.event(
-            self.info,
+        self.report.warning(
             self.info.elapsed(),
-            "warning",
             f"{text}; closing the caller's connection",
             upstream=str(self.proxy.upstream),
             error=reason,
@@ -407,7 +298,7 @@ class ProxyCall:
         sock = self.upstream
         assert sock is not None
         self.connected = True
-        _nodelay(sock)
+        set_nodelay(sock)
         self.proxy.reactor.add_reader(sock, self.outbound.on_readable)
         self.inbound.on_writable()  # what the caller sent meanwhile, and its EOF
 
@@ -415,31 +306,25 @@ class ProxyCall:
 
     def check_done(self) -> None:
         if self.inbound.done and self.outbound.done:
-            self.end(*self._first_ending())
-
-    def _first_ending(self) -> tuple[str, str]:
-        """How the side that ended first ended: ('caller-close', 'caller closed'), ..."""
-        self.proxy.flush_decode()  # its hangup message may still be queued
-        pipe = self.outbound if self.first_close == "<" else self.inbound
-        if pipe.hung_up:
-            return f"{pipe.who}-hangup", f"{pipe.who} hung up"
-        return f"{pipe.who}-close", f"{pipe.who} closed"
+            self.proxy.flush_decode()  # a hangup message may still be queued
+            self.end()
 
     def reset(self, who: str, exc: OSError) -> None:
         """A socket error on one side: the other side is reset too, as it would be."""
         if self.ended:
             return
+        self.proxy.flush_decode()
+        pipe = self.inbound if who == "caller" else self.outbound
+        reason = _error_text(exc)
         if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
-            how, text = f"{who}-reset", f"{who} reset the connection"
-        else:
-            how, text = f"{who}-error", f"{who} connection failed: {_error_text(exc)}"
-        if self.first_close is not None:
-            # One side ended first; the reset is what the other's late bytes met.
-            how, first = self._first_ending()
-            text = f"{first}, then {text}"
-        self.end(how, text, reset=True)
+            reason = "connection reset by peer"
+        for event in pipe.session.reset(time.monotonic(), reason):
+            if isinstance(event, Ended) and self.first_end is None:
+                self.first_end = event
+        self.end(reset=True)
 
-    def end(self, code: str, text: str, reset: bool = False) -> None:
+    def end(self, ended: str | None = None, detail: str = "", reset: bool = False) -> None:
+        """The call is over: the first ending either side gave, or `ended`."""
         if self.ended:
             return
         proxy = self.proxy
@@ -448,6 +333,8 @@ class ProxyCall:
         if self._timer:
             self._timer.cancel()
             self._timer = None
+        for pipe in (self.inbound, self.outbound):
+            pipe.clock.cancel()
         for sock in (self.caller, self.upstream):
             if sock is None:
                 continue
@@ -458,50 +345,22 @@ class ProxyCall:
                 except OSError:
                     pass
             sock.close()
-        for pipe in (self.inbound, self.outbound):
-            pipe.close_recording()
-        proxy.call_ended(self, code, text)
-
-    def report(self, how: str, reason: str) -> None:
-        """Diagnoses, then the call-end line with the summary of both directions."""
-        info, output = self.info, self.proxy.output
-        t = info.elapsed()
-        asterisk, app = self.inbound.stats, self.outbound.stats
-        diagnoses = []
-        if self.connected:
-            diagnoses = diagnose_application(app, asterisk) + diagnose_asterisk(asterisk)
-        for found in diagnoses:
-            output.event(info, t, "diagnosis", found.text, code=found.code)
-        paths = [
-            str(path)
-            for pipe in (self.inbound, self.outbound)
-            if pipe.recorder
-            for path in pipe.recorder.paths
-        ]
-        text = f"{reason} after {t:.2f}s; > {asterisk.summary()}; < {app.summary()}"
-        if app.mean_gap is not None:
-            text += f"; < gaps {app.pacing()}"
-        if paths:
-            text += f"; recorded {', '.join(paths)}"
-        output.event(
-            info,
-            t,
-            "call-end",
-            text,
-            how=how,
-            reason=reason,
-            duration=round(t, 6),
-            peer=str(info.peer),
-            upstream=str(self.proxy.upstream),
-            messages_in=asterisk.messages,
+        now = time.monotonic()
+        if ended is not None:
+            final = self.inbound.session.close(ended, detail, now)
+        else:
+            final = self.first_end or self.inbound.session.close(
+                "caller-close", "the connection ended", now
+            )
+        violations = [*self.inbound.session.violations, *self.outbound.session.violations]
+        end = self.report.finish(
+            final,
+            violations,
+            upstream=str(proxy.upstream),
             bytes_in=self.inbound.forwarded,
-            messages_out=app.messages,
             bytes_out=self.outbound.forwarded,
-            inbound=asterisk.as_dict(),
-            outbound=app.as_dict(),
-            diagnoses=[found.code for found in diagnoses],
-            recordings=paths,
         )
+        proxy.call_ended(self, end)
 
 
 class Proxy:
@@ -519,6 +378,8 @@ class Proxy:
         max_concurrent: int = 1000,
         max_calls: int | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
+        caller_rules: Rules | None = None,
+        app_rules: Rules | None = None,
     ) -> None:
         self.reactor = reactor
         self.server = server
@@ -531,12 +392,14 @@ class Proxy:
         self.connect_timeout = connect_timeout
         self.calls: dict[int, ProxyCall] = {}
         self.analysis_budget = AnalysisBudget()
+        self.caller_rules = caller_rules
+        self.app_rules = app_rules
         self.accepted = 0
         self.connections = 0
         self.ended = 0
-        self.upstream_failures = 0
-        self.malformed_calls = 0
+        self.tally = Tally()
         self._queue: deque[tuple[Pipe, float, bytes | None]] = deque()
+        reactor.after_turn = output.flush
         self._queued_bytes = 0
         self._decode_timer: Timer | None = None
         self._accepting = False
@@ -561,21 +424,18 @@ class Proxy:
                 # Out of descriptors, say: the backlog keeps callers; try again soon.
                 self._stop_accepting()
                 self.reactor.call_later(ACCEPT_PAUSE, self._resume_accepting)
-                self.output.event(
-                    CallInfo(conn=0), 0.0, "warning", f"cannot accept: {_error_text(exc)}"
-                )
+                self.output.warning(CallInfo(conn=0), 0.0, f"cannot accept: {_error_text(exc)}")
                 return
             self.connections += 1
             sock.setblocking(False)
-            _nodelay(sock)
+            set_nodelay(sock)
             address = Address(peer[0], peer[1])
             if len(self.calls) >= self.max_concurrent:
                 info = CallInfo(conn=self.connections, peer=address)
                 sock.close()
-                self.output.event(
+                self.output.warning(
                     info,
                     0.0,
-                    "warning",
                     f"connection from {address} closed at once: {len(self.calls)} calls "
                     f"already (--max-concurrent {self.max_concurrent})",
                 )
@@ -633,18 +493,14 @@ class Proxy:
             pipe.decode(t, data)
         self._queued_bytes = 0
 
-    def call_ended(self, call: ProxyCall, code: str, text: str) -> None:
+    def call_ended(self, call: ProxyCall, end: CallEnd) -> None:
         self.calls.pop(call.info.conn, None)
         self.ended += 1
-        if call.upstream_failed:
-            self.upstream_failures += 1
-        if call.malformed:
-            self.malformed_calls += 1
-        call.report(code, text)
+        self.tally.add(end)
         if self.max_calls is not None and self.ended >= self.max_calls:
             self.reactor.stop()
 
-    def close(self, code: str = "interrupted") -> None:
+    def close(self, ended: str = "interrupted", detail: str = "") -> None:
         """End every open call (Ctrl-C, SIGTERM): recordings are closed whole."""
         self._stop_accepting()
         try:
@@ -652,17 +508,13 @@ class Proxy:
         finally:
             for call in list(self.calls.values()):
                 try:
-                    call.end(code, f"capture {code}")
+                    call.end(ended, detail)
                 except Exception:
-                    # Whatever state an interrupt left, the WAVs must be closed.
-                    for pipe in (call.inbound, call.outbound):
-                        pipe.close_recording()
+                    # Whatever state an interrupt left, the recordings must be closed.
+                    for recording in call.report.recordings.values():
+                        recording.close()
             self.server.close()
 
     @property
     def exit_status(self) -> ExitStatus:
-        if self.upstream_failures:
-            return ExitStatus.FAILED
-        if self.malformed_calls:
-            return ExitStatus.PROTOCOL
-        return ExitStatus.OK
+        return self.tally.status

@@ -1,13 +1,13 @@
-"""One outgoing call placed as Asterisk places it: the engine of `dial` and `play`.
+"""One outgoing call placed as Asterisk places it: the engine of `dial`, `play` and `replay`.
 
-Two threads share the connection. The main thread sends: the UUID message,
-then audio frames on a drift-free clock (frame k leaves at start + k x frame,
-whatever the previous send cost), and each injection at its moment. It stays
-the main thread so that Ctrl-C and SIGTERM land in it and unwind through its
-`finally`. A receiver thread reads what the application sends, records and
-shows it, and judges it as Asterisk would (PROTOCOL.md, "What Asterisk
-accepts"). Whichever thread ends the call records why, once; the other sees
-it at once.
+Two threads share the connection. The main thread sends, on a drift-free
+clock (the message due at media time m leaves at start + m / speed, whatever
+the previous send cost): the UUID message, then audio frames from a source,
+timed messages (a replayed trace), and each injection at its moment. It
+stays the main thread so that Ctrl-C and SIGTERM land in it and unwind
+through its `finally`. A receiver thread reads what the application sends
+and feeds it to an Asterisk-side protocol.session.Session, which judges it
+as Asterisk would; the first ending either thread finds is the call's.
 
 Everything is ordered by media time (seconds into the call): at `--speed 0`
 nothing waits, but an injection at 1 s still goes after the frames before
@@ -17,28 +17,29 @@ nothing waits, but an injection at 1 s still goes after the frames before
 from __future__ import annotations
 
 import errno
+import heapq
+import itertools
 import select
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from audiosocket_cli.analysis.stats import DirectionStats, diagnose_application
-from audiosocket_cli.media.audio import FrameSource, RateSplitRecording
+from audiosocket_cli.engines.call import CallReport
+from audiosocket_cli.media.audio import FrameSource
+from audiosocket_cli.media.recorder import Recording
 from audiosocket_cli.net.address import Address
 from audiosocket_cli.net.pacing import Pacer, sleep_until
-from audiosocket_cli.net.transport import RECV_SIZE, Connection, connect
+from audiosocket_cli.net.transport import RECV_SIZE, connect
 from audiosocket_cli.output.sinks import Output
-from audiosocket_cli.protocol.events import CallInfo
+from audiosocket_cli.protocol.events import CallEnd, CallInfo
 from audiosocket_cli.protocol.inject import Injection
-from audiosocket_cli.protocol.wire import Decoder, Kind, Message, TruncatedMessage, frame_bytes
-from audiosocket_cli.status import ExitStatus, Terminated
+from audiosocket_cli.protocol.session import Ended, Role, Rules, Session
+from audiosocket_cli.protocol.wire import Kind, Message, frame_bytes
+from audiosocket_cli.status import Terminated
 
-# Asterisk waits for a payload about 5 ms after its header (PROTOCOL.md).
-PAYLOAD_STALL = 0.005
 # Never give a payload less than this once we get round to looking, so that our
 # own scheduling delays cannot be blamed on the application.
 STALL_FLOOR = 0.001
@@ -48,21 +49,23 @@ SEND_FAILURE_GRACE = 0.5  # after a failed send, how long the receiver may take 
 
 @dataclass
 class CallPlan:
-    """Everything `dial` decided before connecting."""
+    """Everything decided before connecting: what to send, and when the call ends."""
 
     address: Address
     uuid: str
     rate: int = 8000
     frame_ms: float = 20.0
-    source: FrameSource | None = None  # None: no audio at all (--no-audio)
+    source: FrameSource | None = None  # frames every frame_ms; None: none (--no-audio)
     source_name: str = "silence"
-    source_duration: float | None = None  # seconds, for a file
+    finite_source: bool = False  # a file: the call ends once it was sent and linger passed
+    messages: Iterable[tuple[float, Message]] | None = None  # timed messages (replay)
     injections: list[Injection] = field(default_factory=list)
     duration: float | None = None
     linger: float = 1.0
-    end: str = "close"  # or "hangup"
+    end: str = "close"  # or "hangup": how our side ends the call
     speed: float = 1.0
-    strict: bool = True
+    rules: Rules = field(default_factory=Rules)
+    send_uuid: bool = True  # False: the timed messages bring their own (a replayed trace)
 
     @property
     def frame_samples(self) -> int:
@@ -77,209 +80,154 @@ class _PeerGone(Exception):
     """Writing to the application failed: it closed or reset the connection."""
 
 
-@dataclass
-class CallResult:
-    """How the call ended: a reason code, a line of text, and the exit status."""
-
-    reason: str
-    text: str
-    status: ExitStatus = ExitStatus.OK
-    duration: float = 0.0
-    diagnoses: list[str] = field(default_factory=list)
-
-    @property
-    def broke_protocol(self) -> bool:
-        return self.status == ExitStatus.PROTOCOL
-
-
-class Recorder:
-    """What the application sends, as WAVs at the rate of its messages.
-
-    The first audio message fixes the main file's rate; audio at another rate
-    goes to FILE stem + `.RATE.wav` (a warning says so), so no sample is
-    resampled or lost. A call with no audio leaves an empty WAV at the call's
-    rate, so that FILE always exists and is valid after the call.
-    """
-
-    def __init__(self, path: str | Path, call_rate: int) -> None:
-        self.path = Path(path)
-        self.call_rate = call_rate
-        self.files = RateSplitRecording(
-            lambda: self.path,
-            lambda first, rate: first.with_name(f"{first.stem}.{rate}{first.suffix or '.wav'}"),
-        )
-        self.connected = False  # no call, no file: an empty WAV only for a call that happened
-        self._lock = threading.Lock()
-
-    def write(self, rate: int, pcm: bytes) -> Path | None:
-        """Append audio; return the new file's path when this rate starts a second one."""
-        with self._lock:
-            opened = self.files.write(rate, pcm)
-            return opened if opened is not None and len(self.files.writers) > 1 else None
-
-    @property
-    def paths(self) -> list[Path]:
-        return self.files.paths
-
-    def close(self) -> None:
-        with self._lock:
-            if not self.files.writers and self.connected:
-                self.files.write(self.call_rate, b"")
-            self.files.close()
-
-
-def describe_message(message: Message) -> str:
-    """`an error message (kind 0xff, 1 byte, code 0x02)`: a message named for a user."""
-    kind, size = message.kind, len(message.payload)
-    name = message.name
-    if name == "unknown":
-        what = f"a message of unassigned kind 0x{kind:02x}"
-    elif name == "audio" and not size:
-        what = "an empty audio message"
-    else:
-        what = f"{'an' if name in ('audio', 'error') else 'a'} {name} message"
-    detail = f"kind 0x{kind:02x}, {size} byte{'' if size == 1 else 's'}"
-    if message.code is not None:
-        detail += f", code 0x{message.code:02x}"
-    elif name == "uuid" and message.uuid:
-        detail += f", {message.uuid}"
-    elif name == "dtmf" and message.digit:
-        detail += f", digit {message.digit}"
-    return f"{what} ({detail})"
-
-
 class Caller:
-    """Runs one call; `run()` returns a CallResult or raises ConnectError."""
+    """Runs one call; `run()` returns its CallEnd or raises net.transport.ConnectError."""
 
     def __init__(
         self,
         plan: CallPlan,
         output: Output,
         *,
-        recorder: Recorder | None = None,
+        recording: Recording | None = None,
         monitor: Any = None,
         on_progress: Callable[[float], None] | None = None,
         on_connected: Callable[[], None] | None = None,
+        start_text: str = "",
+        start_fields: dict[str, Any] | None = None,
+        end_fields: Callable[[CallReport, Ended], dict[str, Any]] | None = None,
+        before_start: Callable[[CallReport], None] | None = None,
     ) -> None:
         self.plan = plan
         self.output = output
-        self.recorder = recorder
+        self.recording = recording
         self.monitor = monitor
         self.on_progress = on_progress
         self.on_connected = on_connected
-        self.sent = DirectionStats()  # '>' toward the application
-        # Only the application's audio is diagnosed; analysing our own costs time
-        # on the sending thread for nothing.
-        self.sent.analyse_encoding = False
-        self.received = DirectionStats()  # '<' from the application
-        self.call: CallInfo | None = None
-        self.conn: Connection | None = None
+        self.start_text = start_text
+        self.start_fields = start_fields or {}
+        self.end_fields = end_fields
+        self.before_start = before_start
+        self.info: CallInfo | None = None
+        self.report: CallReport | None = None
+        self.session: Session | None = None
+        self.sock: socket.socket | None = None
         self.max_send_lag = 0.0
+        self.sent_hangup = False
+        self._source_done = False
         self._ending = threading.Event()
-        self._end_lock = threading.Lock()
-        self._result: CallResult | None = None
+        self._lock = threading.Lock()  # the session, shared by both threads
         self._receiver: threading.Thread | None = None
 
     # Ending, from either thread: the first reason given wins.
 
-    def _end(self, reason: str, text: str, status: ExitStatus = ExitStatus.OK) -> bool:
-        with self._end_lock:
-            if self._result is not None:
-                return False
-            self._result = CallResult(reason, text, status)
+    def _end(self, ended: str, detail: str) -> bool:
+        """Our side ends the call; False if it had ended already."""
+        assert self.session is not None
+        with self._lock:
+            first = self.session.ended is None
+            self.session.close(ended, detail, time.monotonic())
         self._ending.set()
-        return True
+        return first
 
     def _drop_connection(self) -> None:
         """Close at once, as Asterisk does; wakes the receiver and any blocked send."""
-        conn = self.conn
-        if conn is None:
-            return
-        try:
-            conn.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def _t(self, now: float | None = None) -> float:
-        assert self.call is not None
-        return self.call.elapsed(now)
+        if self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     # The call.
 
-    def run(self) -> CallResult:
+    def run(self) -> CallEnd:
         plan = self.plan
-        sock = connect(plan.address)
-        self.conn = Connection(sock)
-        if self.recorder is not None:
-            self.recorder.connected = True
-        self.call = CallInfo(conn=1, uuid=plan.uuid, peer=plan.address)
+        self.sock = connect(plan.address)
+        self.info = info = CallInfo(conn=1, uuid=plan.uuid, peer=plan.address)
+        self.session = Session(Role.ASTERISK, plan.rules, started=info.started)
+        recordings = {"<": self.recording} if self.recording is not None else {}
+        self.report = report = CallReport(
+            self.output, info, recordings=recordings, diagnose=("<",), frame_ms=plan.frame_ms
+        )
         try:
             if self.on_connected is not None:
                 self.on_connected()
-            self.output.event(
-                self.call,
-                0.0,
-                "call-start",
-                f"to {plan.address} rate={plan.rate} frame={plan.frame_ms:g}ms "
-                f"source={plan.source_name}",
-                uuid=plan.uuid,
-                peer=str(plan.address),
-                rate=plan.rate,
-                frame_ms=plan.frame_ms,
-                source=plan.source_name,
+            report.start(
+                self.start_text
+                or (
+                    f"to {plan.address} rate={plan.rate} frame={plan.frame_ms:g}ms "
+                    f"source={plan.source_name}"
+                ),
+                **(
+                    self.start_fields
+                    or {
+                        "uuid": plan.uuid,
+                        "peer": str(plan.address),
+                        "rate": plan.rate,
+                        "frame_ms": plan.frame_ms,
+                        "source": plan.source_name,
+                    }
+                ),
             )
-            self._send(Message.for_uuid(plan.uuid))
+            if self.before_start is not None:
+                self.before_start(report)
+            if plan.send_uuid:
+                self._send(Message.for_uuid(plan.uuid))
             self._receiver = threading.Thread(
                 target=self._receive_guarded, name="audiosocket-receiver", daemon=True
             )
             self._receiver.start()
             self._send_loop()
         except KeyboardInterrupt:
-            self._end("interrupted", "interrupted (Ctrl-C)", ExitStatus.INTERRUPTED)
+            self._end("interrupted", "Ctrl-C")
             raise
         except Terminated:
-            self._end("terminated", "terminated (SIGTERM)", ExitStatus.TERMINATED)
+            self._end("terminated", "SIGTERM")
+            raise
+        except BrokenPipeError:
+            self._end("output-closed", "the output was closed")
             raise
         except _PeerGone as exc:
             self._send_failed(exc.args[0])
         finally:
             self._finish()
-        assert self._result is not None
-        return self._result
+        assert report.end is not None
+        return report.end
 
     def _write(self, data: bytes) -> None:
-        assert self.conn is not None
+        assert self.sock is not None
         try:
-            self.conn.send_raw(data)
+            self.sock.sendall(data)
         except OSError as exc:  # only the socket's: output errors are not the peer's doing
             raise _PeerGone(exc) from None
 
     def _send(self, message: Message) -> None:
+        assert self.session is not None and self.report is not None and self.info is not None
         self._write(message.encode())
-        t = self._t()
-        self.sent.add(t, message)
-        self.output.message(self.call, t, ">", message)  # type: ignore[arg-type]
+        now = time.monotonic()
+        with self._lock:
+            self.session.sent(message, now)
+        self.report.message(now - self.info.started, ">", message)
+        if message.kind == Kind.HANGUP:
+            self.sent_hangup = True
 
     def _send_failed(self, exc: OSError) -> None:
         # The application went away while we wrote; its hangup or close may be
         # in flight to the receiver, which tells the truer story.
         if not self._ending.wait(SEND_FAILURE_GRACE):
-            what = "reset" if isinstance(exc, ConnectionResetError) else "closed"
-            self._end("app-close", f"the application {what} the connection")
+            if isinstance(exc, ConnectionResetError):
+                self._end("app-reset", "the application reset the connection")
+            else:
+                self._end("app-close", "the application closed the connection")
 
     def _finish(self) -> None:
         """Close the connection, stop the receiver, report how the call went."""
-        plan, conn = self.plan, self.conn
-        assert conn is not None and self.call is not None
-        ours = self._result is not None and self._result.reason in (
-            "duration",
-            "file-end",
-            "interrupted",
-            "terminated",
-        )
-        if self._result is None:  # an unexpected exception: still close cleanly
-            self._end("error", "ended by an internal error", ExitStatus.FAILED)
-        if ours and plan.end == "hangup":
+        plan, session, report = self.plan, self.session, self.report
+        assert session is not None and report is not None and self.sock is not None
+        if session.ended is None:  # an unexpected exception: still close cleanly
+            self._end("internal-error", "ended by an internal error")
+        assert session.ended is not None
+        ours = session.ended.ended in ("caller-close", "interrupted", "terminated")
+        if ours and plan.end == "hangup" and not self.sent_hangup:
             try:
                 self._send(Message.hangup())
             except _PeerGone:
@@ -288,36 +236,30 @@ class Caller:
         self._drop_connection()
         if self._receiver is not None:
             self._receiver.join(timeout=2.0)
-        conn.close()
-        self._report()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        ended = session.ended
+        if self.sent_hangup and ended.ended in ("caller-close", "app-close", "app-reset"):
+            # After our hangup, the application closing is the answer, not the cause.
+            ended = Ended(ended.t, "caller-hangup", f"we hung up; {ended.detail}")
+        speed = plan.speed
 
-    def _report(self) -> None:
-        assert self._result is not None and self.call is not None
-        result = self._result
-        t = self._t()
-        result.duration = t
-        diagnoses = diagnose_application(self.received, self.sent, self.plan.frame_ms)
-        if result.reason in ("refused", "stall"):
-            # The call ended on that very message, and result.text already says so.
-            diagnoses = [d for d in diagnoses if d.code != "refused"]
-        for diagnosis in diagnoses:
-            text = diagnosis.text
-            if diagnosis.code in ("burst", "pacing") and self.plan.speed != 1:
+        def annotate(code: str, text: str) -> str:
+            if code in ("burst", "pacing") and speed != 1:
                 # An application that echoes follows our pace, not its own.
-                text += f" (this call ran at --speed {self.plan.speed:g})"
-            self.output.event(self.call, t, "diagnosis", text, code=diagnosis.code)
-        result.diagnoses = [d.code for d in diagnoses]
-        self.output.event(
-            self.call,
-            t,
-            "call-end",
-            f"{result.text}; after {t:.2f}s; > {self.sent.summary()}; < {self.received.summary()}",
-            reason=result.reason,
-            duration=round(t, 6),
-            sent=self.sent.as_dict(),
-            received=self.received.as_dict(),
+                return f"{text} (this call ran at --speed {speed:g})"
+            return text
+
+        extra = self.end_fields(report, ended) if self.end_fields is not None else {}
+        report.finish(
+            ended,
+            session.violations,
+            annotate=annotate,
+            drop=("refused",) if ended.ended in ("refused", "stall") else (),
             max_send_lag_ms=round(self.max_send_lag * 1000, 3),
-            diagnoses=result.diagnoses,
+            **extra,
         )
 
     # Sending (main thread).
@@ -340,103 +282,101 @@ class Caller:
             sleep_until(deadline)
             return ending.is_set()
 
+    def _timeline(self) -> Iterator[tuple[float, int, Any]]:
+        """What to send, in media-time order: (seconds, order, injection | message | frame)."""
+        plan = self.plan
+        streams: list[Iterator[tuple[float, int, Any]]] = []
+        if plan.source is not None:
+            frame_s = plan.frame_seconds
+
+            def frames() -> Iterator[tuple[float, int, Any]]:
+                for k in itertools.count():
+                    if self._source_done:
+                        return  # merge asks for the next frame only after this one was sent
+                    yield k * frame_s, 2, k
+
+            streams.append(frames())
+        if plan.messages is not None:
+            streams.append(((t, 1, message) for t, message in plan.messages))
+        injections = sorted(plan.injections, key=lambda i: i.at)
+        # At the same moment, an injection goes before the frame.
+        streams.append((i.at, 0, i) for i in injections)
+        return heapq.merge(*streams, key=lambda step: step[:2])
+
     def _send_loop(self) -> None:
         plan = self.plan
-        assert self.call is not None
-        frame_s, samples = plan.frame_seconds, plan.frame_samples
-        pacer = Pacer(frame_s, plan.speed, start=self.call.started)
-        injections = sorted(plan.injections, key=lambda i: i.at)
-        source = plan.source
-        k = 0  # the next frame's number
-        source_done = source is None
-        file_end_wall: float | None = None  # when a played file was all sent
-        if plan.duration is not None:
-            injections = [i for i in injections if i.at <= plan.duration]
-        while True:
-            frame_at = None if source_done else k * frame_s
-            if (
-                frame_at is not None
-                and plan.duration is not None
-                and frame_at >= plan.duration - 1e-9
-            ):
-                source_done, frame_at = True, None
-            inject_at = injections[0].at if injections else None
-            # The call's own end: --duration, or a played file sent plus --linger.
-            end_wall: float | None = None
-            if plan.duration is not None:
-                end_wall = pacer.at(plan.duration)
-            elif file_end_wall is not None and not injections:
-                end_wall = file_end_wall + plan.linger
-            candidates = [m for m in (frame_at, inject_at) if m is not None]
-            if not candidates:
-                if self._wait_until(end_wall):
-                    return
-                self._end(
-                    "duration" if plan.duration is not None else "file-end",
-                    "the call's --duration passed"
-                    if plan.duration is not None
-                    else "the file was sent and --linger passed",
-                )
-                return
-            media = min(candidates)
+        assert self.info is not None
+        pacer = Pacer(plan.frame_seconds, plan.speed, start=self.info.started)
+        timeline = self._timeline()
+        finite = plan.finite_source or plan.messages is not None
+        done_at: float | None = None  # when the last finite thing was sent
+        for media, order, item in timeline:
+            if plan.duration is not None and media >= plan.duration - 1e-9:
+                break
             due = pacer.at(media)
-            if end_wall is not None and end_wall < due:
-                if self._wait_until(end_wall):
-                    return
-                self._end("duration", "the call's --duration passed")
-                return
             if self._wait_until(due):
                 return
-            if inject_at is not None and inject_at <= media:
-                if self._inject(injections.pop(0)):
+            if order == 0:
+                if self._inject(item):
                     return
-                if file_end_wall is not None:
-                    # Injections after the file's end: --linger counts from the last.
-                    file_end_wall = max(file_end_wall, time.monotonic())
+                if done_at is not None:
+                    done_at = time.monotonic()  # --linger counts from the last
                 continue
-            lag = time.monotonic() - due
-            if lag > self.max_send_lag and plan.speed:
-                self.max_send_lag = lag
-            pcm = source.next_frame(plan.rate, samples) if source else None
+            if order == 1:
+                self._lag(due)
+                self._send(item)
+                continue
+            self._lag(due)
+            pcm = plan.source.next_frame(plan.rate, plan.frame_samples) if plan.source else None
             if not pcm:
-                source_done = True
-                file_end_wall = max(time.monotonic(), pacer.at(k * frame_s))
+                self._source_done = True
+                if plan.finite_source:
+                    done_at = max(time.monotonic(), due)
                 continue
             self._send(Message.audio(pcm, plan.rate))
-            k += 1
             if self.on_progress is not None:
-                self.on_progress(k * frame_s)
+                self.on_progress((item + 1) * plan.frame_seconds)
+        # Everything planned was sent: the call's own end.
+        if plan.duration is not None:
+            if self._wait_until(pacer.at(plan.duration)):
+                return
+            self._end("caller-close", f"--duration {plan.duration:g} passed")
+            return
+        if finite:
+            start = done_at if done_at is not None else time.monotonic()
+            if self._wait_until(start + plan.linger):
+                return
+            what = "the file was sent" if plan.finite_source else "all was sent"
+            self._end("caller-close", f"{what} and --linger {plan.linger:g} passed")
+            return
+        self._wait_until(None)  # until the application ends it, or a signal
+
+    def _lag(self, due: float) -> None:
+        lag = time.monotonic() - due
+        if lag > self.max_send_lag and self.plan.speed:
+            self.max_send_lag = lag
 
     def _inject(self, injection: Injection) -> bool:
         """Send (or do) one injection; True if it ended the call."""
-        assert self.conn is not None and self.call is not None
+        assert self.session is not None and self.report is not None and self.info is not None
         for message in injection.messages:
             self._send(message)
         if injection.raw:
             self._write(injection.raw)
-            t = self._t()
-            # Show whatever whole messages the raw bytes make; the rest as a note.
-            decoder = Decoder()
-            decoder.feed(injection.raw)
-            for message in decoder.messages():
-                self.sent.add(t, message)
-                self.output.message(self.call, t, ">", message)
-            if decoder.buffered:
-                self.output.event(
-                    self.call,
-                    t,
-                    "warning",
-                    f"injected {decoder.buffered} raw bytes that are not a whole message",
-                    raw=injection.raw.hex(),
+            now = time.monotonic()
+            with self._lock:
+                messages, problems = self.session.sent_raw(
+                    injection.raw, now, f" (--inject {injection.what}@{injection.at:g})"
                 )
+            for message in messages:
+                self.report.message(now - self.info.started, ">", message)
+            for problem in problems:
+                self.report.problem(problem, ">")
+        spec = f"--inject {injection.what}@{injection.at:g}"
         if injection.close:
-            return self._end(
-                "inject-close", f"closed by --inject {injection.what}@{injection.at:g}"
-            )
+            return self._end("caller-close", spec)
         if injection.ends_call:
-            return self._end(
-                "inject-hangup", f"hung up by --inject {injection.what}@{injection.at:g}"
-            )
+            return self._end("caller-hangup", spec)
         return False
 
     # Receiving (receiver thread).
@@ -450,115 +390,46 @@ class Caller:
             self._drop_connection()
         except Exception as exc:  # never die silently: the call must still end
             if not self._ending.is_set():
-                self._end("error", f"receiving failed: {exc}", ExitStatus.FAILED)
+                self._end("internal-error", f"receiving failed: {type(exc).__name__}: {exc}")
                 self._drop_connection()
 
     def _receive(self) -> None:
-        assert self.conn is not None
-        sock, decoder = self.conn.sock, self.conn.decoder
+        assert self.sock is not None and self.session is not None and self.report is not None
+        sock, session, report = self.sock, self.session, self.report
         poller = select.poll()
         poller.register(sock, select.POLLIN)
-        header_at: float | None = None  # when the header of an incomplete message arrived
-        stall_warned = False
         while not self._ending.is_set():
-            if header_at is not None and not stall_warned:
-                wait = max(header_at + PAYLOAD_STALL - time.monotonic(), STALL_FLOOR)
-            else:
-                wait = POLL_INTERVAL
+            with self._lock:
+                deadline = session.deadline
+            wait = POLL_INTERVAL
+            if deadline is not None:
+                wait = min(max(deadline - time.monotonic(), STALL_FLOOR), POLL_INTERVAL)
             if not poller.poll(wait * 1000):
-                if header_at is not None and not stall_warned:
-                    # The kernel saw nothing arrive in the window: a real stall.
-                    stall_warned = True
-                    if self._payload_stalled(header_at, decoder):
-                        return
-                continue
-            try:
-                data = sock.recv(RECV_SIZE)
-            except ConnectionResetError:
-                self._end("app-close", "the application reset the connection")
-                return
-            except OSError as exc:
-                if self._ending.is_set() or exc.errno in (errno.EBADF, errno.ENOTCONN):
-                    return
-                raise
-            now = time.monotonic()
-            if not data:
-                if self._ending.is_set():
-                    return  # our own shutdown
+                with self._lock:
+                    events = session.tick(time.monotonic())
+                self.output.flush()
+            else:
                 try:
-                    decoder.end_of_stream()
-                except TruncatedMessage as exc:
-                    self._violation("truncated", f"the application closed the connection: {exc}")
-                    return
-                self._end("app-close", "the application closed the connection")
+                    data = sock.recv(RECV_SIZE)
+                except ConnectionResetError:
+                    data = None
+                except OSError as exc:
+                    if self._ending.is_set() or exc.errno in (errno.EBADF, errno.ENOTCONN):
+                        return
+                    raise
+                now = time.monotonic()
+                if not data and self._ending.is_set():
+                    return  # our own shutdown
+                with self._lock:
+                    events = session.reset(now) if data is None else session.receive(data, now)
+            for event in events:
+                if isinstance(event, Ended):
+                    continue
+                if self.monitor is not None and getattr(event, "message", None) is not None:
+                    message = event.message  # type: ignore[union-attr]
+                    if message.is_audio and message.payload:
+                        self.monitor.play(message.payload, message.rate)
+            if report.received("<", events) is not None or session.ended is not None:
+                self._ending.set()
+                self._drop_connection()
                 return
-            decoder.feed(data)
-            messages = decoder.messages()
-            for message in messages:
-                if self._on_message(now, message):
-                    self._drop_connection()
-                    return
-            if not decoder.header_complete:
-                header_at, stall_warned = None, False
-            elif messages or header_at is None:
-                header_at, stall_warned = now, False
-
-    def _payload_stalled(self, header_at: float, decoder: Decoder) -> bool:
-        buffered = decoder.buffered
-        text = (
-            f"the application sent a header and then stalled: {buffered} bytes of a message "
-            f"arrived and its payload was not complete {PAYLOAD_STALL * 1000:g} ms later "
-            "(Asterisk ends the session; write header and payload in one send)"
-        )
-        t = self._t(header_at)
-        if self.plan.strict:
-            self.received.refused["payload stalled after its header"] += 1
-            self._violation("stall", text)
-            self._drop_connection()
-            return True
-        self.received.refused["payload stalled after its header"] += 1
-        assert self.call is not None
-        self.output.event(self.call, t, "warning", f"{text}; --lenient: carrying on")
-        return False
-
-    def _violation(self, reason: str, text: str) -> None:
-        self._end(reason, text, ExitStatus.PROTOCOL)
-
-    def _on_message(self, now: float, message: Message) -> bool:
-        """Take one message from the application; True if it ends the call."""
-        assert self.call is not None
-        t = self._t(now)
-        self.received.add(t, message)
-        self.output.message(self.call, t, "<", message)
-        if message.refused_by_asterisk:
-            self.received.note_refused(message)
-            text = (
-                f"the application sent {describe_message(message)} at {t:.3f}s: "
-                "Asterisk ends the session on anything but hangup and non-empty audio"
-            )
-            if self.plan.strict:
-                self._violation("refused", text)
-                return True
-            self.output.event(self.call, t, "warning", f"{text}; --lenient: carrying on")
-            return False
-        if message.kind == Kind.HANGUP:
-            self._end("app-hangup", "the application hung up")
-            return True
-        if message.is_audio:
-            rate = message.rate
-            assert rate is not None
-            if self.recorder is not None:
-                started = self.recorder.write(rate, message.payload)
-                if started is not None:
-                    self.output.event(
-                        self.call,
-                        t,
-                        "warning",
-                        f"the application changed rate to {rate} Hz mid-call; "
-                        f"that audio is recorded in {started}",
-                        path=str(started),
-                        rate=rate,
-                    )
-            if self.monitor is not None:
-                self.monitor.play(message.payload, rate)
-        return False

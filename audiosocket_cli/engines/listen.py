@@ -20,49 +20,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from audiosocket_cli.analysis.stats import AnalysisBudget, DirectionStats, diagnose_asterisk
+from audiosocket_cli.analysis.stats import AnalysisBudget
+from audiosocket_cli.engines.call import CallReport, SessionClock, Tally
+from audiosocket_cli.media.recorder import call_recording
 from audiosocket_cli.net.address import Address
 from audiosocket_cli.net.reactor import Reactor, Timer
-from audiosocket_cli.net.transport import accept, bound_address, listen
+from audiosocket_cli.net.transport import RECV_SIZE, accept, bound_address, listen, raise_fd_limit
 from audiosocket_cli.output.sinks import Output
-from audiosocket_cli.protocol.events import CallInfo
+from audiosocket_cli.protocol.events import CallEnd, CallInfo
 from audiosocket_cli.protocol.inject import Injection
-from audiosocket_cli.protocol.wire import (
-    AUDIO_RATES,
-    KIND_NAMES,
-    RATE_KINDS,
-    Decoder,
-    Kind,
-    Message,
-    TruncatedMessage,
-    encode,
+from audiosocket_cli.protocol.session import (
+    Ended,
+    Mode,
+    Problem,
+    Received,
+    Role,
+    Rules,
+    Session,
+    SessionEvent,
 )
+from audiosocket_cli.protocol.wire import AUDIO_RATES, RATE_KINDS, Kind, Message, encode
 from audiosocket_cli.status import ExitStatus, Terminated
 
 FRAME_INTERVAL = 0.020  # replies go out in 20 ms messages, as Asterisk sends
 FIRST_RATE = 8000  # the dialplan application always talks 8 kHz
-RECV_SIZE = 256 * 1024
-MESSAGE_STALL = 5.0  # a message begun and unfinished this long: not a working client
 LATE_LIMIT = 0.100  # paced sends this late (a stalled process) restart the schedule
 MAX_UNSENT = 1 << 20  # bytes queued for a peer that does not read, before we give up
 DRAIN_LIMIT = 2.0  # seconds a closing call may take to hand over what it queued
 ACCEPT_BATCH = 128  # callers accepted per wake-up, so running calls are not starved
-# The encoding analysis (mu-law labelled as slin...) costs ~40 us a frame: a budget
-# across all calls keeps it under ~4% of a core; with few calls it never binds.
-
-# How a call ended (the call-end event's `how`).
-ENDINGS = (
-    "peer-hangup",
-    "peer-close",
-    "peer-reset",
-    "our-hangup",
-    "our-close",
-    "timeout",
-    "protocol-error",
-    "interrupted",
-    "terminated",
-    "internal-error",
-)
 
 SourceFactory = Callable[[], Any]  # returns an audio FrameSource (next_frame(rate, samples))
 
@@ -75,10 +60,10 @@ class ListenConfig:
     source_factory: SourceFactory | None = None  # --play/--tone/--silence
     injections: tuple[Injection, ...] = ()
     record_dir: Path | None = None
-    timeout: float | None = None
+    rules: Rules = field(default_factory=lambda: Rules(mode=Mode.STRICT))
     max_calls: int | None = None
     max_concurrent: int = 1000
-    monitor: Any = None  # a monitor.Monitor, or None
+    monitor: Any = None  # a media.monitor.Monitor, or None
 
 
 def file_source_factory(template: Any) -> SourceFactory:
@@ -108,86 +93,56 @@ def signals_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _raise_fd_limit() -> None:
-    # A thousand calls need more descriptors than the usual soft limit of 1024.
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ImportError, ValueError, OSError):
-        pass
-
-
-def call_recording(directory: Path, stem: str) -> Any:
-    """A call's inbound audio: DIR/<stem>.wav (or <stem>-2.wav for a second call
-    with the same UUID), and DIR/<stem>.<rate>.wav for each rate the caller
-    switches to, so every sample is kept at its own rate."""
-    from audiosocket_cli.media.audio import RateSplitRecording, unique_path
-
-    return RateSplitRecording(
-        lambda: unique_path(directory, stem, ".wav"),
-        lambda first, rate: unique_path(directory, f"{first.stem}.{rate}", ".wav"),
-    )
-
-
 class Call:
-    """One connection: its decoder, statistics, recording and replies."""
+    """One connection: its session, its report, its replies."""
 
     def __init__(self, server: Server, sock: socket.socket, info: CallInfo) -> None:
         self.server = server
         self.reactor = server.reactor
-        self.output = server.output
         self.sock = sock
         self.info = info
         self.config = server.config
-        self.decoder = Decoder()
-        self.inbound = DirectionStats(
-            encoding_offset=info.conn, encoding_gate=server.analysis_allowed
+        self.session = Session(Role.APPLICATION, self.config.rules, started=info.started)
+        recordings = {}
+        if self.config.record_dir is not None:
+            recordings[">"] = call_recording(self.config.record_dir, self._stem)
+        self.report = CallReport(
+            server.output,
+            info,
+            recordings=recordings,
+            diagnose=(">",),  # what we send ourselves needs no diagnosis
+            encoding_gate=server.analysis_allowed,
         )
-        self.outbound = DirectionStats(analyse_encoding=False)  # what we send ourselves
         self.ended = False
         self.closed = False
-        self.how = ""
-        self.reason = ""
-        self.first_message = True
-        self.last_rx = info.started
-        self.partial_since: float | None = None
         self.unsent = bytearray()
         self.batch: list[bytes] | None = None
         self.timers: list[Timer] = []  # the injections'
-        self.idle_timer: Timer | None = None
-        self.stall_timer: Timer | None = None
+        self.clock = SessionClock(self.reactor, self.session, self.guarded(self.on_deadline))
         self.frame_timer: Timer | None = None
-        self.recorder: Any = None  # audio.RateSplitRecording, made at the first audio
-        self.recording = self.config.record_dir is not None
         self.rate_in = 0  # rate of the caller's latest audio
         self.reply_rate = FIRST_RATE
         self.source = config_source(self.config)
         self.frame = 0
         self.pace_start = info.started
-        self.warned: set[str] = set()
         self.drain_timer: Timer | None = None
+
+    def _stem(self) -> str:
+        return self.info.uuid or f"conn-{self.info.conn}"
 
     # Start
 
     def start(self) -> None:
         started = self.info.started
         self.reactor.add_reader(self.sock, self.guarded(self.on_readable))
-        self.output.event(
-            self.info, 0.0, "call-start", f"from {self.info.peer}", peer=str(self.info.peer)
-        )
+        self.report.start(f"from {self.info.peer}")
         for injection in self.config.injections:
             self.timers.append(
                 self.reactor.call_at(
                     started + injection.at, self.guarded(lambda i=injection: self.inject(i))
                 )
             )
-        if self.config.timeout:
-            self.idle_timer = self.reactor.call_at(
-                started + self.config.timeout, self.guarded(self.check_idle)
-            )
+        self.clock.arm()
         if self.source is not None:
             self._send_frame = self.guarded(self.send_frame)
             self.frame_timer = self.reactor.call_at(started, self._send_frame)
@@ -216,177 +171,75 @@ class Call:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            self.end("peer-reset", _os_reason(exc))
+            self.take(self.session.reset(time.monotonic(), _os_reason(exc)))
             return
         now = time.monotonic()
-        decoder = self.decoder
-        if not n:
-            try:
-                decoder.end_of_stream()
-            except TruncatedMessage as exc:
-                # Whole messages before the cut still count.
-                self.handle_all(now, decoder.messages())
-                self.end("protocol-error", str(exc))
-                return
-            self.handle_all(now, decoder.messages())
-            self.end("peer-close")
-            return
-        self.last_rx = now
-        data = self.server.recv_view[:n]
-        if self.first_message and data[0] not in KIND_NAMES and not decoder.buffered:
-            # The first byte of a stream is a message kind: garbage shows at once.
-            self.end(
-                "protocol-error",
-                f"not AudioSocket: first byte 0x{data[0]:02x} is not a message kind "
-                f"(data {bytes(data[:16]).hex()})",
-            )
-            return
-        decoder.feed(data)
-        messages = decoder.messages()
-        if len(messages) == 1:
-            self.handle(now, messages[0])  # the usual read: one message, nothing to batch
-            if self.ended:
-                return
-        elif messages:
-            self.handle_all(now, messages)
-            if self.ended:
-                return
-        if decoder.buffered:
-            if messages or self.partial_since is None:
-                self.partial_since = now
-                if self.stall_timer is None:
-                    self.stall_timer = self.reactor.call_at(
-                        now + MESSAGE_STALL, self.guarded(self.check_stall)
-                    )
-        else:
-            self.partial_since = None
+        self.take(self.session.receive(bytes(self.server.recv_view[:n]), now))
+        if not self.ended:
+            self.clock.arm()
 
-    def handle_all(self, now: float, messages: list[Message]) -> None:
-        # Replies to one read leave in one send.
+    def take(self, events: list[SessionEvent]) -> None:
+        """The session's verdicts on what the caller sent; replies to one read in one send."""
         self.batch = []
+        ended = None
         try:
-            for message in messages:
-                self.handle(now, message)
-                if self.ended:
-                    break
+            for event in events:
+                if type(event) is Received:
+                    self.handle(event.t, event.message)
+                elif isinstance(event, Problem):
+                    self.report.problem(event, ">")
+                elif isinstance(event, Ended):
+                    ended = event
         finally:
             batch, self.batch = self.batch, None
             if batch and not self.closed:
                 self.write(batch[0] if len(batch) == 1 else b"".join(batch))
+        if ended is not None:
+            self.finish(ended)
 
-    def handle(self, now: float, message: Message) -> None:
+    def handle(self, t: float, message: Message) -> None:
         kind, payload = message
-        t = now - self.info.started
         rate = AUDIO_RATES.get(kind)
-        if rate == self.rate_in and payload and not len(payload) & 1 and not self.first_message:
-            # The fast path: audio as Asterisk sends it, 50 times a second per call.
-            if self.recording:
-                self.record(t, rate, payload)  # before it is shown: what was shown is in the file
-            self.inbound.add(t, message)
-            if self.server.show_messages:
-                self.output.message(self.info, t, ">", message)
-            if self.config.echo:
-                self.outbound.add(t, message)
-                if self.server.show_messages:
-                    self.output.message(self.info, t, "<", message)
-                self.write(encode(message))
-            if self.server.monitor is not None:
-                self.monitor(t, rate, payload)
-            return
-        if rate is not None:
-            if self.recording:
-                self.record(t, rate, payload)
+        if rate is not None and payload:
             if rate != self.rate_in:
                 self.rate_changed(t, rate)
-        elif kind == Kind.UUID and self.info.uuid is None and len(payload) == 16:
+            self.audio(t, message)
+            return
+        if kind == Kind.UUID and self.info.uuid is None and self.session.uuid is not None:
             # Known from its own line on: the uuid message shows the call's UUID.
-            self.info.uuid = str(message.uuid)
-        self.inbound.add(t, message)
-        if self.server.show_messages:
-            self.output.message(self.info, t, ">", message)
-        if self.first_message:
-            self.first_message = False
-            if kind != Kind.UUID:
-                self.warn(
-                    t,
-                    f"first message is {message.name} (kind 0x{kind:02x}, {len(payload)} "
-                    "bytes), not a uuid: Asterisk always sends the UUID first",
-                )
-        problem = message.problem
-        if problem and problem not in self.warned:
-            self.warned.add(problem)
-            self.warn(t, f"the caller sent a malformed message: {problem}")
-        if rate is not None:
-            if payload:
-                if self.config.echo:
-                    self.send(message, t)  # odd lengths too: Asterisk takes them
-                if self.server.monitor is not None:
-                    self.monitor(t, rate, payload)
-        elif kind == Kind.UUID:
-            uuid = message.uuid
-            if uuid is not None and str(uuid) != self.info.uuid:
-                self.warn(t, f"a second uuid {uuid} in the call; it stays {self.info.uuid}")
-        elif kind == Kind.HANGUP:
-            self.end("peer-hangup")
+            self.info.uuid = self.session.uuid
+        self.report.message(t, ">", message)
 
-    def monitor(self, t: float, rate: int, payload: bytes) -> None:
+    def audio(self, t: float, message: Message) -> None:
+        self.report.message(t, ">", message)
+        if self.config.echo:
+            self.send(message, t)  # odd lengths too: Asterisk takes them
+        if self.server.monitor is not None:
+            self.monitor(t, message)
+
+    def monitor(self, t: float, message: Message) -> None:
         server = self.server
         if server.monitor_call is None:
             server.monitor_call = self
         elif server.monitor_call is not self:
             return
-        server.monitor.play(payload, rate)
+        server.monitor.play(message.payload, message.rate)
         if server.monitor.error and not server.monitor_warned:
             server.monitor_warned = True
-            self.warn(t, f"--monitor: {server.monitor.error}")
+            self.report.warning(t, f"--monitor: {server.monitor.error}")
 
     def rate_changed(self, t: float, rate: int) -> None:
         previous, self.rate_in = self.rate_in, rate
         self.reply_rate = rate
-        if not previous:
-            return
-        text = f"the caller's audio changed from {previous} Hz to {rate} Hz"
-        recorder = self.recorder
-        if recorder is not None and self.recording:
-            path = recorder.writers.get(rate)
-            text += f"; recording it in {path.path if path else 'a second file'}"
-        self.warn(t, text)
+        if previous:
+            self.report.warning(t, f"the caller's audio changed from {previous} Hz to {rate} Hz")
 
-    def record(self, t: float, rate: int, payload: bytes) -> None:
-        recorder = self.recorder
-        if recorder is None:
-            stem = self.info.uuid or f"conn-{self.info.conn}"
-            recorder = self.recorder = call_recording(self.config.record_dir, stem)  # type: ignore[arg-type]
-        try:
-            recorder.write(rate, payload)
-        except Exception as exc:  # AudioFileError, a full disk: the call goes on unrecorded
-            self.recording = False
-            self.warn(t, f"cannot record this call: {exc}")
-
-    def check_idle(self) -> None:
+    def on_deadline(self) -> None:
         if self.ended:
             return
-        timeout = self.config.timeout or 0.0
-        due = self.last_rx + timeout
-        if time.monotonic() >= due - 0.0005:
-            self.end("timeout", f"nothing received for {timeout:g} s")
-        else:
-            self.idle_timer = self.reactor.call_at(due, self.guarded(self.check_idle))
-
-    def check_stall(self) -> None:
-        self.stall_timer = None
-        since = self.partial_since
-        if self.ended or since is None:
-            return
-        due = since + MESSAGE_STALL
-        if time.monotonic() < due - 0.0005:
-            self.stall_timer = self.reactor.call_at(due, self.guarded(self.check_stall))
-        else:
-            self.end(
-                "protocol-error",
-                f"a message stayed incomplete for {MESSAGE_STALL:g} s "
-                f"({self.decoder.buffered} bytes of it arrived)",
-            )
+        self.on_readable()  # what did arrive counts first
+        if not self.ended:
+            self.take(self.session.tick(time.monotonic()))
 
     # Sending
 
@@ -394,20 +247,11 @@ class Call:
         """Show, count and write one message (in one send)."""
         if self.closed:
             return
-        self.outbound.add(t, message)
-        if self.server.show_messages:
-            self.output.message(self.info, t, "<", message)
+        self.report.message(t, "<", message)
         if message.refused_by_asterisk:
-            self.refused(t, message, "")
+            for problem in self.session.sent(message, self.info.started + t):
+                self.report.problem(problem)
         self.write(encode(message))
-
-    def refused(self, t: float, message: Message, why: str) -> None:
-        self.outbound.note_refused(message)
-        name = message.name
-        what = f"{'an' if name[0] in 'aeiou' else 'a'} {name} message"
-        if message.problem:
-            what += f" ({message.problem})"
-        self.warn(t, f"we sent {what}{why}: Asterisk would end the session on it")
 
     def write(self, data: bytes) -> None:
         if self.closed:
@@ -418,14 +262,14 @@ class Call:
         if self.unsent:
             self.unsent += data
             if len(self.unsent) > MAX_UNSENT:
-                self.end("our-close", f"the caller reads nothing: {len(self.unsent)} bytes unsent")
+                self.end("app-close", f"the caller reads nothing: {len(self.unsent)} bytes unsent")
             return
         try:
             sent = self.sock.send(data)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as exc:
-            self.end("peer-reset", _os_reason(exc))
+            self.take(self.session.reset(time.monotonic(), _os_reason(exc)))
             return
         if sent < len(data):
             self.unsent += data[sent:]
@@ -441,7 +285,7 @@ class Call:
             if self.ended:
                 self.close_socket()
             else:
-                self.end("peer-reset", _os_reason(exc))
+                self.take(self.session.reset(time.monotonic(), _os_reason(exc)))
             return
         del self.unsent[:sent]
         if not self.unsent:
@@ -473,99 +317,55 @@ class Call:
     def inject(self, injection: Injection) -> None:
         if self.ended:
             return
-        t = time.monotonic() - self.info.started
+        now = time.monotonic()
+        t = now - self.info.started
+        why = f" by --inject {injection.what}@{injection.at:g}"
         for message in injection.messages:
-            # One send per message, as wire_writes() says.
-            self.outbound.add(t, message)
-            self.output.message(self.info, t, "<", message)
-            if message.refused_by_asterisk:
-                self.refused(t, message, f" (--inject {injection.what}@{injection.at:g})")
+            # One send per message, as Injection.wire_writes() says.
+            self.report.message(t, "<", message)
+            for problem in self.session.sent(message, now, why):
+                self.report.problem(problem)
             self.write(encode(message))
         if injection.raw:
-            self.inject_raw(t, injection)
+            messages, problems = self.session.sent_raw(injection.raw, now, why)
+            for message in messages:
+                self.report.message(t, "<", message)
+            for problem in problems:
+                self.report.problem(problem)
+            self.write(injection.raw)
         if self.ended:
             return
         if injection.close:
-            self.end("our-close", f"--inject {injection.what}@{injection.at:g}")
+            self.end("app-close", f"--inject {injection.what}@{injection.at:g}")
         elif any(m.kind == Kind.HANGUP for m in injection.messages):
-            self.end("our-hangup", f"--inject {injection.what}@{injection.at:g}")
-
-    def inject_raw(self, t: float, injection: Injection) -> None:
-        """Raw bytes: shown as the messages they make, warned about as Asterisk sees them."""
-        decoder = Decoder()
-        decoder.feed(injection.raw)
-        for message in decoder.messages():
-            self.outbound.add(t, message)
-            self.output.message(self.info, t, "<", message)
-            if message.refused_by_asterisk:
-                self.refused(t, message, f" (--inject {injection.what}@{injection.at:g})")
-        if decoder.buffered:
-            self.outbound.wire_bytes += decoder.buffered
-            self.warn(
-                t,
-                f"we sent {decoder.buffered} bytes of an unfinished message (--inject "
-                f"{injection.what}@{injection.at:g}): Asterisk waits for the rest, and ends "
-                "the session when a payload stalls for more than about 5 ms",
-            )
-        self.write(injection.raw)
+            self.end("app-hangup", f"--inject {injection.what}@{injection.at:g}")
 
     # Ending
 
-    def warn(self, t: float, text: str) -> None:
-        self.output.event(self.info, t, "warning", text)
+    def end(self, ended: str, detail: str = "") -> None:
+        """We end the call (or the tool stops)."""
+        self.finish(self.session.close(ended, detail, time.monotonic()))
 
-    def end(self, how: str, reason: str = "") -> None:
-        """End the call: recordings closed first, then the summary, then the socket."""
+    def finish(self, ended: Ended) -> None:
+        """Recordings closed first, then the summary, then the socket."""
         if self.ended:
             return
         self.ended = True
-        self.how, self.reason = how, reason
-        t = time.monotonic() - self.info.started
-        for timer in (*self.timers, self.idle_timer, self.stall_timer, self.frame_timer):
+        self.clock.cancel()
+        for timer in (*self.timers, self.frame_timer):
             if timer is not None:
                 timer.cancel()
         self.timers.clear()
-        paths: list[str] = []
-        if self.recorder is not None:
-            self.recorder.close()
-            paths = [str(p) for p in self.recorder.paths]
         if not self.closed:
             self.reactor.remove_reader(self.sock)
-            if self.unsent and how not in ("peer-reset", "protocol-error"):
+            if self.unsent and ended.ended not in ("caller-reset", "truncated", "garbage"):
                 # Let our last messages (a hangup) reach the peer, within reason.
                 self.drain_timer = self.reactor.call_later(DRAIN_LIMIT, self.close_socket)
                 self.server.draining.add(self)
             else:
                 self.close_socket()
-        try:
-            for diagnosis in diagnose_asterisk(self.inbound):
-                self.output.event(self.info, t, "diagnosis", diagnosis.text, code=diagnosis.code)
-        except Exception:  # a diagnosis is a nicety; the summary must come out
-            pass
-        self.output.event(
-            self.info,
-            t,
-            "call-end",
-            self.summary(t, paths),
-            how=how,
-            reason=reason,
-            duration=round(t, 6),
-            peer=str(self.info.peer),
-            inbound=self.inbound.as_dict(),
-            outbound=self.outbound.as_dict(),
-            recordings=paths,
-        )
-        self.server.call_ended(self)
-
-    def summary(self, t: float, paths: list[str]) -> str:
-        how = f"{self.how} ({self.reason})" if self.reason else self.how
-        text = (
-            f"{how} duration {t:.3f}s; > {self.inbound.summary()}; "
-            f"< {self.outbound.summary()}; > gaps {self.inbound.pacing()}"
-        )
-        if paths:
-            text += f"; recorded {', '.join(paths)}"
-        return text
+        end = self.report.finish(ended, self.session.violations, t=ended.t)
+        self.server.call_ended(self, end)
 
     def close_socket(self) -> None:
         if self.closed:
@@ -580,20 +380,6 @@ class Call:
             self.sock.close()
         except OSError:
             pass
-
-
-def shows_messages(output: Output) -> bool:
-    """Does any sink use messages? Not when every one is quiet plain/JSON (-q),
-    which spares 25,000 calls a second into Output at 500 echoed calls."""
-    from audiosocket_cli.output.sinks import JsonSink, PlainSink, StderrEventSink
-
-    for sink in output.sinks:
-        if isinstance(sink, StderrEventSink):
-            continue
-        if isinstance(sink, (PlainSink, JsonSink)) and sink.quiet:
-            continue
-        return True
-    return False
 
 
 def config_source(config: ListenConfig) -> Any:
@@ -618,7 +404,7 @@ class Server:
     connections: int = 0
     started_calls: int = 0
     ended_calls: int = 0
-    protocol_errors: int = 0
+    tally: Tally = field(default_factory=Tally)
     monitor_call: Call | None = None
     draining: set[Call] = field(default_factory=set)
 
@@ -627,16 +413,16 @@ class Server:
         self.recv_view = memoryview(self.recv_buffer)
         self.monitor = self.config.monitor
         self.monitor_warned = False
-        self.show_messages = shows_messages(self.output)
         # Shared by every call: the encoding analysis stays a small share of a core.
         self.analysis_allowed = AnalysisBudget()
         self.address: Address = bound_address(self.listener)
         self.listener.setblocking(False)
+        self.reactor.after_turn = self.output.flush
 
     @classmethod
     def bind(cls, address: Address, output: Output, config: ListenConfig) -> Server:
         """Listen on `address` (transport.ConnectError if it cannot)."""
-        _raise_fd_limit()
+        raise_fd_limit()
         return cls(listen(address), output, config)
 
     # Accepting
@@ -670,10 +456,9 @@ class Server:
 
     def refuse(self, sock: socket.socket, info: CallInfo, limit: str) -> None:
         sock.close()
-        self.output.event(
+        self.output.warning(
             info,
             0.0,
-            "warning",
             f"refused a caller from {info.peer}: {len(self.calls)} calls already ({limit})",
             peer=str(info.peer),
         )
@@ -682,20 +467,15 @@ class Server:
         # Out of descriptors: the listener stays readable, so pause rather than spin.
         self.reactor.remove_reader(self.listener)
         self.reactor.call_later(0.1, self.start)
-        self.output.event(
-            CallInfo(conn=self.connections + 1),
-            0.0,
-            "warning",
-            f"cannot accept a caller: {exc.strerror or exc}",
-        )
+        text = f"cannot accept a caller: {exc.strerror or exc}"
+        self.output.warning(CallInfo(conn=self.connections + 1), 0.0, text)
 
     # Running
 
-    def call_ended(self, call: Call) -> None:
+    def call_ended(self, call: Call, end: CallEnd) -> None:
         self.calls.pop(call.info.conn, None)
         self.ended_calls += 1
-        if call.how == "protocol-error":
-            self.protocol_errors += 1
+        self.tally.add(end)
         if self.monitor_call is call:
             self.monitor_call = None  # the next call whose audio arrives is heard
         max_calls = self.config.max_calls
@@ -710,16 +490,16 @@ class Server:
         gc.collect()
         gc.freeze()
         self.reactor.run()
-        return ExitStatus.PROTOCOL if self.protocol_errors else ExitStatus.OK
+        return self.tally.status
 
-    def close(self, how: str = "our-close", reason: str = "") -> None:
+    def close(self, ended: str = "interrupted", detail: str = "") -> None:
         """End every call still going (recordings first) and stop listening."""
         for call in list(self.calls.values()):
-            if call.recorder is not None:
-                call.recorder.close()  # before anything that could fail (stdout gone)
+            for recording in call.report.recordings.values():
+                recording.close()  # before anything that could fail (stdout gone)
         for call in list(self.calls.values()):
             try:
-                call.end(how, reason)
+                call.end(ended, detail)
             except Exception:
                 call.close_socket()
         for call in [*self.calls.values(), *self.draining]:

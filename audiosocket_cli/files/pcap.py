@@ -79,6 +79,19 @@ LOOSE_AFTER = 1 << 16
 RESYNC_MAX_AUDIO = 16384  # largest audio payload believed when looking for a boundary
 
 Endpoint = tuple[bytes, int]
+_ENDINGS = {
+    "client-close": "caller-close",
+    "client-reset": "caller-reset",
+    "server-close": "app-close",
+    "server-reset": "app-reset",
+    "capture-end": "unknown",
+}
+_DETAILS = {
+    "caller-close": "the caller closed the connection",
+    "caller-reset": "the caller reset the connection",
+    "app-close": "the application closed the connection",
+    "app-reset": "the application reset the connection",
+}
 
 
 @dataclass
@@ -188,7 +201,9 @@ def _link_decoder(linktype: int, name: str) -> Any:
             else:
                 net = link(buf).data
             return _tcp_segment(net)
-        except (dpkt.UnpackError, struct.error, IndexError, ValueError, KeyError):
+        # dpkt's parsers raise more than UnpackError on malformed headers (AttributeError:
+        # an IPv6 extension header chain it misreads as a fragment header).
+        except (dpkt.UnpackError, struct.error, IndexError, ValueError, KeyError, AttributeError):
             return None  # not a packet we can read: not ours
 
     return decode
@@ -560,8 +575,12 @@ class _Flow:
             return
         self.done = True
         if self.state == "audiosocket":
-            text = f"ended={ended}" + (f" ({note})" if note else "")
-            self.capture.emit(self, ts, event="call-end", text=text, fields={"ended": ended})
+            # In the words of every command (events.ENDINGS): the client is the caller.
+            ended = _ENDINGS.get(ended, ended)
+            detail = note or _DETAILS.get(ended, "")
+            text = f"{ended} ({detail})" if detail else ended
+            fields = {"ended": ended, "detail": detail}
+            self.capture.emit(self, ts, event="call-end", text=text, fields=fields)
         self.capture.flow_ended(self)
 
 

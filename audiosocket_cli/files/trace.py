@@ -3,8 +3,8 @@
 The first line names the format and version. Each message line is the
 `--json` record plus `ts` (Unix time) and `data` (payload, base64), so a
 trace can be printed again, replayed, and its audio extracted. Events are
-kept too. Lines are flushed as written, so a trace is whole up to the last
-message however the tool ends.
+kept too. Lines are written in batches at least every 100 ms and at every
+event, and on Ctrl-C and SIGTERM, so a trace is whole up to its last batch.
 
 This module also reads the other inputs of `trace` and `replay`: raw dumps
 (one direction's bytes, no timing), and dispatches packet captures to
@@ -22,14 +22,24 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from audiosocket_cli import __version__
-from audiosocket_cli.output.sinks import json_event_record, json_message_record
-from audiosocket_cli.protocol.events import CallInfo
+from audiosocket_cli.protocol.events import (
+    ENDINGS,
+    CallDiagnosis,
+    CallEnd,
+    CallInfo,
+    CallStart,
+    CallWarning,
+    Event,
+    event_record,
+    message_record,
+)
 from audiosocket_cli.protocol.wire import Decoder, Message, ProtocolError, TruncatedMessage
 
 SNIFF_SIZE = 256
 RECV_SIZE = 65536
 FORMAT = "audiosocket-trace"
-VERSION = 1
+VERSION = 2  # 2: call-end carries `ended`, `detail` and counts keyed by direction
+READABLE_VERSIONS = (1, 2)
 PCAP_MAGICS = (
     b"\xd4\xc3\xb2\xa1",
     b"\xa1\xb2\xc3\xd4",
@@ -44,31 +54,41 @@ class TraceFormatError(Exception):
 
 
 class TraceWriter:
-    """A sink that writes a trace file."""
+    """Writes a trace file: a header line, then a JSON line per message or event.
 
-    def __init__(self, path: str, command: str = "") -> None:
+    Lines are buffered and written by flush(), which the output layer calls at
+    least every 100 ms and at every call's end, and close(): a trace is whole
+    up to its last flush however the tool ends (Ctrl-C and SIGTERM flush).
+    """
+
+    def __init__(self, path: str, command: str = "", created: float | None = None) -> None:
+        self.path = path
         self.stream = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
         header = {
             "format": FORMAT,
             "version": VERSION,
             "tool": f"audiosocket-cli {__version__}",
             "command": command,
-            "created": time.time(),
+            "created": time.time() if created is None else created,
         }
         self.stream.write(json.dumps(header) + "\n")
         self.stream.flush()
 
-    def message(self, call: CallInfo, t: float, direction: str, message: Message) -> None:
-        record = json_message_record(call, t, direction, message)
+    def message(
+        self, call: CallInfo, t: float, direction: str, message: Message, level: float | None
+    ) -> None:
+        record = message_record(call, t, direction, message, level)
         record["ts"] = round(call.unix_time(t), 6)
         record["data"] = base64.b64encode(message.payload).decode("ascii")
         self.stream.write(json.dumps(record) + "\n")
+
+    def event(self, call: CallInfo, event: Event) -> None:
+        record = event_record(call, event)
+        record["ts"] = round(call.unix_time(event.t), 6)
+        self.stream.write(json.dumps(record, default=str) + "\n")
         self.stream.flush()
 
-    def event(self, call: CallInfo, t: float, name: str, text: str, fields: dict[str, Any]) -> None:
-        record = json_event_record(call, t, name, text, fields)
-        record["ts"] = round(call.unix_time(t), 6)
-        self.stream.write(json.dumps(record, default=str) + "\n")
+    def flush(self) -> None:
         self.stream.flush()
 
     def close(self) -> None:
@@ -107,8 +127,9 @@ def read_trace_lines(lines: Iterator[bytes], name: str) -> Iterator[Record]:
         header = None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise TraceFormatError(f"{name}: not an {FORMAT} file")
-    if header.get("version") != VERSION:
-        raise TraceFormatError(f"{name}: trace version {header.get('version')} is not supported")
+    version = header.get("version")
+    if version not in READABLE_VERSIONS:
+        raise TraceFormatError(f"{name}: trace version {version} is not supported")
     last: Record | None = None
     for number, line in enumerate(lines, start=2):
         if not line.strip():
@@ -116,6 +137,8 @@ def read_trace_lines(lines: Iterator[bytes], name: str) -> Iterator[Record]:
         try:
             obj = json.loads(line)
             last = _record(obj)
+            if version == 1 and last.event == "call-end":
+                upgrade_call_end(last.fields)
         except (ValueError, KeyError, TypeError) as exc:
             if not line.endswith(b"\n"):
                 # A last line cut short by a crash: the rest is whole; say so, as for raw dumps.
@@ -151,6 +174,57 @@ def _record(obj: dict[str, Any]) -> Record:
         )
     message = Message(int(obj["type"]), base64.b64decode(obj["data"], validate=True))
     return Record(**base, dir=obj["dir"], message=message, ts=obj.get("ts"))
+
+
+# How a call ended in version 1 traces (each command had its words) as an ENDINGS token.
+_V1_SIDES = {
+    "app": "app",
+    "application": "app",
+    "server": "app",
+    "our": "app",  # listen spoke as the application
+    "caller": "caller",
+    "client": "caller",
+    "peer": "caller",  # ... and its peer was Asterisk
+}
+_V1_HOWS = {"hangup": "hangup", "close": "close", "closed": "close", "reset": "reset"}
+_V1_WHOLE = {
+    "duration": "caller-close",
+    "file-end": "caller-close",
+    "inject-hangup": "caller-hangup",
+    "inject-close": "caller-close",
+    "protocol-error": "truncated",
+    "capture-end": "unknown",
+    "error": "internal-error",
+}
+
+
+def v1_ending(value: str) -> str | None:
+    """`peer-close` (listen), `client-reset` (pcap), `application-hangup` (capture)..."""
+    value = value.strip().lower()
+    if value in ENDINGS:
+        return value
+    if value in _V1_WHOLE:
+        return _V1_WHOLE[value]
+    side, _, how = value.partition("-")
+    if side in _V1_SIDES and how in _V1_HOWS:
+        return f"{_V1_SIDES[side]}-{_V1_HOWS[how]}"
+    return None
+
+
+def upgrade_call_end(fields: dict[str, Any]) -> None:
+    """A version 1 call-end's fields in version 2's words, in place."""
+    for key in ("ended", "how", "reason"):
+        value = fields.get(key)
+        if isinstance(value, str) and v1_ending(value):
+            fields["ended"] = v1_ending(value)
+            break
+    if "detail" not in fields and isinstance(fields.get("reason"), str):
+        fields["detail"] = fields["reason"]
+    for old in ("how", "reason"):
+        fields.pop(old, None)
+    for old, new in (("inbound", ">"), ("sent", ">"), ("outbound", "<"), ("received", "<")):
+        if old in fields:
+            fields.setdefault(new, fields.pop(old))
 
 
 def read_raw(stream: BinaryIO, name: str, direction: str = ">") -> Iterator[Record]:
@@ -221,8 +295,54 @@ def read_records(
             from audiosocket_cli.files.pcap import read_pcap
         except ImportError as exc:  # pragma: no cover - pcap support not built yet
             raise TraceFormatError(f"{name}: packet captures are not supported: {exc}") from None
-        return read_pcap(stream, name, port=port)
+        return _upgraded(read_pcap(stream, name, port=port))
     return read_raw(stream, name, direction)
+
+
+def event_from_record(record: Record) -> Event:
+    """A trace's event line as the typed event it was, to be shown again."""
+    fields = dict(record.fields)
+    name, text, t = record.event, record.text, record.t
+    if name == "call-end":
+        ended = fields.pop("ended", None)
+        if not isinstance(ended, str) or ended not in ENDINGS:
+            ended = "unknown"
+        detail = str(fields.pop("detail", "") or "")
+        head = f"{ended} ({detail})" if detail else ended
+        if text == head:
+            summary = ""
+        elif text.startswith(f"{head}; "):
+            summary = text[len(head) + 2 :]
+        else:
+            summary = text
+        directions = {d: fields.pop(d, {}) for d in (">", "<")}
+        for key in ("duration", "partial"):
+            fields.pop(key, None)
+        return CallEnd(
+            t=t,
+            ended=ended,
+            detail=detail,
+            directions=directions,
+            summary=summary,
+            violations=tuple(fields.pop("violations", ()) or ()),
+            diagnoses=tuple(fields.pop("diagnoses", ()) or ()),
+            recordings=tuple(fields.pop("recordings", ()) or ()),
+            partial=bool(record.fields.get("partial", False)),
+            fields=fields,
+        )
+    if name == "call-start":
+        return CallStart(t, text, fields)
+    if name == "diagnosis":
+        return CallDiagnosis(t, str(fields.pop("code", "")), text, fields)
+    return CallWarning(t, text, fields)
+
+
+def _upgraded(records: Iterator[Record]) -> Iterator[Record]:
+    """A capture's call-ends in the words of ENDINGS (`client-close` is `caller-close`)."""
+    for record in records:
+        if record.event == "call-end":
+            upgrade_call_end(record.fields)
+        yield record
 
 
 __all__ = [

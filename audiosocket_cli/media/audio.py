@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -127,37 +126,64 @@ class SilenceSource:
         return bytes(samples * 2)
 
 
-def unique_path(directory: str | os.PathLike, stem: str, suffix: str) -> Path:
-    """DIR/stem.suffix, or DIR/stem-2.suffix, -3, ... if that exists."""
-    directory = Path(directory)
-    path = directory / f"{stem}{suffix}"
-    n = 2
-    while path.exists():
-        path = directory / f"{stem}-{n}{suffix}"
-        n += 1
-    return path
+# The formats a recording may take, by extension, and the sample encoding of each.
+FORMATS = {
+    ".wav": ("WAV", "PCM_16"),
+    ".flac": ("FLAC", "PCM_16"),
+    ".ogg": ("OGG", "VORBIS"),
+    ".oga": ("OGG", "VORBIS"),
+    ".opus": ("OGG", "OPUS"),
+    ".mp3": ("MP3", "MPEG_LAYER_III"),
+    ".aiff": ("AIFF", "PCM_16"),
+    ".aif": ("AIFF", "PCM_16"),
+    ".au": ("AU", "PCM_16"),
+    ".caf": ("CAF", "PCM_16"),
+    ".w64": ("W64", "PCM_16"),
+    ".rf64": ("RF64", "PCM_16"),
+    ".raw": ("RAW", "PCM_16"),
+}
 
 
-class WavWriter:
-    """16-bit mono WAV written as audio arrives; memory does not grow.
+def audio_format(path: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """(libsndfile format, subtype) that a file's extension names; WAV without one."""
+    suffix = Path(path).suffix.lower()
+    if not suffix:
+        return FORMATS[".wav"]
+    return FORMATS.get(suffix)
 
-    The header is rewritten about once a second, so even a killed process
-    leaves a file that plays up to the last second; close() makes it exact.
+
+def _sf_reason(sf: Any, handle: Any, exc: Exception) -> str:
+    """libsndfile's own words, with the OS reason ("No space left on device") in them."""
+    try:
+        text = sf._ffi.string(sf._snd.sf_strerror(handle)).decode("utf-8", "replace")
+    except Exception:
+        text = ""
+    return text.replace("System error : ", "").rstrip(".") or str(exc)
+
+
+class AudioWriter:
+    """16-bit mono audio written as it arrives, in the format the extension names.
+
+    Memory does not grow. A WAV's header is rewritten about once a second, so
+    even a killed process leaves a file that plays up to the last second;
+    close() makes it exact.
     """
 
-    def __init__(self, path: str | os.PathLike, rate: int) -> None:
+    def __init__(self, path: str | os.PathLike[str], rate: int) -> None:
         import soundfile as sf
 
         self.path = Path(path)
         self.rate = rate
         self.samples = 0
-        self._odd = b""
+        kind = audio_format(path) or FORMATS[".wav"]
+        self._wav = kind[0] in ("WAV", "RF64", "W64")
         try:
             self._file = sf.SoundFile(
-                os.fspath(path), "w", samplerate=rate, channels=1, subtype="PCM_16", format="WAV"
+                os.fspath(path), "w", samplerate=rate, channels=1, subtype=kind[1], format=kind[0]
             )
         except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-            raise AudioFileError(f"{path}: cannot write: {exc}") from None
+            reason = _sf_reason(sf, sf._ffi.NULL, exc) if isinstance(exc, RuntimeError) else exc
+            raise AudioFileError(f"{path}: cannot write: {reason}") from None
         self._header_written = time.monotonic()
 
     def write(self, pcm: bytes) -> None:
@@ -165,12 +191,20 @@ class WavWriter:
         usable = len(pcm) - len(pcm) % 2
         if not usable:
             return
-        self._file.buffer_write(pcm[:usable] if usable != len(pcm) else pcm, dtype="int16")
+        try:
+            self._file.buffer_write(pcm[:usable] if usable != len(pcm) else pcm, dtype="int16")
+        except RuntimeError as exc:
+            import soundfile as sf
+
+            raise AudioFileError(
+                f"{self.path}: cannot write: {_sf_reason(sf, self._file._file, exc)}"
+            ) from None
         self.samples += usable // 2
-        now = time.monotonic()
-        if now - self._header_written >= HEADER_UPDATE_INTERVAL:
-            self.update_header()
-            self._header_written = now
+        if self._wav:
+            now = time.monotonic()
+            if now - self._header_written >= HEADER_UPDATE_INTERVAL:
+                self.update_header()
+                self._header_written = now
 
     def update_header(self) -> None:
         import soundfile as sf
@@ -184,42 +218,3 @@ class WavWriter:
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()
-
-
-class RateSplitRecording:
-    """One stream's audio as WAVs, a file per rate, so every sample keeps its own rate.
-
-    The first rate heard goes to `first_path()`, each other rate to
-    `other_path(first, rate)`; a file opens at its first audio.
-    """
-
-    def __init__(
-        self, first_path: Callable[[], Path], other_path: Callable[[Path, int], Path]
-    ) -> None:
-        self._first_path = first_path
-        self._other_path = other_path
-        self.writers: dict[int, WavWriter] = {}
-
-    @property
-    def paths(self) -> list[Path]:
-        return [writer.path for writer in self.writers.values()]
-
-    def write(self, rate: int, pcm: bytes) -> Path | None:
-        """Append audio; the path of the file this write opened, if it opened one."""
-        writer = self.writers.get(rate)
-        opened = None
-        if writer is None:
-            if self.writers:
-                opened = self._other_path(next(iter(self.writers.values())).path, rate)
-            else:
-                opened = self._first_path()
-            writer = self.writers[rate] = WavWriter(opened, rate)
-        writer.write(pcm)
-        return opened
-
-    def close(self) -> None:
-        for writer in self.writers.values():
-            try:
-                writer.close()
-            except Exception:  # a full disk must not stop the other files closing
-                pass

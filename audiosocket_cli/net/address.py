@@ -40,6 +40,9 @@ def parse_address(text: str, default_port: int | None = None) -> Address:
         raise ValueError(f"{text!r}: write an IPv6 address as [HOST]:PORT")
     else:
         host, port_text = text, ""
+    if any(c.isspace() for c in host):
+        # No host name or address has one; and '[ ::1]:9092' would print as ' ::1:9092'.
+        raise ValueError(f"{text!r}: a host has no spaces")
     if not port_text:
         if default_port is None:
             raise ValueError(f"{text!r}: no port (HOST:PORT)")

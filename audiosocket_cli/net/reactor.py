@@ -48,6 +48,9 @@ class Reactor:
         self._writers: dict[int, Callback] = {}
         self.stopped = False
         self._signal: int | None = None
+        # Called after each pass over the ready sockets: output batched in a pass
+        # goes out together (one write for many lines).
+        self.after_turn: Callback | None = None
 
     # Timers
 
@@ -183,6 +186,8 @@ class Reactor:
                     readers[fd]()
                 if self.stopped:
                     return
+            if self.after_turn is not None:
+                self.after_turn()
 
     def close(self) -> None:
         self.selector.close()

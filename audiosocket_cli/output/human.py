@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -12,7 +11,7 @@ from rich.text import Text
 
 from audiosocket_cli.analysis.levels import format_level, level_dbfs
 from audiosocket_cli.output.sinks import Environment, message_detail
-from audiosocket_cli.protocol.events import CallInfo
+from audiosocket_cli.protocol.events import CallEnd, CallInfo, CallStart, Event
 from audiosocket_cli.protocol.wire import Message
 
 DIRECTION_STYLE = {">": "cyan", "<": "magenta", "-": "dim"}
@@ -34,6 +33,9 @@ class _AudioLine:
 
 
 class HumanSink:
+    shows_messages = True
+    needs_level = False  # a level is shown a few times a second, computed here
+
     def __init__(self, env: Environment, verbose: int = 0, quiet: bool = False) -> None:
         self.console = Console(
             file=env.stdout, no_color=not env.color, highlight=False, soft_wrap=True
@@ -79,7 +81,9 @@ class HumanSink:
         text.append(f"{direction} ", style=DIRECTION_STYLE.get(direction, ""))
         return text
 
-    def message(self, call: CallInfo, t: float, direction: str, message: Message) -> None:
+    def message(
+        self, call: CallInfo, t: float, direction: str, message: Message, level: float | None
+    ) -> None:
         if message.is_audio and message.payload and not (self.verbose and not self.quiet):
             line = self.active.setdefault(call.conn, (call, _AudioLine()))[1]
             if direction == ">":
@@ -100,18 +104,23 @@ class HumanSink:
         text = self._prefix(call, t, direction)
         text.append(f"{message.name:7} ", style="bold red" if message.problem else "bold")
         text.append(f"{len(message.payload):5} ")
-        text.append(message_detail(message))
+        if message.is_audio and level is None:
+            level = level_dbfs(message.payload)
+        text.append(message_detail(message, level))
         self._print(text)
 
-    def event(self, call: CallInfo, t: float, name: str, text: str, fields: dict[str, Any]) -> None:
-        if name == "call-start":
+    def event(self, call: CallInfo, event: Event) -> None:
+        if isinstance(event, CallStart):
             self.active.setdefault(call.conn, (call, _AudioLine()))
-        elif name == "call-end":
+        elif isinstance(event, CallEnd):
             self._fold_summary(call.conn)
-        line = self._prefix(call, t, "-")
-        line.append(f"{name} ", style=EVENT_STYLE.get(name, "bold"))
-        line.append(text)
+        line = self._prefix(call, event.t, "-")
+        line.append(f"{event.name} ", style=EVENT_STYLE.get(event.name, "bold"))
+        line.append(event.text)
         self._print(line)
+
+    def flush(self) -> None:
+        pass
 
     def _fold_summary(self, conn: int) -> None:
         """The folded audio of a call that has ended, as one line."""

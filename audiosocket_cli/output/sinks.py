@@ -1,11 +1,12 @@
-"""Showing messages and events: human (rich), plain lines, JSON lines.
+"""Showing messages and events: human (rich), plain lines, JSON lines, trace files.
 
-Every command reports through an :class:`Output`, which fans each message or
-event out to its sinks: one display sink chosen by the terminal and flags,
-and optionally a trace file (see tracefile.py).
+Every command reports through one :class:`Output`, which fans each message
+or event out to its sinks: one display sink chosen by the terminal and the
+flags, and optionally a trace file. A message's level is computed here, once,
+and only when a sink shows it.
 
 Plain lines are `TIME CALL DIR KIND LEN DETAIL...`; events have DIR `-`,
-their name as KIND, and LEN `-`.
+their name as KIND, and LEN `-` (docs/output.md).
 """
 
 from __future__ import annotations
@@ -14,14 +15,26 @@ import json
 import os
 import sys
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
 from audiosocket_cli.analysis.levels import format_level, level_dbfs
-from audiosocket_cli.protocol.events import CallInfo
-from audiosocket_cli.protocol.wire import Message, describe_error_code
+from audiosocket_cli.files.trace import TraceWriter
+from audiosocket_cli.protocol.events import (
+    CallDiagnosis,
+    CallEnd,
+    CallInfo,
+    CallStart,
+    CallWarning,
+    Event,
+    event_record,
+    message_record,
+)
+from audiosocket_cli.protocol.wire import AUDIO_RATES, Message, describe_error_code
 
-EVENT_NAMES = ("call-start", "call-end", "warning", "diagnosis")
+FLUSH_INTERVAL = 0.1  # s: batched lines reach a pipe at least this often
 
 
 @dataclass
@@ -51,35 +64,11 @@ def _isatty(stream: TextIO) -> bool:
         return False
 
 
-def message_fields(message: Message) -> dict[str, Any]:
-    """What JSON lines carry about a message beyond t/conn/call/dir."""
-    fields: dict[str, Any] = {
-        "kind": message.name,
-        "type": message.kind,
-        "len": len(message.payload),
-    }
-    name = fields["kind"]
-    if name == "audio":
-        fields["rate"] = message.rate
-        fields["level_dbfs"] = level_dbfs(message.payload)
-    elif name == "uuid":
-        uuid = message.uuid
-        fields["uuid"] = str(uuid) if uuid else None
-    elif name == "dtmf":
-        fields["digit"] = message.digit
-    elif name == "error":
-        fields["code"] = message.code
-    problem = message.problem
-    if problem:
-        fields["problem"] = problem
-    return fields
-
-
-def message_detail(message: Message) -> str:
+def message_detail(message: Message, level: float | None) -> str:
     """The DETAIL part of a plain line."""
     name = message.name
     if name == "audio":
-        detail = f"rate={message.rate} level={format_level(level_dbfs(message.payload))}"
+        detail = f"rate={message.rate} level={format_level(level)}"
     elif name == "uuid":
         uuid = message.uuid
         detail = f"uuid={uuid}" if uuid else f"data={message.payload[:32].hex()}"
@@ -101,9 +90,11 @@ def message_detail(message: Message) -> str:
     return detail
 
 
-def plain_message_line(call_id: str, t: float, direction: str, message: Message) -> str:
+def plain_message_line(
+    call_id: str, t: float, direction: str, message: Message, level: float | None
+) -> str:
     line = f"{t:.6f} {call_id} {direction} {message.name} {len(message.payload)}"
-    detail = message_detail(message)
+    detail = message_detail(message, level)
     return f"{line} {detail}" if detail else line
 
 
@@ -113,116 +104,207 @@ def plain_event_line(call_id: str, t: float, name: str, text: str) -> str:
 
 
 class Sink(Protocol):
-    def message(self, call: CallInfo, t: float, direction: str, message: Message) -> None: ...
+    # Whether message() does anything, and whether it needs the level.
+    shows_messages: bool
+    needs_level: bool
 
-    def event(
-        self, call: CallInfo, t: float, name: str, text: str, fields: dict[str, Any]
+    def message(
+        self, call: CallInfo, t: float, direction: str, message: Message, level: float | None
     ) -> None: ...
+
+    def event(self, call: CallInfo, event: Event) -> None: ...
+
+    def flush(self) -> None: ...
 
     def close(self) -> None: ...
 
 
-class PlainSink:
+class _LineSink:
+    """Lines to a stream: at once on a terminal, in batches to a file or a pipe."""
+
+    def __init__(self, stream: TextIO, quiet: bool, batch: bool) -> None:
+        self.stream = stream
+        self.shows_messages = not quiet
+        self.needs_level = not quiet
+        self.batch = batch
+        self._lines: list[str] = []
+        self._flushed = time.monotonic()
+
+    def _write(self, line: str) -> None:
+        if not self.batch:
+            self.stream.write(line)
+            self.stream.flush()
+            return
+        self._lines.append(line)
+        now = time.monotonic()
+        if now - self._flushed >= FLUSH_INTERVAL or len(self._lines) >= 4096:
+            self.flush(now)
+
+    def flush(self, now: float | None = None) -> None:
+        if self._lines:
+            lines, self._lines = self._lines, []
+            self.stream.write("".join(lines))
+        self.stream.flush()
+        self._flushed = time.monotonic() if now is None else now
+
+    def close(self) -> None:
+        self.flush()
+
+
+class PlainSink(_LineSink):
     """One line per message, audio included; nothing folded, no colour."""
 
-    def __init__(self, stream: TextIO, quiet: bool = False) -> None:
-        self.stream = stream
-        self.quiet = quiet
+    def __init__(self, stream: TextIO, quiet: bool = False, batch: bool = False) -> None:
+        super().__init__(stream, quiet, batch)
 
-    def message(self, call: CallInfo, t: float, direction: str, message: Message) -> None:
-        if not self.quiet:
-            self.stream.write(plain_message_line(call.short_id, t, direction, message) + "\n")
-            self.stream.flush()
+    def message(
+        self, call: CallInfo, t: float, direction: str, message: Message, level: float | None
+    ) -> None:
+        if self.shows_messages:
+            self._write(plain_message_line(call.short_id, t, direction, message, level) + "\n")
 
-    def event(self, call: CallInfo, t: float, name: str, text: str, fields: dict[str, Any]) -> None:
-        self.stream.write(plain_event_line(call.short_id, t, name, text) + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        self.stream.flush()
+    def event(self, call: CallInfo, event: Event) -> None:
+        self._write(plain_event_line(call.short_id, event.t, event.name, event.text) + "\n")
+        if not isinstance(event, CallStart):
+            self.flush()  # a warning or a call's end is worth a flush of its own
 
 
-def json_message_record(call: CallInfo, t: float, direction: str, message: Message) -> dict:
-    return {
-        "t": round(t, 6),
-        "conn": call.conn,
-        "call": call.call_id,
-        "dir": direction,
-        **message_fields(message),
-    }
-
-
-def json_event_record(
-    call: CallInfo, t: float, name: str, text: str, fields: dict[str, Any]
-) -> dict:
-    record = {
-        "t": round(t, 6),
-        "conn": call.conn,
-        "call": call.call_id,
-        "dir": "-",
-        "event": name,
-        "text": text,
-    }
-    record.update(fields)
-    return record
-
-
-class JsonSink:
+class JsonSink(_LineSink):
     """JSON lines, one object per message or event."""
 
-    def __init__(self, stream: TextIO, quiet: bool = False) -> None:
-        self.stream = stream
-        self.quiet = quiet
+    def __init__(self, stream: TextIO, quiet: bool = False, batch: bool = False) -> None:
+        super().__init__(stream, quiet, batch)
 
-    def message(self, call: CallInfo, t: float, direction: str, message: Message) -> None:
-        if not self.quiet:
-            record = json_message_record(call, t, direction, message)
-            self.stream.write(json.dumps(record) + "\n")
-            self.stream.flush()
+    def message(
+        self, call: CallInfo, t: float, direction: str, message: Message, level: float | None
+    ) -> None:
+        if self.shows_messages:
+            self._write(json.dumps(message_record(call, t, direction, message, level)) + "\n")
 
-    def event(self, call: CallInfo, t: float, name: str, text: str, fields: dict[str, Any]) -> None:
-        record = json_event_record(call, t, name, text, fields)
-        self.stream.write(json.dumps(record, default=str) + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        self.stream.flush()
+    def event(self, call: CallInfo, event: Event) -> None:
+        self._write(json.dumps(event_record(call, event), default=str) + "\n")
+        if not isinstance(event, CallStart):
+            self.flush()
 
 
 class StderrEventSink:
     """Warnings and diagnoses in human form on stderr, beside plain/JSON stdout."""
 
+    shows_messages = False
+    needs_level = False
+
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
 
-    def message(self, call: CallInfo, t: float, direction: str, message: Message) -> None:
+    def message(
+        self, call: CallInfo, t: float, direction: str, message: Message, level: float | None
+    ) -> None:
         pass
 
-    def event(self, call: CallInfo, t: float, name: str, text: str, fields: dict[str, Any]) -> None:
-        if name in ("warning", "diagnosis"):
-            self.stream.write(f"{name}: call {call.short_id}: {text}\n")
+    def event(self, call: CallInfo, event: Event) -> None:
+        if isinstance(event, (CallWarning, CallDiagnosis)):
+            self.stream.write(f"{event.name}: call {call.short_id}: {event.text}\n")
             self.stream.flush()
+
+    def flush(self) -> None:
+        pass
 
     def close(self) -> None:
         pass
 
 
+class TraceSink:
+    """The trace file as a sink: a write error warns once and stops the trace, never the call."""
+
+    shows_messages = True
+    needs_level = True
+
+    def __init__(self, writer: TraceWriter, on_error: Callable[[str], None]) -> None:
+        self.writer = writer
+        self.on_error = on_error
+        self.failed = False
+
+    def message(
+        self, call: CallInfo, t: float, direction: str, message: Message, level: float | None
+    ) -> None:
+        if not self.failed:
+            self._guard(self.writer.message, call, t, direction, message, level)
+
+    def event(self, call: CallInfo, event: Event) -> None:
+        if not self.failed:
+            self._guard(self.writer.event, call, event)
+
+    def _guard(self, write: Callable[..., None], *args: Any) -> None:
+        try:
+            write(*args)
+        except OSError as exc:
+            self.failed = True
+            self.on_error(
+                f"{self.writer.path}: cannot write the trace: {exc.strerror or exc}; "
+                "it stops here, whole up to the last message written"
+            )
+
+    def flush(self) -> None:
+        if not self.failed:
+            self._guard(self.writer.flush)
+
+    def close(self) -> None:
+        try:
+            self.writer.close()
+        except OSError:
+            pass
+
+
 class Output:
     """Fans messages and events out to sinks; safe to call from two threads."""
 
-    def __init__(self, sinks: list[Sink]) -> None:
+    def __init__(self, sinks: list[Any], stderr: TextIO | None = None) -> None:
         self.sinks = sinks
+        self.stderr = stderr or sys.stderr
         self._lock = threading.Lock()
+        self._message_sinks = [s for s in sinks if s.shows_messages]
+        self.shows_messages = bool(self._message_sinks)
+        self._levels = any(s.needs_level for s in self._message_sinks)
+
+    @property
+    def trace_failed(self) -> bool:
+        return any(isinstance(s, TraceSink) and s.failed for s in self.sinks)
 
     def message(self, call: CallInfo, t: float, direction: str, message: Message) -> None:
+        if not self._message_sinks:
+            return
+        level = None
+        if self._levels and message[0] in AUDIO_RATES:
+            level = level_dbfs(message[1])  # once, for every sink
         with self._lock:
-            for sink in self.sinks:
-                sink.message(call, t, direction, message)
+            for sink in self._message_sinks:
+                sink.message(call, t, direction, message, level)
 
-    def event(self, call: CallInfo, t: float, name: str, text: str = "", **fields: Any) -> None:
+    def emit(self, call: CallInfo, event: Event) -> None:
         with self._lock:
             for sink in self.sinks:
-                sink.event(call, t, name, text, fields)
+                sink.event(call, event)
+
+    def call_start(self, call: CallInfo, text: str, **fields: Any) -> None:
+        self.emit(call, CallStart(call.elapsed(), text, fields))
+
+    def warning(self, call: CallInfo, t: float, text: str, **fields: Any) -> None:
+        self.emit(call, CallWarning(t, text, fields))
+
+    def diagnosis(self, call: CallInfo, t: float, code: str, text: str, **fields: Any) -> None:
+        self.emit(call, CallDiagnosis(t, code, text, fields))
+
+    def call_end(self, call: CallInfo, end: CallEnd) -> None:
+        self.emit(call, end)
+
+    def flush(self) -> None:
+        """Batched lines out now (the end of a loop turn, a quiet moment)."""
+        with self._lock:
+            for sink in self.sinks:
+                try:
+                    sink.flush()
+                except (OSError, ValueError):
+                    pass
 
     def close(self) -> None:
         with self._lock:
@@ -231,6 +313,10 @@ class Output:
                     sink.close()
                 except (OSError, ValueError):
                     pass
+
+    def note(self, text: str) -> None:
+        """A line for the user on stderr, outside any call."""
+        _noter(self.stderr)(text)
 
 
 def make_output(
@@ -242,22 +328,30 @@ def make_output(
     quiet: bool = False,
     command: str = "",
 ) -> Output:
-    """The sinks for a command's flags and terminal."""
-    sinks: list[Sink] = []
+    """The sinks for a command's flags and terminal; OSError if the trace cannot be opened."""
+    sinks: list[Any] = []
+    batch = not env.stdout_isatty  # a file or a pipe: lines in batches, flushed every 100 ms
     if json_lines:
-        sinks.append(JsonSink(env.stdout, quiet=quiet))
+        sinks.append(JsonSink(env.stdout, quiet=quiet, batch=batch))
         sinks.append(StderrEventSink(env.stderr))
     elif env.stdout_isatty:
-        from audiosocket_cli.output.human import (
-            HumanSink,
-        )  # rich costs start-up time; only for terminals
+        from audiosocket_cli.output.human import HumanSink  # rich costs start-up time
 
         sinks.append(HumanSink(env, verbose=verbose, quiet=quiet))
     else:
-        sinks.append(PlainSink(env.stdout, quiet=quiet))
+        sinks.append(PlainSink(env.stdout, quiet=quiet, batch=batch))
         sinks.append(StderrEventSink(env.stderr))
     if trace_path:
-        from audiosocket_cli.files.trace import TraceWriter
+        sinks.append(TraceSink(TraceWriter(trace_path, command=command), _noter(env.stderr)))
+    return Output(sinks, env.stderr)
 
-        sinks.append(TraceWriter(trace_path, command=command))
-    return Output(sinks)
+
+def _noter(stream: TextIO) -> Callable[[str], None]:
+    def note(text: str) -> None:
+        try:
+            stream.write(f"audiosocket: warning: {text}\n")
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    return note

@@ -1,0 +1,170 @@
+"""Recording a call's audio: one recorder, one policy for file errors.
+
+A :class:`Recording` holds one direction of one call. Every sample keeps its
+own rate: the first rate heard goes to the first file, each other rate to a
+file of its own, so nothing is resampled or lost. The format is the one the
+file's extension names (WAV, FLAC, OGG, MP3... through libsndfile).
+
+A write error (a full disk, a file size limit, a vanished folder) never ends
+a call or the process: the recording says why once, stops, keeps its file
+valid up to the last good write, and reports itself partial.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from audiosocket_cli.media.audio import AudioFileError, AudioWriter
+
+# path_for(rate, first): the file for audio at `rate`; `first` for the first file.
+PathFor = Callable[[int, Path | None], Path]
+
+
+class Recording:
+    """One direction of one call, as audio files; `write` never raises."""
+
+    def __init__(self, path_for: PathFor, empty_rate: int | None = None) -> None:
+        self._path_for = path_for
+        # A call that sent no audio still leaves an (empty) file at this rate, so
+        # that a --record FILE always exists after a call that happened.
+        self.empty_rate = empty_rate
+        self.writers: dict[int, AudioWriter] = {}
+        self.error: str | None = None
+        self.failed_path: Path | None = None
+
+    @property
+    def paths(self) -> list[Path]:
+        return [writer.path for writer in self.writers.values()]
+
+    @property
+    def partial(self) -> bool:
+        """Some audio could not be written."""
+        return self.error is not None
+
+    def write(self, rate: int, pcm: bytes) -> str | None:
+        """Append audio; a line to warn with (a new file for a new rate, or a failure)."""
+        if self.error is not None:
+            return None
+        writer = self.writers.get(rate)
+        note = None
+        try:
+            if writer is None:
+                first = next(iter(self.writers.values())).path if self.writers else None
+                path = self._path_for(rate, first)
+                writer = self.writers[rate] = AudioWriter(path, rate)
+                if first is not None:
+                    note = f"audio at {rate} Hz is recorded in {path}"
+            writer.write(pcm)
+        except (AudioFileError, OSError) as exc:
+            return self._failed(writer, exc)
+        return note
+
+    def _failed(self, writer: AudioWriter | None, exc: Exception) -> str:
+        self.error = str(exc)
+        if writer is not None:
+            self.failed_path = writer.path
+            try:
+                writer.close()  # the header then counts what was written
+            except Exception:
+                pass
+        return f"recording stopped: {exc}; the file is valid up to the last sample written"
+
+    def close(self) -> None:
+        if not self.writers and self.empty_rate is not None and self.error is None:
+            try:
+                self.write(self.empty_rate, b"")
+            except Exception:
+                pass
+        for writer in self.writers.values():
+            try:
+                writer.close()
+            except Exception:  # a full disk must not stop the other files closing
+                pass
+
+
+def unique_path(directory: str | os.PathLike[str], stem: str, suffix: str) -> Path:
+    """DIR/stem.suffix, or DIR/stem-2.suffix, -3, ... if that exists."""
+    directory = Path(directory)
+    path = directory / f"{stem}{suffix}"
+    n = 2
+    while path.exists():
+        path = directory / f"{stem}-{n}{suffix}"
+        n += 1
+    return path
+
+
+def call_recording(directory: Path, stem: Callable[[], str], side: str = "") -> Recording:
+    """A call's audio in a folder (listen, capture): DIR/<uuid>[.side].wav, a second
+    call with the same UUID <uuid>-2..., another rate <first stem>.<rate>.wav."""
+    tail = f".{side}" if side else ""
+
+    def path_for(rate: int, first: Path | None) -> Path:
+        if first is None:
+            return unique_path(directory, stem(), f"{tail}.wav")
+        base = first.name[: -len(f"{tail}.wav")]
+        return unique_path(directory, f"{base}{tail}.{rate}", ".wav")
+
+    return Recording(path_for)
+
+
+def file_recording(path: Path, call_rate: int) -> Recording:
+    """What the application sends, in FILE (dial, replay): audio at a second rate
+    goes to FILE's stem + .RATE + its suffix; no audio leaves an empty file."""
+
+    def path_for(rate: int, first: Path | None) -> Path:
+        if first is None:
+            return path
+        return first.with_name(f"{first.stem}.{rate}{first.suffix or '.wav'}")
+
+    return Recording(path_for, empty_rate=call_rate)
+
+
+def check_writable(path: Path) -> str | None:
+    """Why audio cannot be written to `path` (its folder, its format), or None.
+
+    Asked before the first call, so that a bad --record is one line at start
+    and not a failure once audio flows.
+    """
+    from audiosocket_cli.media.audio import audio_format
+
+    if path.is_dir():
+        return f"{path}: is a directory"
+    parent = path.parent
+    if not parent.is_dir():
+        return f"{path}: no such folder {str(parent)!r}"
+    if audio_format(path) is None:
+        return f"{path}: cannot tell the audio format from {path.suffix!r} (use .wav, .flac...)"
+    if path.exists() and not path.is_file():
+        # A device or a pipe (/dev/full...): only a real open and header write tells.
+        try:
+            AudioWriter(path, 8000).close()
+        except (AudioFileError, OSError) as exc:
+            return str(exc)
+        return None
+    existed = path.exists()
+    try:
+        with open(path, "ab") as probe:
+            probe.write(b"")
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        return f"{path}: cannot write: {exc.strerror or exc}"
+    if not existed:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+    return None
+
+
+def check_writable_folder(directory: Path) -> str | None:
+    """Why recordings cannot go into `directory` (made if missing), or None."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"{directory}: cannot create: {exc.strerror or exc}"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"{directory}: cannot write there"
+    return None

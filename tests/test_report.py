@@ -1,0 +1,368 @@
+"""`audiosocket report`: the HTML page of a trace file, a raw dump and a packet capture.
+
+Pages are checked twice: their content (header facts, diagnoses, embedded
+WAVs decoded with soundfile, nothing loaded from the network) and in real
+headless Chromium: a screenshot whose pixels must show the plots in their
+colours, and a copy of the page with a small script that records every
+script or resource error and the state of each <audio> element.
+Chromium tests are skipped where chromium is missing, except in CI.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import dpkt
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner, Result
+
+from audiosocket_cli.cli import cli
+from audiosocket_cli.engines.report import COLORS, REF_COLOR
+from audiosocket_cli.files.trace import read_records
+from audiosocket_cli.protocol.wire import Message
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+UUID = "40325ec2-5bd7-4a4e-9a2c-6a4f6d3b1c01"
+PCAP_UUID = "11111111-2222-4333-8444-555555555555"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(cli, ["report", *args], catch_exceptions=False)
+
+
+def make_pcap(path: Path) -> None:
+    """A call over TCP: 60 frames of speech with a 300 ms stall, DTMF, an echo, a hangup."""
+    pcm = sf.read(SAMPLES / "hello-8k.wav", dtype="int16")[0].tobytes()
+    client, server = ("10.0.0.1", 40001), ("10.0.0.2", 9092)
+    seq = {True: 1000, False: 500_000}
+    packets: list[tuple[float, bytes]] = []
+
+    def packet(ts: float, from_client: bool, flags: int, data: bytes = b"") -> None:
+        src, dst = (client, server) if from_client else (server, client)
+        tcp = dpkt.tcp.TCP(
+            sport=src[1],
+            dport=dst[1],
+            seq=seq[from_client],
+            ack=seq[not from_client],
+            flags=flags,
+            win=65535,
+            data=data,
+        )
+        ip = dpkt.ip.IP(
+            src=socket.inet_aton(src[0]), dst=socket.inet_aton(dst[0]), p=6, ttl=64, data=tcp
+        )
+        eth = dpkt.ethernet.Ethernet(
+            src=b"\x02\x00\x00\x00\x00\x01", dst=b"\x02\x00\x00\x00\x00\x02", data=ip
+        )
+        packets.append((ts, bytes(eth)))
+        seq[from_client] += len(data) + (1 if flags & (dpkt.tcp.TH_SYN | dpkt.tcp.TH_FIN) else 0)
+
+    t0 = 1_700_000_000.0
+    ack, psh = dpkt.tcp.TH_ACK, dpkt.tcp.TH_PUSH
+    packet(t0, True, dpkt.tcp.TH_SYN)
+    packet(t0 + 0.0001, False, dpkt.tcp.TH_SYN | ack)
+    packet(t0 + 0.0002, True, ack)
+    packet(t0 + 0.001, True, ack | psh, Message.for_uuid(PCAP_UUID).encode())
+    t = t0 + 0.02
+    for k in range(60):
+        frame = Message.audio(pcm[6400 + 320 * k : 6400 + 320 * (k + 1)])
+        t += 0.32 if k == 30 else 0.02  # the stall: one 320 ms gap
+        packet(t, True, ack | psh, frame.encode())
+        packet(t + 0.001, False, ack | psh, frame.encode())  # the application echoes
+        if k == 40:
+            packet(t + 0.005, True, ack | psh, Message.dtmf("7").encode())
+    packet(t + 0.01, False, ack | psh, Message.hangup().encode())
+    packet(t + 0.011, False, dpkt.tcp.TH_FIN | ack)
+    packet(t + 0.012, True, dpkt.tcp.TH_FIN | ack)
+    with open(path, "wb") as f:
+        writer = dpkt.pcap.Writer(f, snaplen=65535, linktype=1)
+        for ts, data in packets:
+            writer.writepkt(data, ts=ts)
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One page per kind of input, and one of two inputs together."""
+    folder = tmp_path_factory.mktemp("report")
+    make_pcap(folder / "call.pcap")
+    inputs = {
+        "trace": [str(SAMPLES / "call.trace")],
+        "raw": [str(SAMPLES / "call.raw")],
+        "pcap": [str(folder / "call.pcap")],
+        "two": [str(SAMPLES / "call.trace"), str(SAMPLES / "call.raw")],
+    }
+    out = {}
+    for name, args in inputs.items():
+        page = folder / f"{name}.html"
+        result = run(*args, "-o", str(page))
+        assert result.exit_code == 0, result.output
+        assert f"wrote {page}" in result.output
+        out[name] = page
+    return out
+
+
+def embedded_wavs(page: str) -> list[tuple[np.ndarray, int]]:
+    found = re.findall(r'src="data:audio/wav;base64,([A-Za-z0-9+/=]+)"', page)
+    return [sf.read(io.BytesIO(base64.b64decode(b)), dtype="int16") for b in found]
+
+
+# The page's content.
+
+
+def test_trace_page_header_diagnoses_and_audio(pages: dict[str, Path]) -> None:
+    page = pages["trace"].read_text()
+    assert f"Call {UUID}" in page
+    assert "127.0.0.1:40000" in page  # the peer, from call-start
+    assert "8000 Hz" in page
+    assert "2.021 s" in page  # the duration
+    assert re.search(r"<dt>ended</dt><dd>[a-z-]*hangup", page)
+    assert "dtmf=5" in page
+    assert "None: nothing known to go wrong was seen." in page
+    assert page.count("<svg") == 2  # the timeline and the histograms
+    # The embedded audio is each direction's audio, sample for sample.
+    with open(SAMPLES / "call.trace", "rb") as f:
+        records = list(read_records(f, "call.trace"))
+    for d, (samples, rate) in zip(">", embedded_wavs(page), strict=False):
+        sent = b"".join(
+            r.message.payload for r in records if r.message and r.message.is_audio and r.dir == d
+        )
+        assert rate == 8000
+        assert samples.tobytes() == sent
+    assert len(embedded_wavs(page)) == 2
+
+
+def test_pages_load_nothing_from_the_network(pages: dict[str, Path]) -> None:
+    for page in pages.values():
+        text = page.read_text()
+        assert not re.search(r'(src|href)="(https?:)?//', text)
+        assert "<script" not in text and "@import" not in text and "url(http" not in text
+        assert page.stat().st_size < 1_000_000
+
+
+def test_raw_dump_is_one_direction_without_verdict_on_the_other(pages: dict[str, Path]) -> None:
+    page = pages["raw"].read_text()
+    assert f"Call {UUID}" in page
+    assert "one-way" not in page  # a raw dump holds one direction: no one-way-audio verdict
+    assert len(embedded_wavs(page)) == 1
+    assert "&lt; to Asterisk</span>: no audio" in page
+
+
+def test_pcap_page_shows_addresses_gap_and_dtmf(pages: dict[str, Path]) -> None:
+    page = pages["pcap"].read_text()
+    assert f"Call {PCAP_UUID}" in page
+    assert "10.0.0.1:40001" in page and "10.0.0.2:9092" in page
+    assert re.search(r'<span class="code">gap</span>.*1 gap\(s\) over 200 ms', page)
+    assert "the longest 320 ms" in page
+    assert "dtmf=7" in page
+    (into, _), (back, _) = embedded_wavs(page)
+    assert into.size == back.size == 60 * 160  # the echo: the same audio both ways
+
+
+def test_several_inputs_get_a_table_linking_each_call(pages: dict[str, Path]) -> None:
+    page = pages["two"].read_text()
+    links = re.findall(r'<a href="#(call-\d+)" title="([^"]+)">', page)
+    assert [title for _, title in links] == [UUID, UUID]
+    for anchor, _ in links:
+        assert f'<section id="{anchor}">' in page
+    # The table has the trace --summary figures: messages, bytes, audio seconds, gaps.
+    assert "<td>102</td><td>32323</td><td>2.00</td><td>8000</td><td>5</td>" in page
+    assert "20.0/20.0" in page
+    # The two figures' ids do not collide in one page.
+    ids = re.findall(r'\bid="([^"]+)"', page)
+    assert len(ids) == len(set(ids))
+
+
+def test_long_audio_goes_beside_the_page(tmp_path: Path) -> None:
+    page = tmp_path / "long.html"
+    result = run(str(SAMPLES / "call.trace"), "-o", str(page), "--embed-audio", "1")
+    assert result.exit_code == 0, result.output
+    text = page.read_text()
+    assert "data:audio/wav" not in text
+    wavs = sorted((tmp_path / "long-audio").glob("*.wav"))
+    assert [w.name for w in wavs] == [f"{UUID}.in.wav", f"{UUID}.out.wav"]
+    for wav in wavs:
+        assert f'href="long-audio/{wav.name}"' in text
+        assert sf.info(str(wav)).frames == 16000
+    assert not list(tmp_path.glob(".report-*"))  # the work folder is gone
+
+
+# Failures: one line, exit 1.
+
+
+@pytest.mark.parametrize(
+    ("make", "output", "message"),
+    [
+        (None, "out.html", "nothere.trace: no such file"),
+        ("trace", "missing/out.html", "cannot write: no such directory"),
+        ("trace", ".", "is a directory"),
+        ("badversion", "out.html", "trace version 99 is not supported"),
+        ("empty", "out.html", "no AudioSocket messages found"),
+    ],
+    ids=["no-input", "no-output-dir", "output-is-dir", "bad-trace", "empty"],
+)
+def test_failures_are_one_line(
+    tmp_path: Path, cli_env: dict[str, str], make: str | None, output: str, message: str
+) -> None:
+    source = tmp_path / "nothere.trace"
+    if make == "trace":
+        source = SAMPLES / "call.trace"
+    elif make == "badversion":
+        source = tmp_path / "bad.trace"
+        source.write_text(json.dumps({"format": "audiosocket-trace", "version": 99}) + "\n")
+    elif make == "empty":
+        source = tmp_path / "empty.raw"
+        source.write_bytes(b"")
+    proc = subprocess.run(
+        [sys.executable, "-m", "audiosocket_cli", "report", str(source), "-o", output],
+        cwd=tmp_path,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("audiosocket: error: "), proc.stderr
+    assert message in lines[0]
+    assert not (tmp_path / "out.html").exists()
+
+
+def test_help_imports_nothing_heavy(cli_env: dict[str, str]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "audiosocket_cli", "report", "--help"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0
+    assert "Examples:" in proc.stdout and "audiosocket report call.trace" in proc.stdout
+    imported = {
+        line.rsplit("|", 1)[1].strip().split(".")[0]
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert "audiosocket_cli" in imported
+    assert imported & {"numpy", "matplotlib", "soundfile", "rich", "dpkt"} == set()
+
+
+# In a real browser.
+
+PROBE = """<script>
+window.__errors = [];
+window.addEventListener("error", function (e) {
+  var t = e.target;
+  window.__errors.push(t && t !== window ? "resource " + (t.src || t.href || t.tagName).slice(0, 60)
+                                         : "script " + e.message);
+}, true);
+window.addEventListener("load", function () { setTimeout(function () {
+  var audio = [].map.call(document.querySelectorAll("audio"), function (a) {
+    return {ready: a.readyState, duration: a.duration, error: a.error ? a.error.code : 0};
+  });
+  var p = document.createElement("pre");
+  p.id = "probe";
+  p.textContent = JSON.stringify({errors: window.__errors, audio: audio,
+                                  svgs: document.querySelectorAll("svg").length});
+  document.body.appendChild(p);
+}, 300); });
+</script>"""
+
+
+def chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--no-first-run",
+            "--mute-audio",
+            f"--user-data-dir={tmp / 'profile'}",
+            "--enable-logging=stderr",
+            "--v=0",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+
+
+def colour_mask(image: np.ndarray, colour: str, tolerance: int = 40) -> np.ndarray:
+    rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
+    return (np.abs(image[:, :, :3].astype(int) - rgb) <= tolerance).all(axis=2)
+
+
+@pytest.mark.parametrize("name", ["trace", "raw", "pcap"])
+def test_page_in_chromium(pages: dict[str, Path], name: str, tmp_path: Path) -> None:
+    import matplotlib.image
+
+    page = pages[name]
+    # Errors and audio, from a copy of the page with the probe script first in <head>.
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.read_text().replace("<head>", "<head>" + PROBE, 1))
+    proc = chromium(tmp_path, "--virtual-time-budget=5000", "--dump-dom", probed.as_uri())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = re.search(r'<pre id="probe">(.*?)</pre>', proc.stdout)
+    assert found, proc.stdout[-2000:]
+    probe = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    assert probe["errors"] == []
+    assert probe["svgs"] == 2
+    expected = {"trace": [2.0, 2.0], "raw": [2.0], "pcap": [1.2, 1.2]}[name]
+    assert [round(a["duration"], 2) for a in probe["audio"]] == expected
+    assert all(a["error"] == 0 and a["ready"] >= 1 for a in probe["audio"])
+    console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line]
+    assert not [line for line in console if "Uncaught" in line or "ERROR:CONSOLE" in line]
+
+    # What it looks like: the plots are drawn, in each direction's colour, across the axis.
+    shot = tmp_path / "shot.png"
+    proc = chromium(tmp_path, "--screenshot=" + str(shot), "--window-size=1200,2400", page.as_uri())
+    assert shot.exists(), proc.stderr[-2000:]
+    image = (matplotlib.image.imread(str(shot)) * 255).astype(np.uint8)
+    assert image.shape[:2] == (2400, 1200)
+    background = (image[:, :, :3] > 245).all(axis=2).mean()
+    assert 0.5 < background < 0.97  # mostly white page, but not blank
+    sides = [">", "<"] if name != "raw" else [">"]
+    for d in sides:
+        mask = colour_mask(image, COLORS[d])
+        assert mask.sum() > 20_000, d  # level line, waveform, gaps, histograms
+        columns = np.flatnonzero(mask.any(axis=0))
+        assert columns.max() - columns.min() > 900, d  # drawn across the time axis
+        rows = np.flatnonzero(mask.sum(axis=1) > 50)
+        bands = np.count_nonzero(np.diff(rows) > 20) + 1
+        assert bands >= 3, d  # separate plots: waveform, level/gaps, histograms
+    if name == "raw":
+        assert colour_mask(image, COLORS["<"]).sum() < 2000  # nothing drawn for '<'
+    assert colour_mask(image, REF_COLOR, 30).sum() > 300  # the 20 ms line
+
+
+def test_a_second_rate_gets_its_own_audio(tmp_path: Path) -> None:
+    raw = tmp_path / "two-rates.raw"
+    tone = (np.sin(np.arange(8000) / 5) * 8000).astype("<i2").tobytes()
+    wire = b"".join(Message.audio(tone[i : i + 320]).encode() for i in range(0, 16000, 320))
+    wire += b"".join(Message.audio(tone[i : i + 640], 16000).encode() for i in range(0, 16000, 640))
+    raw.write_bytes(wire)
+    page = tmp_path / "rates.html"
+    assert run(str(raw), "-o", str(page)).exit_code == 0
+    text = page.read_text()
+    assert "8000 Hz, 16000 Hz" in text
+    (first, rate1), (second, rate2) = embedded_wavs(text)
+    assert (rate1, first.size, rate2, second.size) == (8000, 8000, 16000, 8000)
