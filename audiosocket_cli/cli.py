@@ -63,11 +63,12 @@ class LazyGroup(click.Group):
                 pass
             ctx.exit(ExitStatus.OK)
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def main(self, *args: Any, **kwargs: Any) -> Any:
         # One line on stderr for every user mistake, never a usage dump.
         standalone = kwargs.pop("standalone_mode", True)
+        code: int
         try:
-            result = super().main(*args, standalone_mode=False, **kwargs)
+            result = super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[call-overload]
         except click.UsageError as exc:
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
             click.echo(f"audiosocket: error: {exc.format_message()}{hint}", err=True)

@@ -63,7 +63,9 @@ def main() -> None:
     # The trace: Asterisk's audio at 20 ms, the application echoing it 1 ms later,
     # reported as every command reports a call.
     call = CallInfo(conn=1, uuid=None, peer="127.0.0.1:40000", started_ts=1_764_000_000.0)
-    writer = TraceWriter(str(HERE / "call.trace"), command="make_samples.py", created=1_764_000_000.0)
+    writer = TraceWriter(
+        str(HERE / "call.trace"), command="make_samples.py", created=1_764_000_000.0
+    )
     output = Output([TraceSink(writer, print)])
     report = CallReport(output, call)
     output.emit(call, CallStart(0.0, "from 127.0.0.1:40000", {"peer": "127.0.0.1:40000"}))

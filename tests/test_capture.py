@@ -315,13 +315,15 @@ def test_malformed_bytes_are_forwarded_unchanged_and_flagged(cli_env: dict[str, 
     assert "the caller sent a malformed message: empty audio message" in warnings
     (end,) = json_events(out, "call-end")
     assert end["ended"] == "truncated"
-    assert "stream ended inside a message of kind 0x10: 103 bytes received, 220 missing" in (
-        end["detail"]
+    assert (
+        "stream ended inside a message of kind 0x10: 103 bytes received, 220 missing"
+        in (end["detail"])
     )
     assert any(
         w.startswith("the application sent a dtmf message (kind 0x03, 1 byte, digit 7)")
-        and w.endswith("Asterisk ends the session on anything but hangup and non-empty audio "
-        "(forwarded)")
+        and w.endswith(
+            "Asterisk ends the session on anything but hangup and non-empty audio (forwarded)"
+        )
         for w in warnings
     )
     diagnoses = {e["code"] for e in json_events(out, "diagnosis")}

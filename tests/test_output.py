@@ -30,6 +30,7 @@ from audiosocket_cli.files.trace import (
     sniff,
 )
 from audiosocket_cli.output import sinks as sinks_module
+from audiosocket_cli.output.make import make_output
 from audiosocket_cli.output.sinks import (
     Environment,
     JsonSink,
@@ -37,7 +38,6 @@ from audiosocket_cli.output.sinks import (
     PlainSink,
     StderrEventSink,
     TraceSink,
-    make_output,
     message_detail,
     plain_event_line,
     plain_message_line,

@@ -12,6 +12,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from audiosocket_cli.protocol.wire import AUDIO_RATES, Kind, Message, frame_bytes
 
@@ -238,7 +239,7 @@ def _roughness(x: object) -> float:
 _ulaw_table = None
 
 
-def ULAW_TABLE() -> object:  # noqa: N802 - a constant, built on first use
+def ULAW_TABLE() -> Any:  # noqa: N802 - a constant, built on first use
     """G.711 mu-law byte to linear sample."""
     global _ulaw_table
     if _ulaw_table is None:

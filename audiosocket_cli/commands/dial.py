@@ -342,12 +342,12 @@ def _make_source(
     if kind == "--mic":
         from audiosocket_cli.media.mic import MicSource, MicUnavailable
 
-        source = MicSource()
+        mic = MicSource()
         try:
-            source.start(rate, samples)
+            mic.start(rate, samples)
         except MicUnavailable as exc:
             raise Failure(f"--mic: {exc}") from None
-        return source, "mic", None
+        return mic, "mic", None
     return audio.SilenceSource(), "silence", None
 
 

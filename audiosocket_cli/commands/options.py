@@ -10,7 +10,8 @@ from typing import Any
 import click
 
 from audiosocket_cli.net.address import Address, parse_address
-from audiosocket_cli.output.sinks import Environment, Output, make_output
+from audiosocket_cli.output.make import make_output
+from audiosocket_cli.output.sinks import Environment, Output
 from audiosocket_cli.protocol.inject import Injection, parse_inject
 from audiosocket_cli.protocol.wire import RATE_KINDS
 from audiosocket_cli.status import ExitStatus

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from audiosocket_cli.analysis.stats import DirectionStats
 from audiosocket_cli.commands.options import Failure, open_output, output_options
 from audiosocket_cli.files.trace import Record, TraceFormatError, event_from_record, read_records
 from audiosocket_cli.output.sinks import Environment
+from audiosocket_cli.protocol.events import CallEnd
 from audiosocket_cli.protocol.events import CallInfo
 from audiosocket_cli.protocol.wire import MESSAGE_NAMES, ProtocolError
 
@@ -89,15 +91,23 @@ def trace(
         if record.ts is not None and not call.started_ts:
             call.started_ts = record.ts - record.t
         if record.message is not None:
-            stats = tables.setdefault(key, {">": DirectionStats(), "<": DirectionStats()})
-            stats.setdefault(record.dir, DirectionStats()).add(record.t, record.message)
+            stats = tables.get(key)
+            if stats is None:
+                stats = tables[key] = {">": DirectionStats(), "<": DirectionStats()}
+            stats[record.dir].add(record.t, record.message)
             if extractor:
                 extractor.add(key, call, record)
             if summary or extractor or (wanted_kinds and record.message.name not in wanted_kinds):
                 return
             output.message(call, record.t, record.dir, record.message)
         elif not summary and not wanted_kinds and not extractor:
-            output.emit(call, event_from_record(record))
+            event = event_from_record(record)
+            if isinstance(event, CallEnd) and not any(event.directions.values()):
+                # A capture says how a call ended, not what went each way: counted here.
+                stats = tables.get(key) or {">": DirectionStats(), "<": DirectionStats()}
+                directions = {d: s.as_dict() for d, s in stats.items()}
+                event = dataclasses.replace(event, directions=directions)
+            output.emit(call, event)
 
     try:
         for number, name in enumerate(files):

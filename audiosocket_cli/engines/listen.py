@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import errno
+import functools
 import gc
 import signal
 import socket
@@ -137,11 +138,8 @@ class Call:
         self.reactor.add_reader(self.sock, self.guarded(self.on_readable))
         self.report.start(f"from {self.info.peer}")
         for injection in self.config.injections:
-            self.timers.append(
-                self.reactor.call_at(
-                    started + injection.at, self.guarded(lambda i=injection: self.inject(i))
-                )
-            )
+            fire = functools.partial(self.inject, injection)
+            self.timers.append(self.reactor.call_at(started + injection.at, self.guarded(fire)))
         self.clock.arm()
         if self.source is not None:
             self._send_frame = self.guarded(self.send_frame)

@@ -15,7 +15,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any, BinaryIO
 
 from audiosocket_cli.analysis.stats import DirectionStats
 from audiosocket_cli.engines.call import CallReport
@@ -89,13 +89,13 @@ class ReplayInput:
     def __init__(self, name: str) -> None:
         self.name = name
         self.label = "<stdin>" if name == "-" else name
-        self._spool: IO[bytes] | None = None
+        self._spool: BinaryIO | None = None
         if name == "-":
-            spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+            spool: Any = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
             shutil.copyfileobj(sys.stdin.buffer, spool)
             self._spool = spool
 
-    def open(self) -> IO[bytes]:
+    def open(self) -> BinaryIO:
         if self._spool is not None:
             self._spool.seek(0)
             return self._spool

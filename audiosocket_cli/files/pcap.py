@@ -42,7 +42,7 @@ from typing import Any, BinaryIO
 
 import dpkt
 
-from audiosocket_cli.files.trace import Record, TraceFormatError
+from audiosocket_cli.files.records import Record, TraceFormatError
 from audiosocket_cli.net.address import Address
 from audiosocket_cli.protocol.wire import (
     AUDIO_RATES,

@@ -18,10 +18,10 @@ import io
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from audiosocket_cli import __version__
+from audiosocket_cli.files.records import Record, TraceFormatError
 from audiosocket_cli.protocol.events import (
     ENDINGS,
     CallDiagnosis,
@@ -47,10 +47,6 @@ PCAP_MAGICS = (
     b"\xa1\xb2\x3c\x4d",
     b"\x0a\x0d\x0d\x0a",  # pcapng section header block
 )
-
-
-class TraceFormatError(Exception):
-    """An input that is not a trace, raw dump or capture we can read."""
 
 
 class TraceWriter:
@@ -93,21 +89,6 @@ class TraceWriter:
 
     def close(self) -> None:
         self.stream.close()
-
-
-@dataclass
-class Record:
-    """One line of a trace: a message (with its bytes) or an event."""
-
-    t: float
-    conn: int
-    call: str
-    dir: str
-    message: Message | None = None
-    event: str | None = None
-    text: str = ""
-    ts: float | None = None
-    fields: dict[str, Any] = field(default_factory=dict)
 
 
 def sniff(head: bytes) -> str:
@@ -157,7 +138,7 @@ def read_trace_lines(lines: Iterator[bytes], name: str) -> Iterator[Record]:
 
 
 def _record(obj: dict[str, Any]) -> Record:
-    base = {"t": float(obj["t"]), "conn": int(obj["conn"]), "call": str(obj["call"])}
+    t, conn, call = float(obj["t"]), int(obj["conn"]), str(obj["call"])
     if "event" in obj:
         extra = {
             k: v
@@ -165,7 +146,9 @@ def _record(obj: dict[str, Any]) -> Record:
             if k not in ("t", "conn", "call", "dir", "event", "text", "ts")
         }
         return Record(
-            **base,
+            t,
+            conn,
+            call,
             dir="-",
             event=obj["event"],
             text=obj.get("text", ""),
@@ -173,7 +156,7 @@ def _record(obj: dict[str, Any]) -> Record:
             fields=extra,
         )
     message = Message(int(obj["type"]), base64.b64decode(obj["data"], validate=True))
-    return Record(**base, dir=obj["dir"], message=message, ts=obj.get("ts"))
+    return Record(t, conn, call, dir=obj["dir"], message=message, ts=obj.get("ts"))
 
 
 # How a call ended in version 1 traces (each command had its words) as an ENDINGS token.

@@ -86,7 +86,7 @@ class Reactor:
         self._update(sock)
 
     def remove_reader(self, sock: socket.socket) -> None:
-        if sock.fileno() >= 0 and self._readers.pop(sock.fileno(), None):
+        if sock.fileno() >= 0 and self._readers.pop(sock.fileno(), None) is not None:
             self._update(sock)
 
     def add_writer(self, sock: socket.socket, callback: Callback) -> None:
@@ -94,7 +94,7 @@ class Reactor:
         self._update(sock)
 
     def remove_writer(self, sock: socket.socket) -> None:
-        if sock.fileno() >= 0 and self._writers.pop(sock.fileno(), None):
+        if sock.fileno() >= 0 and self._writers.pop(sock.fileno(), None) is not None:
             self._update(sock)
 
     def forget(self, sock: socket.socket) -> None:

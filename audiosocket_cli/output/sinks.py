@@ -316,37 +316,12 @@ class Output:
 
     def note(self, text: str) -> None:
         """A line for the user on stderr, outside any call."""
-        _noter(self.stderr)(text)
+        noter(self.stderr)(text)
 
 
-def make_output(
-    env: Environment,
-    *,
-    json_lines: bool = False,
-    trace_path: str | None = None,
-    verbose: int = 0,
-    quiet: bool = False,
-    command: str = "",
-) -> Output:
-    """The sinks for a command's flags and terminal; OSError if the trace cannot be opened."""
-    sinks: list[Any] = []
-    batch = not env.stdout_isatty  # a file or a pipe: lines in batches, flushed every 100 ms
-    if json_lines:
-        sinks.append(JsonSink(env.stdout, quiet=quiet, batch=batch))
-        sinks.append(StderrEventSink(env.stderr))
-    elif env.stdout_isatty:
-        from audiosocket_cli.output.human import HumanSink  # rich costs start-up time
+def noter(stream: TextIO) -> Callable[[str], None]:
+    """A function that says one warning line on `stream`, never failing."""
 
-        sinks.append(HumanSink(env, verbose=verbose, quiet=quiet))
-    else:
-        sinks.append(PlainSink(env.stdout, quiet=quiet, batch=batch))
-        sinks.append(StderrEventSink(env.stderr))
-    if trace_path:
-        sinks.append(TraceSink(TraceWriter(trace_path, command=command), _noter(env.stderr)))
-    return Output(sinks, env.stderr)
-
-
-def _noter(stream: TextIO) -> Callable[[str], None]:
     def note(text: str) -> None:
         try:
             stream.write(f"audiosocket: warning: {text}\n")
