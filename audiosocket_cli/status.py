@@ -1,4 +1,4 @@
-"""Exit statuses: the contract scripts and CI rely on (CLI.md)."""
+"""Exit statuses: the contract scripts and CI rely on (docs/output.md, "Exit status")."""
 
 from __future__ import annotations
 

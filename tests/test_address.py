@@ -1,4 +1,4 @@
-"""ADDRESS as CLI.md defines it: HOST:PORT, [IPv6]:PORT, PORT alone."""
+"""ADDRESS as the README defines it: HOST:PORT, [IPv6]:PORT, PORT alone."""
 
 from __future__ import annotations
 

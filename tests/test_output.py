@@ -1,4 +1,4 @@
-"""The output layer: plain lines as CLI.md spells them, JSON lines, trace files both ways."""
+"""The output layer: plain lines as docs/output.md spells them, JSON lines, traces."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def level_text(pcm: bytes) -> str:
 
 
 def expected_raw_lines(data: bytes, direction: str = ">") -> list[str]:
-    """The plain lines CLI.md asks for, built independently from the bytes."""
+    """The plain lines docs/output.md gives, built independently from the bytes."""
     lines = []
     t = 0.0
     for kind, payload in split_raw(data):

@@ -2,7 +2,7 @@
 
 Every command that runs or reads calls keeps one :class:`DirectionStats` per
 direction, fed each message with its arrival time; the end-of-call summary
-and the diagnoses of the known pitfalls (PROTOCOL.md, last section) are
+and the diagnoses of the known pitfalls (docs/protocol.md, "Common mistakes") are
 measured from these counts, not guessed.
 """
 

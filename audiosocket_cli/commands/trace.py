@@ -14,8 +14,7 @@ from audiosocket_cli.analysis.stats import DirectionStats
 from audiosocket_cli.commands.options import Failure, open_output, output_options
 from audiosocket_cli.files.trace import Record, TraceFormatError, event_from_record, read_records
 from audiosocket_cli.output.sinks import Environment
-from audiosocket_cli.protocol.events import CallEnd
-from audiosocket_cli.protocol.events import CallInfo
+from audiosocket_cli.protocol.events import CallEnd, CallInfo
 from audiosocket_cli.protocol.wire import MESSAGE_NAMES, ProtocolError
 
 

@@ -188,7 +188,7 @@ class Message(NamedTuple):
     def refused_by_asterisk(self) -> bool:
         """Would Asterisk end the session if the application sent this?
 
-        It accepts only hangup and non-empty audio (PROTOCOL.md, "What
+        It accepts only hangup and non-empty audio (docs/protocol.md, "What
         Asterisk accepts").
         """
         if self.kind in AUDIO_RATES:
