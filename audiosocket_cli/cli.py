@@ -26,23 +26,44 @@ COMMANDS = {
     "report": ("report", "Write an HTML page with plots of each call."),
     "dissector": ("dissector", "Print or install the Wireshark dissector for AudioSocket."),
 }
+# The design's own words: "a CLI with subcommands for server, client, replay and capture".
+ALIASES = {"server": "listen", "client": "dial"}
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(COMMANDS)
+        return [*COMMANDS, *ALIASES]  # aliases too, for shell completion
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        name = ALIASES.get(name, name)
         if name not in COMMANDS:
             return None
         module = importlib.import_module(f"audiosocket_cli.commands.{COMMANDS[name][0]}")
-        return getattr(module, name)
+        command: click.Command = getattr(module, name)
+        return command
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if name and self.get_command(ctx, name) is None and not name.startswith("-"):
+            import difflib
+
+            close = difflib.get_close_matches(name, [*COMMANDS, *ALIASES], n=1, cutoff=0.6)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise click.UsageError(f"no such command '{name}'.{hint}", ctx)
+        return super().resolve_command(ctx, args)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Short help from the table above, so that --help imports no command.
+        also = {command: alias for alias, command in ALIASES.items()}
+        rows = [
+            (f"{name} ({also[name]})" if name in also else name, text)
+            for name, (_, text) in COMMANDS.items()
+        ]
         with formatter.section("Commands"):
-            formatter.write_dl([(name, text) for name, (_, text) in COMMANDS.items()])
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         raise_on_sigterm()
@@ -69,6 +90,10 @@ class LazyGroup(click.Group):
         code: int
         try:
             result = super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[call-overload]
+        except click.exceptions.NoArgsIsHelpError as exc:
+            # Bare `audiosocket`: the help, as a help and not as an error.
+            click.echo(exc.ctx.get_help() if exc.ctx else "")
+            code = ExitStatus.OK
         except click.UsageError as exc:
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
             click.echo(f"audiosocket: error: {exc.format_message()}{hint}", err=True)
