@@ -189,15 +189,18 @@ def test_real_time_pacing_over_a_5_second_file(cli_env: dict[str, str]) -> None:
 
 def test_dtmf_digits_are_sent_at_their_moment() -> None:
     with AppServer() as server:
-        result = dial(server.address, "--dtmf", "12#@1", "--duration", "1.3", "-q")
+        result = dial(server.address, "--dtmf", "12#@1", "--duration", "1.3", "--json")
         call = server.wait_call()
         call.wait_ended(5)
     assert result.exit_code == 0, result.stderr
-    dtmf = [(t, m) for t, m in call.received if m.kind == Kind.DTMF]
-    assert [m.payload for _, m in dtmf] == [b"1", b"2", b"#"]
-    connected = call.received[0][0]
-    for t, _ in dtmf:
-        assert 0.95 < t - connected < 1.1
+    dtmf = [m for _, m in call.received if m.kind == Kind.DTMF]
+    assert [m.payload for m in dtmf] == [b"1", b"2", b"#"]
+    # When they left, by dial's own clock: at 1 s, never early.
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    sent = [r for r in records if r.get("kind") == "dtmf"]
+    assert [r["digit"] for r in sent] == ["1", "2", "#"]
+    for record in sent:
+        assert 1.0 <= record["t"] < 1.1
 
 
 def test_injections_keep_their_place_among_frames_at_speed_0() -> None:

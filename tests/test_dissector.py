@@ -428,7 +428,8 @@ def test_real_call_captured_by_tcpdump(tmp_path: Path, cli_env: dict[str, str]) 
         # Both FINs are in the file before tcpdump is stopped, so none is lost on the way.
         deadline = time.monotonic() + DEADLINE
         while not _connection_closed(capture):
-            assert time.monotonic() < deadline, "tcpdump never wrote the end of the call"
+            if time.monotonic() > deadline:
+                raise AssertionError("tcpdump never wrote the end of the call")
             time.sleep(0.05)
         dump.send_signal(signal.SIGINT)
         assert dump.wait(timeout=DEADLINE) == 0

@@ -425,7 +425,7 @@ def test_bad_inputs(tmp_path: Path, server: Server) -> None:
     ]
     empty = tmp_path / "empty.raw"
     empty.write_bytes(b"")
-    cases.append(([str(empty)], 1, "nothing to replay"))
+    cases.append(([str(empty)], 1, "empty: no AudioSocket messages"))
     asterisk_only = write_trace(tmp_path / "x.trace", [(UUID, [(0.1, "<", Message.hangup())])])
     cases.append(([str(asterisk_only)], 1, "no messages toward the application"))
     for args, status, text in cases:

@@ -209,7 +209,7 @@ def test_long_audio_goes_beside_the_page(tmp_path: Path) -> None:
         ("trace", "missing/out.html", "cannot write: no such directory"),
         ("trace", ".", "is a directory"),
         ("badversion", "out.html", "trace version 99 is not supported"),
-        ("empty", "out.html", "no AudioSocket messages found"),
+        ("empty", "out.html", "no AudioSocket messages"),
     ],
     ids=["no-input", "no-output-dir", "output-is-dir", "bad-trace", "empty"],
 )

@@ -185,6 +185,22 @@ class DirectionStats:
         }
 
 
+# A call's summary, a row per figure, one cell per direction (`trace --summary`, report).
+SUMMARY_ROWS: list[tuple[str, Callable[[DirectionStats], str]]] = [
+    ("messages", lambda s: str(s.messages)),
+    ("bytes", lambda s: str(s.wire_bytes)),
+    ("audio messages", lambda s: str(s.audio_messages)),
+    ("audio seconds", lambda s: f"{s.audio_seconds:.3f}"),
+    ("rates", lambda s: ",".join(str(r) for r in s.rates) or "-"),
+    ("dtmf", lambda s: s.digits or "-"),
+    ("kinds", lambda s: " ".join(f"{k}={n}" for k, n in sorted(s.kinds.items())) or "-"),
+    ("gaps", lambda s: s.pacing()),
+    ("realtime ratio", lambda s: "-" if s.realtime_ratio is None else f"{s.realtime_ratio:.3f}"),
+    ("bursts", lambda s: str(s.bursts)),
+    ("problems", lambda s: "; ".join(f"{n}x {p}" for p, n in s.problems.items()) or "-"),
+]
+
+
 def guess_encoding(payload: bytes) -> str | None:
     """Which reading of these bytes looks like sound: s16le, s16be or ulaw.
 

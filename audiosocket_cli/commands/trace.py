@@ -10,9 +10,15 @@ from typing import Any
 
 import click
 
-from audiosocket_cli.analysis.stats import DirectionStats
+from audiosocket_cli.analysis.stats import SUMMARY_ROWS, DirectionStats
 from audiosocket_cli.commands.options import Failure, open_output, output_options
-from audiosocket_cli.files.trace import Record, TraceFormatError, event_from_record, read_records
+from audiosocket_cli.files.trace import (
+    Record,
+    TraceFormatError,
+    event_from_record,
+    open_input,
+    read_records,
+)
 from audiosocket_cli.output.sinks import Environment
 from audiosocket_cli.protocol.events import CallEnd, CallInfo
 from audiosocket_cli.protocol.wire import MESSAGE_NAMES, ProtocolError
@@ -165,14 +171,9 @@ def _matches(call: CallInfo, wanted: str) -> bool:
 
 def _records(name: str, direction: str, port: int | None) -> Iterator[Record]:
     try:
-        stream = sys.stdin.buffer if name == "-" else open(name, "rb")  # noqa: SIM115
-    except FileNotFoundError:
-        raise Failure(f"{name}: no such file") from None
-    except IsADirectoryError:
-        raise Failure(f"{name}: is a directory") from None
-    except OSError as exc:
-        raise Failure(f"{name}: cannot read: {exc.strerror}") from None
-    label = "<stdin>" if name == "-" else name
+        stream, label = open_input(name)
+    except TraceFormatError as exc:
+        raise Failure(str(exc)) from None
     try:
         yield from read_records(stream, label, direction, port=port)
     except (TraceFormatError, ProtocolError) as exc:
@@ -206,18 +207,7 @@ def _print_summary(
         table.add_column("")
         table.add_column("> to application", justify="right")
         table.add_column("< to Asterisk", justify="right")
-        rows = [
-            ("messages", lambda s: str(s.messages)),
-            ("bytes", lambda s: str(s.wire_bytes)),
-            ("audio messages", lambda s: str(s.audio_messages)),
-            ("audio seconds", lambda s: f"{s.audio_seconds:.3f}"),
-            ("rates", lambda s: ",".join(str(r) for r in s.rates) or "-"),
-            ("dtmf", lambda s: s.digits or "-"),
-            ("kinds", lambda s: " ".join(f"{k}={n}" for k, n in sorted(s.kinds.items())) or "-"),
-            ("gaps", lambda s: s.pacing()),
-            ("problems", lambda s: "; ".join(f"{n}x {p}" for p, n in s.problems.items()) or "-"),
-        ]
-        for label, cell in rows:
+        for label, cell in SUMMARY_ROWS:
             table.add_row(label, cell(stats[">"]), cell(stats["<"]))
         Console(
             file=env.stdout, no_color=not env.color, width=None if env.stdout_isatty else 120

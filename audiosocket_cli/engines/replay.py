@@ -20,7 +20,14 @@ from typing import Any, BinaryIO
 from audiosocket_cli.analysis.stats import DirectionStats
 from audiosocket_cli.engines.call import CallReport
 from audiosocket_cli.engines.dial import Caller, CallPlan
-from audiosocket_cli.files.trace import Record, TraceFormatError, read_records, sniff, v1_ending
+from audiosocket_cli.files.trace import (
+    Record,
+    TraceFormatError,
+    open_input,
+    read_records,
+    sniff,
+    v1_ending,
+)
 from audiosocket_cli.media.recorder import Recording
 from audiosocket_cli.net.address import Address
 from audiosocket_cli.output.sinks import Output
@@ -100,13 +107,9 @@ class ReplayInput:
             self._spool.seek(0)
             return self._spool
         try:
-            return open(self.name, "rb")  # noqa: SIM115 - closed by the caller
-        except FileNotFoundError:
-            raise ReplayError(f"{self.name}: no such file") from None
-        except IsADirectoryError:
-            raise ReplayError(f"{self.name}: is a directory") from None
-        except OSError as exc:
-            raise ReplayError(f"{self.name}: cannot read: {exc.strerror}") from None
+            return open_input(self.name)[0]
+        except TraceFormatError as exc:
+            raise ReplayError(str(exc)) from None
 
     def records(self, port: int | None) -> Iterator[Record]:
         stream = self.open()
@@ -142,13 +145,7 @@ def scan(source: ReplayInput, port: int | None) -> tuple[dict[int, CallScan], st
     calls: dict[int, CallScan] = {}
     first = True
     for record in source.records(port):
-        if first:
-            first = False
-            if kind == "raw" and (record.message is None or record.message.name == "unknown"):
-                raise ReplayError(
-                    f"{source.label}: not a trace file, packet capture or AudioSocket "
-                    f"byte dump (it begins {head[:8].hex(' ') or 'empty'})"
-                )
+        first = False
         call = calls.get(record.conn)
         if call is None:
             call = calls[record.conn] = CallScan(record.conn)

@@ -39,12 +39,14 @@ from audiosocket_cli import __version__
 from audiosocket_cli.analysis.stats import (
     BURST_AUDIO,
     BURST_WINDOW,
+    SUMMARY_ROWS,
     Diagnosis,
     DirectionStats,
     diagnose_application,
     diagnose_asterisk,
 )
 from audiosocket_cli.files.trace import Record, TraceFormatError, read_records
+from audiosocket_cli.files.trace import open_input as files_open_input
 from audiosocket_cli.protocol.wire import Kind, Message, ProtocolError, describe_error_code
 
 FINE = 0.01  # s per envelope bin
@@ -474,16 +476,12 @@ def check_output(output: str) -> Path:
 
 
 def open_input(name: str, stdin: BinaryIO | None = None) -> BinaryIO:
-    if name == "-":
-        return stdin if stdin is not None else sys.stdin.buffer
+    if name == "-" and stdin is not None:
+        return stdin
     try:
-        return open(name, "rb")  # noqa: SIM115 - closed by the caller
-    except FileNotFoundError:
-        raise ReportError(f"{name}: no such file") from None
-    except IsADirectoryError:
-        raise ReportError(f"{name}: is a directory") from None
-    except OSError as exc:
-        raise ReportError(f"{name}: cannot read: {exc.strerror}") from None
+        return files_open_input(name)[0]
+    except TraceFormatError as exc:
+        raise ReportError(str(exc)) from None
 
 
 def _records(stream: BinaryIO, label: str, direction: str, port: int | None) -> Iterator[Record]:
@@ -1003,7 +1001,7 @@ def _gaps(stats: DirectionStats) -> str:
     return "-" if mean is None else f"{mean * 1000:.1f}/{stats.max_gap * 1000:.1f}"
 
 
-SUMMARY_ROWS = (
+CALLS_TABLE_ROWS = (
     ("messages", lambda s: str(s.messages)),
     ("bytes", lambda s: str(s.wire_bytes)),
     ("audio s", lambda s: f"{s.audio_seconds:.2f}"),
@@ -1017,15 +1015,15 @@ def _calls_table(calls: list[CallData]) -> str:
     esc = html.escape
     # The input column only where calls come from several inputs: the table is wide.
     several = len({call.source for call in calls}) > 1
-    head = "".join(f"<th>{esc(name)}</th>" for name, _ in SUMMARY_ROWS)
+    head = "".join(f"<th>{esc(name)}</th>" for name, _ in CALLS_TABLE_ROWS)
     rows = [
         '<div class="wide"><table class="calls"><tr>'
         '<th class="l" rowspan="2">call</th>'
         + ('<th class="l" rowspan="2">input</th>' if several else "")
         + '<th rowspan="2">duration s</th><th class="l" rowspan="2">ended</th>'
         '<th rowspan="2">findings</th>'
-        f'<th colspan="{len(SUMMARY_ROWS)}" class="in">&gt; to application</th>'
-        f'<th colspan="{len(SUMMARY_ROWS)}" class="out">&lt; to Asterisk</th></tr>',
+        f'<th colspan="{len(CALLS_TABLE_ROWS)}" class="in">&gt; to application</th>'
+        f'<th colspan="{len(CALLS_TABLE_ROWS)}" class="out">&lt; to Asterisk</th></tr>',
         f"<tr>{head}{head}</tr>",
     ]
     for call in calls:
@@ -1040,7 +1038,7 @@ def _calls_table(calls: list[CallData]) -> str:
         ]
         for d in DIRECTIONS:
             stats = call.dirs[d].stats
-            cells += [f"<td>{esc(cell(stats))}</td>" for _, cell in SUMMARY_ROWS]
+            cells += [f"<td>{esc(cell(stats))}</td>" for _, cell in CALLS_TABLE_ROWS]
         rows.append("<tr>" + "".join(cells) + "</tr>")
     rows.append("</table></div>")
     return "\n".join(rows)
@@ -1155,23 +1153,7 @@ def _summary_table(call: CallData) -> str:
         '<tr><th></th><th class="in">&gt; to application</th>'
         '<th class="out">&lt; to Asterisk</th></tr>',
     ]
-    table = (
-        ("messages", lambda s: str(s.messages)),
-        ("bytes", lambda s: str(s.wire_bytes)),
-        ("audio messages", lambda s: str(s.audio_messages)),
-        ("audio seconds", lambda s: f"{s.audio_seconds:.3f}"),
-        ("rates", lambda s: ",".join(str(r) for r in s.rates) or "-"),
-        ("dtmf", lambda s: s.digits or "-"),
-        ("kinds", lambda s: " ".join(f"{k}={n}" for k, n in sorted(s.kinds.items())) or "-"),
-        ("gaps", lambda s: s.pacing()),
-        (
-            "realtime ratio",
-            lambda s: "-" if s.realtime_ratio is None else f"{s.realtime_ratio:.3f}",
-        ),
-        ("bursts", lambda s: str(s.bursts)),
-        ("problems", lambda s: "; ".join(f"{n}x {p}" for p, n in s.problems.items()) or "-"),
-    )
-    for label, cell in table:
+    for label, cell in SUMMARY_ROWS:
         a, b = (cell(call.dirs[d].stats) for d in DIRECTIONS)
         rows.append(f'<tr><th class="l">{esc(label)}</th><td>{esc(a)}</td><td>{esc(b)}</td></tr>')
     rows.append("</table>")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -33,7 +34,13 @@ from audiosocket_cli.protocol.events import (
     event_record,
     message_record,
 )
-from audiosocket_cli.protocol.wire import Decoder, Message, ProtocolError, TruncatedMessage
+from audiosocket_cli.protocol.wire import (
+    KIND_NAMES,
+    Decoder,
+    Message,
+    ProtocolError,
+    TruncatedMessage,
+)
 
 SNIFF_SIZE = 256
 RECV_SIZE = 65536
@@ -271,6 +278,13 @@ def read_records(
         head = stream.read(SNIFF_SIZE)
         stream = io.BufferedReader(_Prefixed(head, stream), RECV_SIZE)
     kind = sniff(head)
+    if not head:
+        raise TraceFormatError(f"{name}: empty: no AudioSocket messages in it")
+    if kind == "raw" and not looks_like_audiosocket(head):
+        raise TraceFormatError(
+            f"{name}: not a trace file, packet capture or AudioSocket byte dump "
+            f"(it begins {head[:8].hex(' ')}{_looks_like(head)})"
+        )
     if kind == "trace":
         return read_trace_lines(iter(stream), name)
     if kind == "pcap":
@@ -280,6 +294,44 @@ def read_records(
             raise TraceFormatError(f"{name}: packet captures are not supported: {exc}") from None
         return _upgraded(read_pcap(stream, name, port=port))
     return read_raw(stream, name, direction)
+
+
+def looks_like_audiosocket(head: bytes) -> bool:
+    """Do these first bytes read as AudioSocket messages (every kind a known one)?"""
+    pos = 0
+    while pos + 3 <= len(head):
+        if head[pos] not in KIND_NAMES:
+            return False
+        pos += 3 + (head[pos + 1] << 8 | head[pos + 2])
+    return pos > 0 or (len(head) > 0 and head[0] in KIND_NAMES)
+
+
+def _looks_like(head: bytes) -> str:
+    for magic, what in (
+        (b"RIFF", "a WAV file"),
+        (b"fLaC", "a FLAC file"),
+        (b"OggS", "an Ogg file"),
+        (b"ID3", "an MP3 file"),
+        (b"{", "JSON"),
+    ):
+        if head.lstrip().startswith(magic):
+            return f": {what}"
+    return ""
+
+
+def open_input(name: str) -> tuple[BinaryIO, str]:
+    """(stream, label) for an input argument; '-' is stdin. TraceFormatError if it cannot
+    be opened, naming why."""
+    if name == "-":
+        return sys.stdin.buffer, "<stdin>"
+    try:
+        return open(name, "rb"), name  # noqa: SIM115 - the caller closes it
+    except FileNotFoundError:
+        raise TraceFormatError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise TraceFormatError(f"{name}: is a directory") from None
+    except OSError as exc:
+        raise TraceFormatError(f"{name}: cannot read: {exc.strerror or exc}") from None
 
 
 def event_from_record(record: Record) -> Event:
