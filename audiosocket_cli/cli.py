@@ -23,6 +23,8 @@ COMMANDS = {
     "capture": ("capture", "Sit between Asterisk and the application, and record."),
     "replay": ("replay", "Run a recorded call again against an application."),
     "trace": ("trace", "Print saved traces, raw dumps and packet captures."),
+    "load": ("load", "Many Asterisk calls at once, with per-period statistics."),
+    "check": ("check", "Run the conformance suite against an application."),
     "report": ("report", "Write an HTML page with plots of each call."),
     "dissector": ("dissector", "Print or install the Wireshark dissector for AudioSocket."),
 }
