@@ -208,8 +208,10 @@ def test_call_filter_by_uuid_prefix(two_calls: Path) -> None:
         "0.000000 0badc0de > audio 320 rate=8000 level=silent",
         "0.020000 0badc0de > dtmf 1 digit=9",
     ]
+    # No such call: a usage error that lists the calls there are.
     none = run("--call", "ffff", str(CALL_RAW), str(two_calls))
-    assert none.exit_code == 0 and none.stdout == ""
+    assert none.exit_code == 2 and none.stdout == ""
+    assert "no call 'ffff'" in none.stderr and f"{OTHER_UUID} (#1)" in none.stderr
 
 
 def test_call_filter_keeps_the_records_before_the_uuid() -> None:
@@ -368,7 +370,7 @@ def test_truncated_raw_dump_warns_and_shows_the_rest(tmp_path: Path) -> None:
     path = tmp_path / "cut.raw"
     path.write_bytes(CALL_RAW.read_bytes()[:-100])
     result = run(str(path))
-    assert result.exit_code == 0
+    assert result.exit_code == 3  # a stream cut inside a message breaks the protocol
     lines = result.stdout.splitlines()
     assert lines[:-1] == expected_raw_lines(CALL_RAW.read_bytes())[:-1]
     problem = f"{path}: stream ended inside a message of kind 0x10: 223 bytes received, 100 missing"

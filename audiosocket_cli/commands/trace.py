@@ -20,8 +20,9 @@ from audiosocket_cli.files.trace import (
     read_records,
 )
 from audiosocket_cli.output.sinks import Environment
-from audiosocket_cli.protocol.events import CallEnd, CallInfo
-from audiosocket_cli.protocol.wire import MESSAGE_NAMES, ProtocolError
+from audiosocket_cli.protocol.events import CallEnd, CallInfo, CallWarning, Event
+from audiosocket_cli.protocol.wire import KIND_NAMES, MESSAGE_NAMES, Message, ProtocolError
+from audiosocket_cli.status import ExitStatus
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -90,43 +91,62 @@ def trace(
     # until that message shows whose call it is; `settled` calls hold nothing more.
     held: dict[tuple[int, int], list[Record]] = {}
     settled: set[tuple[int, int]] = set()
+    matched: set[tuple[int, int]] = set()
     extractor = _Extractor(extract_dir) if extract_dir else None
+    # What each record costs is decided once: a filter drops a message before any work.
+    wanted_types = _kind_bytes(wanted_kinds) if wanted_kinds else None
+    show_messages = not summary and extractor is None
+    show_events = show_messages and not wanted_kinds
+    count = summary or show_events  # statistics: for --summary, and captures' call-ends
+    verdict = _Verdict()
 
     def show(key: tuple[int, int], call: CallInfo, record: Record) -> None:
+        message = record.message
+        if message is not None:
+            if wanted_types is not None and message[0] not in wanted_types:
+                return
+            if count:
+                stats = tables.get(key)
+                if stats is None:
+                    stats = tables[key] = {">": DirectionStats(), "<": DirectionStats()}
+                stats[record.dir].add(record.t, message)
+            if extractor is not None:
+                extractor.add(key, call, record)
+            if show_messages:
+                output.message(call, record.t, record.dir, message)
+            return
         if record.ts is not None and not call.started_ts:
             call.started_ts = record.ts - record.t
-        if record.message is not None:
-            stats = tables.get(key)
-            if stats is None:
-                stats = tables[key] = {">": DirectionStats(), "<": DirectionStats()}
-            stats[record.dir].add(record.t, record.message)
-            if extractor:
-                extractor.add(key, call, record)
-            if summary or extractor or (wanted_kinds and record.message.name not in wanted_kinds):
-                return
-            output.message(call, record.t, record.dir, record.message)
-        elif not summary and not wanted_kinds and not extractor:
-            event = event_from_record(record)
-            if isinstance(event, CallEnd) and not any(event.directions.values()):
-                # A capture says how a call ended, not what went each way: counted here.
-                stats = tables.get(key) or {">": DirectionStats(), "<": DirectionStats()}
-                directions = {d: s.as_dict() for d, s in stats.items()}
-                event = dataclasses.replace(event, directions=directions)
-            output.emit(call, event)
+        event = event_from_record(record)
+        verdict.event(event)
+        if not show_events:
+            return
+        if isinstance(event, CallEnd) and not any(event.directions.values()):
+            # A capture says how a call ended, not what went each way: counted here.
+            stats = tables.get(key) or {">": DirectionStats(), "<": DirectionStats()}
+            directions = {d: s.as_dict() for d, s in stats.items()}
+            event = dataclasses.replace(event, directions=directions)
+        output.emit(call, event)
 
     try:
         for number, name in enumerate(files):
+            file_calls: dict[int, CallInfo] = {}
             for record in _records(name, direction, port):
+                call = file_calls.get(record.conn)
                 key = (number, record.conn)
-                call = calls.get(key)
                 if call is None:
-                    call = calls[key] = CallInfo(conn=record.conn, started_ts=0.0)
-                if not record.call.startswith("#"):
+                    call = file_calls[record.conn] = calls[key] = CallInfo(
+                        conn=record.conn, started_ts=0.0
+                    )
+                if call.uuid is None and record.call[0] != "#":
                     call.uuid = record.call
+                if record.message is not None and record.message[1] and record.message.problem:
+                    verdict.malformed(record.message)
                 if call_filter and not _matches(call, call_filter):
                     uuid = record.message.uuid if record.message is not None else None
                     if call.uuid is None and uuid and str(uuid).startswith(call_filter.lower()):
                         settled.add(key)
+                        matched.add(key)
                         for earlier in held.pop(key, []):
                             show(key, call, earlier)
                     else:
@@ -136,7 +156,15 @@ def trace(
                         elif call.uuid is None and key not in settled:
                             held.setdefault(key, []).append(record)
                         continue
+                elif call_filter:
+                    matched.add(key)
                 show(key, call, record)
+        if call_filter and not matched:
+            listing = ", ".join(f"{c.call_id} (#{c.conn})" for c in calls.values()) or "none"
+            raise click.BadParameter(
+                f"no call {call_filter!r} in {', '.join(files)} (calls: {listing})",
+                param_hint="--call",
+            )
         if summary:
             _print_summary(env, calls, tables, json_lines)
     finally:
@@ -146,6 +174,33 @@ def trace(
     if extractor:
         for path in extractor.written:
             click.echo(f"wrote {path}", err=True)
+    if verdict.broke_protocol:
+        click.get_current_context().exit(ExitStatus.PROTOCOL)
+
+
+class _Verdict:
+    """The exit rule for what was read: 3 when a peer broke the protocol in it."""
+
+    def __init__(self) -> None:
+        self.broke_protocol = False
+
+    def malformed(self, message: Message) -> None:
+        # Odd audio from the application is taken by Asterisk; everything else is malformed.
+        self.broke_protocol = True
+
+    def event(self, event: Event) -> None:
+        if isinstance(event, CallEnd) and event.broke_protocol:
+            self.broke_protocol = True
+        elif isinstance(event, CallWarning) and event.fields.get("violation"):
+            self.broke_protocol = True  # a stream cut inside a message, seen by the reader
+
+
+def _kind_bytes(names: set[str]) -> frozenset[int]:
+    """The kind bytes that --kind names cover."""
+    out = {kind for kind, name in KIND_NAMES.items() if name in names}
+    if "unknown" in names:
+        out |= set(range(256)) - set(KIND_NAMES)
+    return frozenset(out)
 
 
 def _parse_kinds(kinds: str | None) -> set[str]:

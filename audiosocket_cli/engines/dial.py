@@ -96,6 +96,7 @@ class Caller:
         start_fields: dict[str, Any] | None = None,
         end_fields: Callable[[CallReport, Ended], dict[str, Any]] | None = None,
         before_start: Callable[[CallReport], None] | None = None,
+        pcap_file: Any = None,
     ) -> None:
         self.plan = plan
         self.output = output
@@ -107,6 +108,8 @@ class Caller:
         self.start_fields = start_fields or {}
         self.end_fields = end_fields
         self.before_start = before_start
+        self.pcap_file = pcap_file  # an engines.pcap_tap.PcapFile (--pcap), or None
+        self.pcap: Any = None  # this call's PcapTap in it
         self.info: CallInfo | None = None
         self.report: CallReport | None = None
         self.session: Session | None = None
@@ -142,6 +145,8 @@ class Caller:
     def run(self) -> CallEnd:
         plan = self.plan
         self.sock = connect(plan.address)
+        if self.pcap_file is not None:
+            self.pcap = self.pcap_file.tap(self.sock, ">")
         self.info = info = CallInfo(conn=1, uuid=plan.uuid, peer=plan.address)
         self.session = Session(Role.ASTERISK, plan.rules, started=info.started)
         recordings = {"<": self.recording} if self.recording is not None else {}
@@ -199,6 +204,8 @@ class Caller:
             self.sock.sendall(data)
         except OSError as exc:  # only the socket's: output errors are not the peer's doing
             raise _PeerGone(exc) from None
+        if self.pcap is not None:
+            self.pcap.sent(data)
 
     def _send(self, message: Message) -> None:
         assert self.session is not None and self.report is not None and self.info is not None
@@ -244,6 +251,8 @@ class Caller:
         if self.sent_hangup and ended.ended in ("caller-close", "app-close", "app-reset"):
             # After our hangup, the application closing is the answer, not the cause.
             ended = Ended(ended.t, "caller-hangup", f"we hung up; {ended.detail}")
+        if self.pcap is not None:
+            self.pcap.ended(ended)
         speed = plan.speed
 
         def annotate(code: str, text: str) -> str:
@@ -420,6 +429,8 @@ class Caller:
                 now = time.monotonic()
                 if not data and self._ending.is_set():
                     return  # our own shutdown
+                if self.pcap is not None:
+                    self.pcap.received(data)
                 with self._lock:
                     events = session.reset(now) if data is None else session.receive(data, now)
             for event in events:

@@ -65,6 +65,7 @@ class ListenConfig:
     max_calls: int | None = None
     max_concurrent: int = 1000
     monitor: Any = None  # a media.monitor.Monitor, or None
+    pcap: Any = None  # an engines.pcap_tap.PcapFile (--pcap), or None
 
 
 def file_source_factory(template: Any) -> SourceFactory:
@@ -127,6 +128,8 @@ class Call:
         self.frame = 0
         self.pace_start = info.started
         self.drain_timer: Timer | None = None
+        pcap = self.config.pcap
+        self.pcap = pcap.tap(sock, "<") if pcap is not None else None
 
     def _stem(self) -> str:
         return self.info.uuid or f"conn-{self.info.conn}"
@@ -172,7 +175,10 @@ class Call:
             self.take(self.session.reset(time.monotonic(), _os_reason(exc)))
             return
         now = time.monotonic()
-        self.take(self.session.receive(bytes(self.server.recv_view[:n]), now))
+        data = bytes(self.server.recv_view[:n])
+        if self.pcap is not None:
+            self.pcap.received(data)
+        self.take(self.session.receive(data, now))
         if not self.ended:
             self.clock.arm()
 
@@ -269,6 +275,8 @@ class Call:
         except OSError as exc:
             self.take(self.session.reset(time.monotonic(), _os_reason(exc)))
             return
+        if self.pcap is not None:
+            self.pcap.sent(data[:sent])
         if sent < len(data):
             self.unsent += data[sent:]
             self.reactor.add_writer(self.sock, self.on_writable)
@@ -285,6 +293,8 @@ class Call:
             else:
                 self.take(self.session.reset(time.monotonic(), _os_reason(exc)))
             return
+        if self.pcap is not None:
+            self.pcap.sent(bytes(self.unsent[:sent]))
         del self.unsent[:sent]
         if not self.unsent:
             self.reactor.remove_writer(self.sock)
@@ -378,6 +388,8 @@ class Call:
             self.sock.close()
         except OSError:
             pass
+        if self.pcap is not None:
+            self.pcap.ended(self.session.ended)
 
 
 def config_source(config: ListenConfig) -> Any:

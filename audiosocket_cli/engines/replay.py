@@ -231,6 +231,7 @@ def replay(
     output: Output,
     recording: Recording | None,
     comparable: bool = True,
+    pcap: Any = None,
 ) -> CallEnd:
     """Send one call's `>` side with its timing; the CallEnd of the call made."""
     if original.first_t is None:
@@ -289,6 +290,7 @@ def replay(
         },
         end_fields=end_fields,
         before_start=before_start,
+        pcap_file=pcap,
     )
     return caller.run()
 

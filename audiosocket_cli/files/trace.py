@@ -239,7 +239,7 @@ def read_raw(stream: BinaryIO, name: str, direction: str = ">") -> Iterator[Reco
             dir="-",
             event="warning",
             text=f"{name}: {exc}",
-            fields={"missing": exc.missing},
+            fields={"missing": exc.missing, "violation": True},
         )
 
 
