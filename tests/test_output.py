@@ -323,7 +323,7 @@ def test_quiet_shows_events_only(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_level(pcm: bytes) -> float | None:
         raise AssertionError("no sink shows the level: it is not computed")
 
-    monkeypatch.setattr(sinks_module, "level_dbfs", no_level)
+    monkeypatch.setattr(sinks_module, "levels_dbfs", no_level)
     env = plain_env()
     output = make_output(env, quiet=True)
     assert not output.shows_messages
@@ -340,11 +340,11 @@ def test_the_level_is_computed_once_for_all_sinks(
 ) -> None:
     computed: list[bytes] = []
 
-    def counting_level(pcm: bytes) -> float | None:
-        computed.append(pcm)
-        return level_dbfs(pcm)
+    def counting_level(pcms: list[bytes]) -> list[float | None]:
+        computed.extend(p for p in pcms if p)
+        return [level_dbfs(p) if p else None for p in pcms]
 
-    monkeypatch.setattr(sinks_module, "level_dbfs", counting_level)
+    monkeypatch.setattr(sinks_module, "levels_dbfs", counting_level)
     env = plain_env()
     path = tmp_path / "call.trace"
     output = make_output(env, trace_path=str(path))
@@ -885,7 +885,11 @@ def test_truncated_raw_dump_ends_with_a_warning() -> None:
     records = list(read_records(io.BytesIO(data), "cut.raw"))
     assert records[0].message == Message(0, b"")
     warning = records[1]
-    assert (warning.event, warning.dir, warning.fields) == ("warning", "-", {"missing": 223})
+    assert (warning.event, warning.dir, warning.fields) == (
+        "warning",
+        "-",
+        {"missing": 223, "violation": True},
+    )
     assert warning.text == (
         "cut.raw: stream ended inside a message of kind 0x10: 100 bytes received, 223 missing"
     )

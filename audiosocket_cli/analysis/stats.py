@@ -8,12 +8,15 @@ measured from these counts, not guessed.
 
 from __future__ import annotations
 
+import math
 import time
-from collections import Counter, deque
+from array import array
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from audiosocket_cli.protocol.session import Ended
 from audiosocket_cli.protocol.wire import AUDIO_RATES, Kind, Message, frame_bytes
 
 BURST_WINDOW = 0.020  # seconds
@@ -23,109 +26,463 @@ ENCODING_MAX_FRAMES = 60
 ENCODING_MAX_TRIES = 600  # a silent caller gives no verdict; stop trying after this many
 ENCODING_MIN_FRAMES = 8
 
+# Audio is counted in integer units, 1/UNITS_PER_SECOND s, so that sums over a
+# window or a whole call are exact (no float drift at the burst threshold):
+# every rate's byte is a whole number of units.
+UNITS_PER_SECOND = math.lcm(*(2 * rate for rate in AUDIO_RATES.values()))
+UNITS_PER_BYTE = {kind: UNITS_PER_SECOND // (2 * rate) for kind, rate in AUDIO_RATES.items()}
+BURST_UNITS = round(BURST_AUDIO * UNITS_PER_SECOND)
 
-@dataclass
+# Jitter (an audio message's arrival gap less the audio of the message before,
+# so 0 is perfect pacing) goes into a fixed histogram of 0.1 ms bins over
+# -25.6..+25.6 ms (a list: its increments cost less than an array's); what falls
+# outside goes into coarse logarithmic bins, 10% wide.
+JITTER_BIN = 0.0001  # seconds
+JITTER_BINS = 512
+JITTER_ZERO = JITTER_BINS // 2  # the bin of jitter 0..0.1 ms
+JITTER_LIMIT = JITTER_ZERO * JITTER_BIN  # 25.6 ms
+JITTER_LOG_STEP = math.log(1.1)
+JITTER_LOG_BINS = 64  # 25.6 ms x 1.1^63: 10 s; beyond goes into the last
+SLOW_MIN_AUDIO = 5.0  # seconds of audio before `slow` is judged
+SLOW_RATIO = 0.98
+HANGUP_AFTER_DTMF = 1.0  # seconds
+APP_ENDINGS = ("app-hangup", "app-close", "app-reset")
+NO_RUN = -1  # no kind byte is -1: the next audio message takes the general path
+
+
 class DirectionStats:
-    messages: int = 0
-    wire_bytes: int = 0
-    kinds: Counter = field(default_factory=Counter)
-    audio_messages: int = 0
-    audio_seconds: float = 0.0
-    rates: Counter = field(default_factory=Counter)
-    sizes: Counter = field(default_factory=Counter)
-    first_audio: float | None = None
-    last_audio: float | None = None
-    last_audio_duration: float = 0.0
-    max_gap: float = 0.0
-    digits: str = ""
-    problems: Counter = field(default_factory=Counter)
-    refused: Counter = field(default_factory=Counter)
-    bursts: int = 0
-    max_window_audio: float = 0.0
-    _window: deque = field(default_factory=deque, repr=False)
-    _window_audio: float = 0.0
-    _in_burst: bool = False
-    encoding_votes: Counter = field(default_factory=Counter)
-    _encoding_frames: int = 0
-    _encoding_tries: int = 0
-    # False skips the encoding analysis (numpy, the costly part of add()) where
-    # nobody reads likely_encoding, e.g. what a server sends itself.
-    analyse_encoding: bool = True
-    # Which audio messages are analysed (one in ENCODING_SAMPLE_EVERY, shifted by
-    # this): a server gives each call its own shift, so that calls started
-    # together do not all pay for the analysis in the same 20 ms.
-    encoding_offset: int = 0
-    # Asked before each analysis; False skips that frame. A server with many
-    # calls uses it to spread the analyses' cost over time (a budget per second).
-    encoding_gate: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
+    """One direction of a call: counts, gaps, bursts, jitter, an encoding guess.
+
+    `add()` runs for every message of every call, so the common case, an audio
+    message of the same kind and size as the one before (a "run"), only bumps
+    integers and floats; counts by kind, rate and size are folded into
+    Counters when read.
+    """
+
+    __slots__ = (
+        "analyse_encoding",
+        "encoding_offset",
+        "encoding_gate",
+        "first_audio",
+        "last_audio",
+        "max_gap",
+        "digits",
+        "last_dtmf",
+        "problems",
+        "refused",
+        "bursts",
+        "encoding_votes",
+        "_encoding_frames",
+        "_encoding_tries",
+        "_messages",
+        "_bytes",
+        "_kinds",
+        "_audio",
+        "_units",
+        "_frames",
+        "_last_units",
+        "_before_last",
+        "_before_last_units",
+        "_kind",
+        "_size",
+        "_rate",
+        "_run",
+        "_run_units",
+        "_run_jitter_base",
+        "_run_pair",
+        "_enc_next",
+        "_in_burst",
+        "_window_open",
+        "_window_t",
+        "_window_units",
+        "_window_head",
+        "_max_window_units",
+        "_jitter",
+        "_jitter_log",
+    )
+
+    def __init__(
+        self,
+        analyse_encoding: bool = True,
+        encoding_offset: int = 0,
+        encoding_gate: Callable[[], bool] | None = None,
+    ) -> None:
+        # False skips the encoding analysis (numpy, the costly part of add()) where
+        # nobody reads likely_encoding, e.g. what a server sends itself.
+        self.analyse_encoding = analyse_encoding
+        # Which audio messages are analysed (one in ENCODING_SAMPLE_EVERY, shifted by
+        # this): a server gives each call its own shift, so that calls started
+        # together do not all pay for the analysis in the same 20 ms.
+        self.encoding_offset = encoding_offset
+        # Asked before each analysis; False skips that frame. A server with many
+        # calls uses it to spread the analyses' cost over time (a budget per second).
+        self.encoding_gate = encoding_gate
+        self.first_audio: float | None = None
+        self.last_audio: float | None = None
+        self.max_gap = 0.0
+        self.digits = ""
+        self.last_dtmf: float | None = None  # when the last DTMF digit came
+        self.problems: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()  # counted by engines.call
+        self.bursts = 0
+        self.encoding_votes: Counter[str] = Counter()
+        self._encoding_frames = 0
+        self._encoding_tries = 0
+        # Counted so far, the current run excepted.
+        self._messages = 0
+        self._bytes = 0
+        self._kinds: Counter[str] = Counter()
+        self._audio = 0
+        self._units = 0
+        self._frames: Counter[tuple[int, int]] = Counter()  # (rate, size): messages
+        self._last_units = 0
+        # The audio message before the last one: with the last, all the burst window
+        # can hold while the window list is closed.
+        self._before_last = -math.inf
+        self._before_last_units = 0
+        # The current run: audio messages of this kind and size after its first.
+        self._kind = NO_RUN
+        self._size = 0
+        self._rate = 0
+        self._run = 0
+        self._run_units = 0
+        self._run_jitter_base = 0.0
+        self._run_pair = 0  # two of the run's messages, in units
+        self._enc_next = 0  # the run's message to analyse next; 0: none
+        # The burst window: arrival times and the audio before each, from _window_head
+        # on, once more than two messages may be within BURST_WINDOW ("open").
+        self._in_burst = False
+        self._window_open = False
+        self._window_t: list[float] = []
+        self._window_units: list[int] = []
+        self._window_head = 0
+        self._max_window_units = 0
+        self._jitter = [0] * JITTER_BINS
+        self._jitter_log = array("Q", bytes(8 * 2 * JITTER_LOG_BINS))  # below, then above
 
     def add(self, t: float, message: Message) -> None:
-        # The hot path of every server: well-formed audio skips the general checks.
         kind, payload = message
-        size = len(payload)
-        self.messages += 1
-        self.wire_bytes += 3 + size
-        rate = AUDIO_RATES.get(kind)
-        if rate is not None and size and not size & 1:
-            self.kinds["audio"] += 1
-            self._add_audio(t, rate, payload)
+        if kind == self._kind and len(payload) == self._size:
+            # The hot path of every server: one more message of the current run.
+            run = self._run + 1
+            self._run = run
+            last: float = self.last_audio  # type: ignore[assignment]  # set by the run's first
+            gap = t - last
+            if gap > self.max_gap:
+                self.max_gap = gap
+            b = int(gap * 10000.0 - self._run_jitter_base)
+            if 0 <= b < JITTER_BINS:
+                self._jitter[b] += 1
+            else:
+                self._jitter_outside(gap - self._run_units / UNITS_PER_SECOND)
+            if gap <= BURST_WINDOW:
+                if (
+                    self._window_open
+                    or t - self._before_last <= BURST_WINDOW
+                    or self._run_pair > BURST_UNITS
+                ):
+                    units = self._run_units
+                    self._window_add(t, self._units + (run - 1) * units, units)
+                elif self._run_pair > self._max_window_units:
+                    # Paced frames: this one and the last, the most common window.
+                    self._max_window_units = self._run_pair
+            elif self._window_open:
+                # Alone in its window again; a run's frames are never a burst alone.
+                self._window_open = self._in_burst = False
+            self._before_last = last
+            self.last_audio = t
+            if run == self._enc_next:
+                self._sample(payload)
             return
-        self.kinds[message.name] += 1
-        problem = message.problem
-        if problem:
-            self.problems[problem] += 1
-        if rate is not None:
-            self._add_audio(t, rate, payload)
-        elif kind == Kind.DTMF and message.digit:
-            self.digits += message.digit
+        self._add_general(t, message)
 
     def note_refused(self, message: Message) -> None:
         what = message.problem or f"{message.name} message"
         self.refused[what] += 1
 
-    def _add_audio(self, t: float, rate: int, payload: bytes) -> None:
+    # The general path: anything but one more message of the current run.
+
+    def _add_general(self, t: float, message: Message) -> None:
+        kind, payload = message
         size = len(payload)
-        duration = size / (2 * rate)
-        self.audio_messages += 1
-        self.audio_seconds += duration
-        self.rates[rate] += 1
-        self.sizes[size] += 1
+        per_byte = UNITS_PER_BYTE.get(kind)
+        if per_byte is None:
+            self._messages += 1
+            self._bytes += 3 + size
+            self._kinds[message.name] += 1
+            problem = message.problem
+            if problem:
+                self.problems[problem] += 1
+            if kind == Kind.DTMF:
+                digit = message.digit
+                if digit:
+                    self.digits += digit
+                    self.last_dtmf = t
+            return
+        self._fold_run()
+        self._messages += 1
+        self._bytes += 3 + size
+        self._kinds["audio"] += 1
+        self._audio += 1
+        rate = AUDIO_RATES[kind]
+        units = size * per_byte
+        before = self._units
+        self._units = before + units
+        self._frames[(rate, size)] += 1
+        if not size or size & 1:
+            self.problems[message.problem or "malformed audio"] += 1
         last = self.last_audio
         if last is None:
             self.first_audio = t
-        elif t - last > self.max_gap:
-            self.max_gap = t - last
+            self._window_open = False
+            self._judge_window(units)
+        else:
+            gap = t - last
+            if gap > self.max_gap:
+                self.max_gap = gap
+            self._jitter_add(gap - self._last_units / UNITS_PER_SECOND)
+            if gap <= BURST_WINDOW:
+                self._window_add(t, before, units)
+            else:
+                self._window_open = False
+                self._judge_window(units)
+        self._before_last = last if last is not None else -math.inf
+        self._before_last_units = self._last_units
         self.last_audio = t
-        self.last_audio_duration = duration
-        # Bursts: audio that arrived within the last 20 ms.
-        window = self._window
-        window.append((t, duration))
-        in_window = self._window_audio + duration
-        oldest = t - BURST_WINDOW
-        while window[0][0] < oldest:
-            in_window -= window.popleft()[1]
-        self._window_audio = in_window
-        if in_window > self.max_window_audio:
-            self.max_window_audio = in_window
-        if in_window > BURST_AUDIO:
+        self._last_units = units
+        if (
+            self.analyse_encoding
+            and (self._audio + self.encoding_offset) % ENCODING_SAMPLE_EVERY == 1
+            and size >= 64
+            and self._may_analyse()
+        ):
+            self._analyse(payload)
+        if size and not size & 1 and units <= BURST_UNITS:
+            # A run starts: the same kind and size again takes the hot path. Frames
+            # over 100 ms do not: each is a burst on its own, judged in full.
+            self._kind = kind
+            self._size = size
+            self._rate = rate
+            self._run_units = units
+            self._run_pair = 2 * units
+            # b = floor(jitter / JITTER_BIN) + JITTER_ZERO = int(gap * 10000 - base)
+            self._run_jitter_base = units / UNITS_PER_SECOND * 10000.0 - JITTER_ZERO
+            self._enc_next = self._next_sample(0)
+        else:
+            self._kind = NO_RUN
+
+    def _fold_run(self) -> None:
+        run = self._run
+        if run:
+            self._messages += run
+            self._bytes += run * (3 + self._size)
+            self._kinds["audio"] += run
+            self._audio += run
+            self._units += run * self._run_units
+            self._frames[(self._rate, self._size)] += run
+            # The message before the last is of the run too (or its first, the same).
+            self._before_last_units = self._run_units
+            self._run = 0
+        self._kind = NO_RUN
+
+    # Bursts: more than BURST_AUDIO of audio arrived within BURST_WINDOW.
+
+    def _window_add(self, t: float, before: int, units: int) -> None:
+        """A message `units` long, with `before` units of audio before it, came at t
+        within BURST_WINDOW of the previous one."""
+        times, totals = self._window_t, self._window_units
+        if not self._window_open:
+            # The window held the last two messages at most: start the list from them.
+            # The one before the last is of the run unless the run has just begun.
+            before_last = self._run_units if self._run > 1 else self._before_last_units
+            last_before = before - self._last_units
+            del times[:], totals[:]
+            times += (self._before_last, self.last_audio)  # type: ignore[arg-type]
+            totals += (last_before - before_last, last_before)
+            self._window_head = 0
+            self._window_open = True
+        times.append(t)
+        totals.append(before)
+        head = self._window_head
+        while t - times[head] > BURST_WINDOW:
+            head += 1
+        if head > 64 and 2 * head > len(times):
+            del times[:head], totals[:head]
+            head = 0
+        self._window_head = head
+        self._judge_window(before + units - totals[head])
+
+    def _judge_window(self, in_window: int) -> None:
+        if in_window > self._max_window_units:
+            self._max_window_units = in_window
+        if in_window > BURST_UNITS:
             if not self._in_burst:
                 self.bursts += 1
                 self._in_burst = True
         else:
             self._in_burst = False
-        if (
-            self.analyse_encoding
-            and (self.audio_messages + self.encoding_offset) % ENCODING_SAMPLE_EVERY == 1
-            and self._encoding_frames < ENCODING_MAX_FRAMES
+
+    # Jitter.
+
+    def _jitter_add(self, jitter: float) -> None:
+        b = math.floor(jitter / JITTER_BIN) + JITTER_ZERO
+        if 0 <= b < JITTER_BINS:
+            self._jitter[b] += 1
+        else:
+            self._jitter_outside(jitter)
+
+    def _jitter_outside(self, jitter: float) -> None:
+        size = abs(jitter)
+        b = int(math.log(size / JITTER_LIMIT) / JITTER_LOG_STEP) if size > JITTER_LIMIT else 0
+        b = min(b, JITTER_LOG_BINS - 1)
+        self._jitter_log[b if jitter < 0 else JITTER_LOG_BINS + b] += 1
+
+    def _jitter_bins(self) -> list[tuple[float, float, int]]:
+        """(low, high, count) of each non-empty jitter bin, in seconds, ascending."""
+        bins = []
+        log = self._jitter_log
+        for b in range(JITTER_LOG_BINS - 1, -1, -1):
+            if log[b]:
+                high = JITTER_LIMIT * 1.1**b
+                bins.append((-high * 1.1, -high, log[b]))
+        for b, n in enumerate(self._jitter):
+            if n:
+                low = (b - JITTER_ZERO) * JITTER_BIN
+                bins.append((low, low + JITTER_BIN, n))
+        for b in range(JITTER_LOG_BINS):
+            n = log[JITTER_LOG_BINS + b]
+            if n:
+                low = JITTER_LIMIT * 1.1**b
+                bins.append((low, low * 1.1, n))
+        return bins
+
+    @property
+    def jitter_p99(self) -> float | None:
+        """Seconds: 99% of audio messages came within this of the previous one's
+        audio (the upper edge of the histogram bin holding the 99th percentile)."""
+        # Fold the signed bins onto |jitter|, keeping the upper edge of each.
+        sizes = sorted((max(abs(low), abs(high)), n) for low, high, n in self._jitter_bins())
+        total = sum(n for _, n in sizes)
+        if not total:
+            return None
+        wanted = math.ceil(0.99 * total)
+        seen = 0
+        for edge, n in sizes:
+            seen += n
+            if seen >= wanted:
+                return edge
+        return sizes[-1][0]  # pragma: no cover - the loop always returns
+
+    @property
+    def median_jitter(self) -> float | None:
+        """Seconds, signed: the middle of the jitter histogram (bin centre)."""
+        bins = self._jitter_bins()
+        total = sum(n for _, _, n in bins)
+        if not total:
+            return None
+        seen = 0
+        for low, high, n in bins:
+            seen += n
+            if 2 * seen >= total:
+                return (low + high) / 2
+        return None  # pragma: no cover
+
+    # Encoding analysis: sampled, limited, and gated by a shared budget.
+
+    def _next_sample(self, run: int) -> int:
+        """The run's next message (after `run`) to analyse, or 0 for none."""
+        if not self.analyse_encoding or self._size < 64 or not self._may_try():
+            return 0
+        # Sampled are the audio messages whose count (from 1, with the offset) is
+        # 1 modulo ENCODING_SAMPLE_EVERY.
+        index = self._audio + run + 1
+        return run + 1 + (1 - index - self.encoding_offset) % ENCODING_SAMPLE_EVERY
+
+    def _may_try(self) -> bool:
+        return (
+            self._encoding_frames < ENCODING_MAX_FRAMES
             and self._encoding_tries < ENCODING_MAX_TRIES
-            and size >= 64
-            and (self.encoding_gate is None or self.encoding_gate())
-        ):
-            self._encoding_tries += 1
-            verdict = guess_encoding(payload)
-            if verdict:
-                self._encoding_frames += 1
-                self.encoding_votes[verdict] += 1
+        )
+
+    def _may_analyse(self) -> bool:
+        return self._may_try() and (self.encoding_gate is None or self.encoding_gate())
+
+    def _sample(self, payload: bytes) -> None:
+        if self.encoding_gate is None or self.encoding_gate():
+            self._analyse(payload)
+        self._enc_next = self._next_sample(self._run)
+
+    def _analyse(self, payload: bytes) -> None:
+        self._encoding_tries += 1
+        verdict = guess_encoding(payload)
+        if verdict:
+            self._encoding_frames += 1
+            self.encoding_votes[verdict] += 1
+
+    # Figures, folded as they are read.
+
+    @property
+    def messages(self) -> int:
+        return self._messages + self._run
+
+    @property
+    def wire_bytes(self) -> int:
+        return self._bytes + self._run * (3 + self._size)
+
+    @property
+    def audio_messages(self) -> int:
+        return self._audio + self._run
+
+    @property
+    def audio_seconds(self) -> float:
+        return (self._units + self._run * self._run_units) / UNITS_PER_SECOND
+
+    @property
+    def last_audio_duration(self) -> float:
+        return self._last_units / UNITS_PER_SECOND
+
+    @property
+    def max_window_audio(self) -> float:
+        """Seconds: the most audio that arrived within one BURST_WINDOW."""
+        return self._max_window_units / UNITS_PER_SECOND
+
+    @property
+    def kinds(self) -> Counter[str]:
+        kinds = Counter(self._kinds)
+        if self._run:
+            kinds["audio"] += self._run
+        return kinds
+
+    @property
+    def frames(self) -> Counter[tuple[int, int]]:
+        """Audio messages by (rate, size), in the order first seen."""
+        frames = Counter(self._frames)
+        if self._run:
+            frames[(self._rate, self._size)] += self._run
+        return frames
+
+    @property
+    def rates(self) -> Counter[int]:
+        rates: Counter[int] = Counter()
+        for (rate, _), n in self.frames.items():
+            rates[rate] += n
+        return rates
+
+    @property
+    def sizes(self) -> Counter[int]:
+        sizes: Counter[int] = Counter()
+        for (_, size), n in self.frames.items():
+            sizes[size] += n
+        return sizes
+
+    @property
+    def frame_seconds(self) -> float | None:
+        """The duration of the most common audio message (the frame size in time)."""
+        frames = self.frames
+        if not frames:
+            return None
+        (rate, size), _ = frames.most_common(1)[0]
+        return size / (2 * rate)
 
     @property
     def mean_gap(self) -> float | None:
@@ -140,6 +497,14 @@ class DirectionStats:
             return None
         span = self.last_audio - self.first_audio + self.last_audio_duration
         return self.audio_seconds / span if span > 0 else None
+
+    @property
+    def paced_ratio(self) -> float | None:
+        """Real time per frame from the median gap: a pause or a burst does not move it."""
+        frame, median = self.frame_seconds, self.median_jitter
+        if frame is None or median is None or frame + median <= 0:
+            return None
+        return frame / (frame + median)
 
     @property
     def likely_encoding(self) -> str | None:
@@ -161,12 +526,24 @@ class DirectionStats:
         return text
 
     def pacing(self) -> str:
+        """`1.00x real time, jitter p99 0.4ms, worst gap 21.1ms`, or '-' without audio."""
+        ratio, jitter = self.realtime_ratio, self.jitter_p99
+        if ratio is None or jitter is None:
+            return "-"
+        return (
+            f"{ratio:.2f}x real time, jitter p99 {jitter * 1000:.1f}ms, "
+            f"worst gap {self.max_gap * 1000:.1f}ms"
+        )
+
+    def gaps(self) -> str:
+        """`mean 20.0ms worst 21.1ms`: time between audio messages."""
         mean = self.mean_gap
         if mean is None:
             return "-"
         return f"mean {mean * 1000:.1f}ms worst {self.max_gap * 1000:.1f}ms"
 
     def as_dict(self) -> dict:
+        mean, ratio, jitter = self.mean_gap, self.realtime_ratio, self.jitter_p99
         return {
             "messages": self.messages,
             "bytes": self.wire_bytes,
@@ -175,11 +552,10 @@ class DirectionStats:
             "audio_seconds": round(self.audio_seconds, 6),
             "rates": {str(k): v for k, v in self.rates.items()},
             "dtmf": self.digits,
-            "mean_gap_ms": None if self.mean_gap is None else round(self.mean_gap * 1000, 3),
+            "mean_gap_ms": None if mean is None else round(mean * 1000, 3),
             "max_gap_ms": round(self.max_gap * 1000, 3),
-            "realtime_ratio": None
-            if self.realtime_ratio is None
-            else round(self.realtime_ratio, 3),
+            "realtime_ratio": None if ratio is None else round(ratio, 3),
+            "jitter_p99_ms": None if jitter is None else round(jitter * 1000, 1),
             "bursts": self.bursts,
             "problems": dict(self.problems),
         }
@@ -194,62 +570,48 @@ SUMMARY_ROWS: list[tuple[str, Callable[[DirectionStats], str]]] = [
     ("rates", lambda s: ",".join(str(r) for r in s.rates) or "-"),
     ("dtmf", lambda s: s.digits or "-"),
     ("kinds", lambda s: " ".join(f"{k}={n}" for k, n in sorted(s.kinds.items())) or "-"),
-    ("gaps", lambda s: s.pacing()),
+    ("gaps", lambda s: s.gaps()),
     ("realtime ratio", lambda s: "-" if s.realtime_ratio is None else f"{s.realtime_ratio:.3f}"),
+    ("jitter p99", lambda s: "-" if s.jitter_p99 is None else f"{s.jitter_p99 * 1000:.1f}ms"),
     ("bursts", lambda s: str(s.bursts)),
     ("problems", lambda s: "; ".join(f"{n}x {p}" for p, n in s.problems.items()) or "-"),
 ]
 
 
+# Mean |sample| of a reading below this is silence: no verdict.
+SILENCE_LEVEL = 64
+# Another reading must be this many times quieter than little-endian PCM to win.
+ENCODING_MARGIN = 4.0
+
+
 def guess_encoding(payload: bytes) -> str | None:
     """Which reading of these bytes looks like sound: s16le, s16be or ulaw.
 
-    In 16-bit PCM the high byte of each sample clusters (near 0x00 and 0xff
-    at speech levels) while the low byte is spread; in mu-law every byte is a
-    sample, so even and odd bytes look alike. A smoothness check (real audio
-    has close neighbouring samples, bytes read the wrong way look like noise)
-    confirms the verdict. None for near-silence.
+    Read the wrong way, audio turns loud: a byte that carries a sample's low
+    bits (spread over 0..255) lands in a high byte, or the near-0x00/0xff high
+    bytes of quiet PCM read as loud mu-law samples, while quiet mu-law (bytes
+    near 0x7f and 0xff) read as PCM puts 0x7f.. in the high bytes. So the
+    reading with by far the smallest mean magnitude is the right one; that
+    holds for speech, for the pauses between words, and for low-level noise,
+    where comparing smoothness does not. None when the bytes read as PCM are
+    silence, which every encoding can look like (0xffff is -1 in PCM and
+    0 in mu-law).
     """
     import numpy as np
 
     raw = np.frombuffer(payload, dtype=np.uint8, count=len(payload) - len(payload) % 2)
-    le = raw.view("<i2").astype(np.float64)
-    ulaw_silence = ((raw == 0xFF) | (raw == 0x7F)).mean()
-    if np.abs(le).mean() < 64 and ulaw_silence < 0.5:
-        return None  # silence as PCM (mu-law silence is 0xff/0x7f bytes)
-    even = np.bincount(raw[0::2] >> 4, minlength=16) / (len(raw) // 2)
-    odd = np.bincount(raw[1::2] >> 4, minlength=16) / (len(raw) // 2)
-    alike = 0.5 * np.abs(even - odd).sum() < 0.25
-    rough_le = _roughness(le)
-    if alike:
-        if ulaw_silence > 0.9:
-            return None  # mu-law silence
-        if _roughness(ULAW_TABLE()[raw]) < rough_le:
-            return "ulaw"
-        return "s16le"
-    # The high byte is the concentrated one: less spread over its 16 nibbles.
-    if _spread(even) < _spread(odd) and _roughness(raw.view(">i2").astype(np.float64)) < rough_le:
+    if not raw.size:
+        return None
+    le = float(np.abs(raw.view("<i2").astype(np.int32)).mean())
+    if le < SILENCE_LEVEL:
+        return None
+    be = float(np.abs(raw.view(">i2").astype(np.int32)).mean())
+    ulaw = float(np.abs(ULAW_TABLE()[raw]).mean())
+    if ulaw * ENCODING_MARGIN < le and ulaw < be:
+        return "ulaw"
+    if be * ENCODING_MARGIN < le and be <= ulaw:
         return "s16be"
     return "s16le"
-
-
-def _spread(histogram: object) -> float:
-    """Entropy of a nibble histogram, in bits."""
-    import numpy as np
-
-    p = np.asarray(histogram)
-    p = p[p > 0]
-    return float(-(p * np.log2(p)).sum())
-
-
-def _roughness(x: object) -> float:
-    import numpy as np
-
-    x = np.asarray(x, dtype=np.float64)
-    spread = np.abs(x - x.mean()).mean()
-    if spread == 0:
-        return 0.0
-    return float(np.abs(np.diff(x)).mean() / spread)
 
 
 _ulaw_table = None
@@ -299,12 +661,31 @@ class Diagnosis:
 
 
 def diagnose_application(
-    app: DirectionStats, asterisk: DirectionStats, frame_ms: float = 20
+    app: DirectionStats,
+    asterisk: DirectionStats,
+    frame_ms: float = 20,
+    ended: Ended | None = None,
 ) -> list[Diagnosis]:
-    """The pitfalls of what an application sent toward Asterisk ('<')."""
+    """The pitfalls of what an application sent toward Asterisk ('<').
+
+    `ended`, how the call ended, lets an application's hang-up be related to
+    the caller's last DTMF digit (`hangup-after-dtmf`).
+    """
     found: list[Diagnosis] = []
     ratio = app.realtime_ratio
-    if app.bursts:
+    caller_frame, app_frame = asterisk.frame_seconds, app.frame_seconds
+    # An echo of the caller's frames comes as the caller sent them: a 1 s frame
+    # echoed is 1 s of audio at once, the caller's framing, not the application's
+    # pacing. So where the application's frames mirror the caller's, a burst is
+    # more audio at once than one of the caller's frames.
+    echoed = (
+        caller_frame is not None
+        and app_frame is not None
+        and abs(app_frame - caller_frame) <= 0.001 * caller_frame
+        and app.max_window_audio <= caller_frame * 1.001
+    )
+    paced = app.paced_ratio
+    if app.bursts and not echoed:
         found.append(
             Diagnosis(
                 "burst",
@@ -322,6 +703,25 @@ def diagnose_application(
                 "buffer it (send one 20 ms frame every 20 ms)",
             )
         )
+    elif (
+        ratio is not None
+        and ratio < SLOW_RATIO
+        and app.audio_seconds >= SLOW_MIN_AUDIO
+        and paced is not None
+        and paced < SLOW_RATIO
+        and app_frame is not None
+    ):
+        # Both figures: the ratio alone also drops for pauses between utterances.
+        gap = app_frame / paced
+        found.append(
+            Diagnosis(
+                "slow",
+                f"application audio came at {ratio:.2f}x real time (median gap "
+                f"{gap * 1000:.1f} ms for {app_frame * 1000:g} ms frames): Asterisk runs "
+                "short of audio and the caller hears gaps (time each frame from the "
+                "start, start + n x 20 ms, rather than sleeping 20 ms after each send)",
+            )
+        )
     if asterisk.audio_messages and not app.audio_messages:
         found.append(
             Diagnosis(
@@ -330,30 +730,87 @@ def diagnose_application(
             )
         )
     found.extend(_encoding_diagnoses(app, "application"))
-    if app.sizes and app.rates:
-        rate = app.rates.most_common(1)[0][0]
-        expected = frame_bytes(rate, frame_ms)
-        odd = {size: n for size, n in app.sizes.items() if size != expected}
-        # One short message is how a file ends; more is a framing habit.
-        if sum(odd.values()) > 1:
-            sizes = ", ".join(f"{n}x{size}" for size, n in sorted(odd.items())[:5])
+    app_rates, caller_rates = app.rates, asterisk.rates
+    if app_rates and caller_rates:
+        app_rate = app_rates.most_common(1)[0][0]
+        caller_rate = caller_rates.most_common(1)[0][0]
+        if app_rate != caller_rate:
             found.append(
                 Diagnosis(
-                    "frame-size",
-                    f"application audio messages of other sizes than {expected} bytes "
-                    f"({frame_ms:g} ms at {rate} Hz): {sizes}",
+                    "rate-mismatch",
+                    f"application audio is at {app_rate} Hz, the caller's at "
+                    f"{caller_rate} Hz: Asterisk transcodes it, so nothing fails, but "
+                    "it is usually unintended (send audio at the caller's rate)",
                 )
             )
+    found.extend(_frame_size_diagnoses(app, frame_ms))
     for what, n in app.refused.items():
         found.append(
             Diagnosis("refused", f"application sent {n}x {what}: Asterisk ends the session")
         )
+    dtmf = asterisk.last_dtmf
+    if (
+        ended is not None
+        and ended.ended in APP_ENDINGS
+        and dtmf is not None
+        and 0 <= ended.t - dtmf <= HANGUP_AFTER_DTMF
+    ):
+        found.append(
+            Diagnosis(
+                "hangup-after-dtmf",
+                f"the application ended the call ({ended.ended}) "
+                f"{(ended.t - dtmf) * 1000:.0f} ms after the caller's DTMF digit "
+                f"{asterisk.digits[-1]!r}: unless that digit means hang up, the "
+                "application does not handle DTMF messages (kind 0x03, sent by "
+                "Asterisk 20.14, 21.9, 22.4 and later)",
+            )
+        )
     return found
+
+
+def _frame_size_diagnoses(app: DirectionStats, frame_ms: float) -> list[Diagnosis]:
+    """Messages that are not one frame long at their own rate."""
+    frames = app.frames
+    if not frames:
+        return []
+    odd = {
+        (rate, size): n for (rate, size), n in frames.items() if size != frame_bytes(rate, frame_ms)
+    }
+    # One short message is how a file ends; more is a framing habit.
+    if sum(odd.values()) <= 1:
+        return []
+    rates = sorted({rate for rate, _ in frames})
+    expected = ", ".join(f"{frame_bytes(rate, frame_ms)} bytes at {rate} Hz" for rate in rates)
+    several = len(rates) > 1
+    sizes = ", ".join(
+        f"{n}x{size}" + (f" at {rate} Hz" if several else "")
+        for (rate, size), n in sorted(odd.items())[:5]
+    )
+    return [
+        Diagnosis(
+            "frame-size",
+            f"application audio messages of other sizes than one {frame_ms:g} ms frame "
+            f"({expected}): {sizes}",
+        )
+    ]
 
 
 def diagnose_asterisk(asterisk: DirectionStats) -> list[Diagnosis]:
     """The pitfalls of what Asterisk (or a stand-in) sent toward the application."""
     return _encoding_diagnoses(asterisk, "caller")
+
+
+# What to do about each encoding, by who sent it: the caller's audio comes from
+# Asterisk's channel (its Dial string), the application's from its own code.
+ENCODING_FIXES = {
+    ("ulaw", "caller"): "with the channel driver, add c(slin) (or c(slin16)...) to the Dial string",
+    ("ulaw", "application"): "the application must send 16-bit signed little-endian PCM "
+    "(decode its mu-law first)",
+    ("s16be", "caller"): "AudioSocket audio is 16-bit little-endian; whatever produces the "
+    "caller's audio swaps its bytes",
+    ("s16be", "application"): "the application must send 16-bit signed little-endian PCM "
+    "(swap each sample's two bytes)",
+}
 
 
 def _encoding_diagnoses(stats: DirectionStats, who: str) -> list[Diagnosis]:
@@ -362,16 +819,15 @@ def _encoding_diagnoses(stats: DirectionStats, who: str) -> list[Diagnosis]:
         return [
             Diagnosis(
                 "ulaw",
-                f"{who} audio looks like mu-law bytes labelled as slin: with the "
-                "channel driver, add c(slin) (or c(slin16)...) to the Dial string",
+                f"{who} audio looks like mu-law bytes labelled as slin: "
+                + ENCODING_FIXES["ulaw", who],
             )
         ]
     if encoding == "s16be":
         return [
             Diagnosis(
                 "byte-order",
-                f"{who} audio looks like big-endian samples: AudioSocket audio is "
-                "16-bit little-endian",
+                f"{who} audio looks like big-endian samples: " + ENCODING_FIXES["s16be", who],
             )
         ]
     return []

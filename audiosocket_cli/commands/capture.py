@@ -14,7 +14,9 @@ from audiosocket_cli.commands.options import (
     application_rules,
     asterisk_rules,
     open_output,
+    open_pcap,
     output_options,
+    pcap_option,
     warm_up,
 )
 from audiosocket_cli.engines.capture import Proxy, resolve
@@ -66,6 +68,7 @@ DEFAULT_PORT = 9093
     type=click.FloatRange(0, min_open=True),
     help="End a call when nothing arrives from the caller for SECONDS.",
 )
+@pcap_option
 @output_options
 def capture(
     address: Address,
@@ -75,6 +78,7 @@ def capture(
     max_concurrent: int,
     connect_timeout: float,
     timeout: float | None,
+    pcap_path: str | None,
     json_lines: bool,
     trace_path: str | None,
     verbose: int,
@@ -90,6 +94,10 @@ def capture(
     audio, mu-law labelled as slin). `>` is what Asterisk sent, `<` what the
     application sent.
 
+    --pcap FILE keeps each call's connection from Asterisk to capture, as
+    Asterisk saw it: its addresses and ports, the chunks read from Asterisk
+    and those written back to it (the leg to the upstream is not in the file).
+
     Exit status with --max-calls: 0, 1 if the upstream could not be
     reached, 3 if a peer sent malformed bytes (forwarded all the same).
 
@@ -99,6 +107,7 @@ def capture(
       audiosocket capture --upstream bot:9092 0.0.0.0:9093 --record calls/ --trace calls.trace
       audiosocket capture --upstream 9092 --json | jq 'select(.event)'
       audiosocket capture --upstream 9092 --max-calls 1 -q
+      audiosocket capture --upstream 9092 --pcap calls.pcap   # for Wireshark
     """
     ctx = click.get_current_context()
     try:
@@ -122,7 +131,9 @@ def capture(
     warm_up(directory is not None)
     reactor = Reactor()
     ending = "interrupted"
+    pcap = None
     try:
+        pcap = open_pcap(pcap_path, output)  # before listening: a bad FILE is one line
         try:
             server = listen(address)
         except ConnectError as exc:
@@ -146,6 +157,7 @@ def capture(
             connect_timeout=connect_timeout,
             caller_rules=application_rules(idle_timeout=timeout, observe=True),
             app_rules=asterisk_rules(observe=True),
+            pcap=pcap,
         )
         try:
             proxy.start()
@@ -158,6 +170,8 @@ def capture(
             proxy.close(ending)
     finally:
         reactor.close()
+        if pcap is not None:
+            pcap.close()
         output.close()
     ctx.exit(proxy.exit_status)
 

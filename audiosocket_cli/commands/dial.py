@@ -25,7 +25,9 @@ from audiosocket_cli.commands.options import (
     ProtocolFailure,
     asterisk_rules,
     open_output,
+    open_pcap,
     output_options,
+    pcap_option,
 )
 from audiosocket_cli.output.sinks import Environment, Output
 from audiosocket_cli.protocol.events import FAILURE_ENDINGS
@@ -81,6 +83,7 @@ class _CurrentStderr:
 def call_options(func: Callable) -> Callable:
     """The options of a call, shared by dial and play (output options last in --help)."""
     func = output_options(func)
+    func = pcap_option(func)
     for decorator in reversed(
         [
             click.option(
@@ -246,6 +249,7 @@ def dial(
       audiosocket dial [::1]:9092 0f6c1a3e-6d0b-4c2e-9f8e-1c2d3e4f5a6b --rate 16000 --mic
       audiosocket dial 9092 --no-audio --inject hangup@3 --json
       audiosocket dial 9092 --play hello.wav --speed 0 --linger 2 --trace call.trace
+      audiosocket dial 9092 --tone 440 --duration 3 --pcap call.pcap  # for Wireshark
     """
     chosen = [
         name
@@ -421,6 +425,7 @@ def _run_call(
     speed: float,
     lenient: bool,
     monitor: bool,
+    pcap_path: str | None,
     json_lines: bool,
     trace_path: str | None,
     verbose: int,
@@ -461,6 +466,9 @@ def _run_call(
             command=command,
         )
         closers.append(output.close)
+        pcap = open_pcap(pcap_path, output)
+        if pcap is not None:
+            closers.append(pcap.close)
         recording = file_recording(Path(record_path), rate) if record_path else None
         if recording is not None:
             closers.insert(0, recording.close)
@@ -490,6 +498,7 @@ def _run_call(
             monitor=monitor_device,
             on_progress=progress,
             on_connected=announce,
+            pcap_file=pcap,
         )
         try:
             result = caller.run()

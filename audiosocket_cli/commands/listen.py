@@ -19,7 +19,9 @@ from audiosocket_cli.commands.options import (
     Failure,
     application_rules,
     open_output,
+    open_pcap,
     output_options,
+    pcap_option,
     warm_up,
 )
 from audiosocket_cli.output.sinks import Environment
@@ -89,6 +91,7 @@ DEFAULT_ADDRESS = "127.0.0.1:9092"
     help="End a call when nothing arrives for SECONDS.",
 )
 @click.option("--monitor", is_flag=True, help="Play the inbound audio on the local sound device.")
+@pcap_option
 @output_options
 def listen(
     address: object,
@@ -104,6 +107,7 @@ def listen(
     max_concurrent: int,
     timeout: float | None,
     monitor: bool,
+    pcap_path: str | None,
     json_lines: bool,
     trace_path: str | None,
     verbose: int,
@@ -130,6 +134,7 @@ def listen(
       audiosocket listen --json | jq -c 'select(.kind == "dtmf")'
       audiosocket listen --echo --inject error:2@3   # does Asterisk end the call?
       audiosocket listen --monitor --timeout 5       # hear the first call
+      audiosocket listen --echo --pcap calls.pcap    # then: wireshark calls.pcap
 
     \b
     In Asterisk's dialplan (8 kHz):
@@ -180,6 +185,7 @@ def listen(
     status = ExitStatus.OK
     ended, detail = "interrupted", "the tool stopped"
     try:
+        config.pcap = open_pcap(pcap_path, output)  # before listening: a bad FILE is one line
         try:
             server = Server.bind(address, output, config)  # type: ignore[arg-type]
         except ConnectError as exc:
@@ -212,6 +218,8 @@ def listen(
             finally:
                 if config.monitor is not None:
                     config.monitor.close()
+                if config.pcap is not None:
+                    config.pcap.close()
                 output.close()
     if status != ExitStatus.OK:
         click.get_current_context().exit(status)

@@ -173,3 +173,29 @@ def open_output(
         )
     except OSError as exc:
         raise Failure(f"{trace_path}: cannot write: {exc.strerror or exc}") from None
+
+
+def pcap_option(func: Callable) -> Callable:
+    """--pcap FILE: what the command sent and received, as a capture Wireshark opens."""
+    return click.option(
+        "--pcap",
+        "pcap_path",
+        metavar="FILE",
+        type=click.Path(dir_okay=False),
+        help="Write each call's bytes as sent and received to a pcap file (one TCP "
+        "connection per call, real addresses and times) for Wireshark, `trace` and `replay`.",
+    )(func)
+
+
+def open_pcap(path: str | None, output: Output) -> Any:
+    """The --pcap file, created with its header before the first call (an engines.
+    pcap_tap.PcapFile, or None); one line and exit 1 if it cannot be written. A
+    later write error is warned of once, through `output`, and ends no call."""
+    if path is None:
+        return None
+    from audiosocket_cli.engines.pcap_tap import PcapFile
+
+    try:
+        return PcapFile.open(path, output.note)
+    except OSError as exc:
+        raise Failure(f"{path}: cannot write: {exc.strerror or exc} (--pcap)") from None

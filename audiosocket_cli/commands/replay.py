@@ -21,7 +21,9 @@ from audiosocket_cli.commands.options import (
     ProtocolFailure,
     asterisk_rules,
     open_output,
+    open_pcap,
     output_options,
+    pcap_option,
 )
 from audiosocket_cli.engines.replay import ReplayError, ReplayInput, pick, scan
 from audiosocket_cli.engines.replay import replay as run_replay
@@ -76,6 +78,7 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
     help="Report what Asterisk would refuse as a warning and carry on, instead of "
     "ending the call (exit 3) as Asterisk would.",
 )
+@pcap_option
 @output_options
 def replay(
     trace_file: str,
@@ -86,6 +89,7 @@ def replay(
     record_path: str | None,
     port: int | None,
     lenient: bool,
+    pcap_path: str | None,
     json_lines: bool,
     trace_path: str | None,
     verbose: int,
@@ -117,6 +121,7 @@ def replay(
       audiosocket replay capture.pcap 9092 --call 40325ec2
       audiosocket replay capture.pcap --port 4573 --json | jq -c 'select(.event)'
       audiosocket replay dump.raw 10.0.0.5:9092 --linger 3 --trace again.trace
+      audiosocket replay call.trace --pcap again.pcap   # the new call, for Wireshark
 
     \b
     Exit status: 0 the call ended normally (either side), 1 could not read
@@ -129,6 +134,8 @@ def replay(
         raise click.BadParameter("--trace would overwrite TRACE", param_hint="--trace")
     if record_path and Path(record_path).resolve() == _resolved(trace_file):
         raise click.BadParameter("--record would overwrite TRACE", param_hint="--record")
+    if pcap_path and Path(pcap_path).resolve() == _resolved(trace_file):
+        raise click.BadParameter("--pcap would overwrite TRACE", param_hint="--pcap")
     if record_path:
         problem = check_writable(Path(record_path))
         if problem:
@@ -151,7 +158,9 @@ def replay(
             quiet=quiet,
             command="replay",
         )
+        pcap = None
         try:
+            pcap = open_pcap(pcap_path, output)
             end = run_replay(
                 source,
                 original,
@@ -163,12 +172,15 @@ def replay(
                 output=output,
                 recording=recording,
                 comparable=kind != "raw",
+                pcap=pcap,
             )
         except ConnectError as exc:
             raise Failure(str(exc)) from None
         finally:
             if recording is not None:
                 recording.close()
+            if pcap is not None:
+                pcap.close()
             output.close()
     except ReplayError as exc:
         if exc.usage:

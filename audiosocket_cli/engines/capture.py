@@ -22,7 +22,9 @@ import socket
 import struct
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from audiosocket_cli.analysis.stats import AnalysisBudget
 from audiosocket_cli.engines.call import CallReport, SessionClock, Tally
@@ -68,6 +70,10 @@ class Pipe:
         self.forwarded = 0
         self.eof = False  # the source ended its stream
         self.done = False  # ... and that was passed on
+        # --pcap, Asterisk's leg: (chunk read, bytes of it sent on at once), and the
+        # rest of a held-back chunk sent later (ProxyCall sets them; None: no --pcap).
+        self.pcap: Callable[[bytes, int], None] | None = None
+        self.pcap_drained: Callable[[bytes, int], None] | None = None
         # What the caller sends is judged as the application would, what the
         # application sends as Asterisk would; neither ends a call (we forward).
         proxy = call.proxy
@@ -106,6 +112,8 @@ class Pipe:
         # Queued before sending, so that a call ended by a failed send still shows it.
         self.call.proxy.decode_later(self, now, data)
         if self.pending or not self.call.connected:
+            if self.pcap is not None:
+                self.pcap(data, 0)
             self.pending.append(data)
             self.reactor.remove_reader(self.src)  # type: ignore[arg-type]
             return
@@ -114,8 +122,12 @@ class Pipe:
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as exc:
+            if self.pcap is not None:
+                self.pcap(data, 0)
             self.call.reset(self.other.who, exc)
             return
+        if self.pcap is not None:
+            self.pcap(data, sent)
         if sent < len(data):
             # Backpressure: hold the rest, stop reading until dst drains.
             self.pending.append(data[sent:])
@@ -134,6 +146,8 @@ class Pipe:
             except OSError as exc:
                 self.call.reset(self.other.who, exc)
                 return
+            if self.pcap_drained is not None:
+                self.pcap_drained(chunk, sent)
             if sent < len(chunk):
                 pending[0] = chunk[sent:]
                 self.reactor.add_writer(self.dst, self.on_writable)  # type: ignore[arg-type]
@@ -218,6 +232,11 @@ class ProxyCall:
         self.outbound = Pipe(self, "<")
         self.inbound.src = caller
         self.outbound.dst = caller
+        # --pcap holds Asterisk's leg only: the connection as Asterisk saw it.
+        self.pcap = proxy.pcap.tap(caller, "<", peer) if proxy.pcap is not None else None
+        if self.pcap is not None:
+            self.inbound.pcap = self.pcap.received_chunk
+            self.outbound.pcap = self.outbound.pcap_drained = self.pcap.sent_chunk
         self._addresses = list(proxy.upstream_addresses)
         self._timer: Timer | None = None
 
@@ -352,6 +371,8 @@ class ProxyCall:
             final = self.first_end or self.inbound.session.close(
                 "caller-close", "the connection ended", now
             )
+        if self.pcap is not None:
+            self.pcap.ended(final, self.first_close or "<")
         violations = [*self.inbound.session.violations, *self.outbound.session.violations]
         end = self.report.finish(
             final,
@@ -380,6 +401,7 @@ class Proxy:
         connect_timeout: float = CONNECT_TIMEOUT,
         caller_rules: Rules | None = None,
         app_rules: Rules | None = None,
+        pcap: Any = None,
     ) -> None:
         self.reactor = reactor
         self.server = server
@@ -394,6 +416,7 @@ class Proxy:
         self.analysis_budget = AnalysisBudget()
         self.caller_rules = caller_rules
         self.app_rules = app_rules
+        self.pcap = pcap  # an engines.pcap_tap.PcapFile (--pcap), or None
         self.accepted = 0
         self.connections = 0
         self.ended = 0

@@ -252,7 +252,7 @@ class Caller:
             # After our hangup, the application closing is the answer, not the cause.
             ended = Ended(ended.t, "caller-hangup", f"we hung up; {ended.detail}")
         if self.pcap is not None:
-            self.pcap.ended(ended)
+            self.pcap.ended(session.ended)  # how the connection ended, before the hangup's naming
         speed = plan.speed
 
         def annotate(code: str, text: str) -> str:

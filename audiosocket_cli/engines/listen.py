@@ -129,7 +129,7 @@ class Call:
         self.pace_start = info.started
         self.drain_timer: Timer | None = None
         pcap = self.config.pcap
-        self.pcap = pcap.tap(sock, "<") if pcap is not None else None
+        self.pcap = pcap.tap(sock, "<", info.peer) if pcap is not None else None
 
     def _stem(self) -> str:
         return self.info.uuid or f"conn-{self.info.conn}"

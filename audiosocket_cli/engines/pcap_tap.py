@@ -41,15 +41,21 @@ class PcapFile:
         """Create the file and write its header now; OSError if it cannot be."""
         return cls(PcapWriter(path), warn)
 
-    def tap(self, sock: socket.socket, we: str) -> PcapTap | None:
+    def tap(
+        self, sock: socket.socket, we: str, peer: tuple[str, int] | None = None
+    ) -> PcapTap | None:
         """A new connection for the call on `sock`; `we` is our side: '>' when we are
         Asterisk (the client: dial, play, replay), '<' when we are the application
-        (listen, and capture toward Asterisk). None if the socket has no IP peer
-        (it is gone already): that call is left out of the file."""
+        (listen, and capture toward Asterisk). `peer` is the address accept() gave:
+        a caller that reset before we got to it has no getpeername() any more.
+        None if the socket has no IP address: that call is left out of the file."""
         try:
-            local, remote = sock.getsockname(), sock.getpeername()
+            local = sock.getsockname()
+            remote = sock.getpeername()
         except OSError:
-            return None
+            if peer is None:
+                return None
+            remote = peer
         client, server = (local, remote) if we == ">" else (remote, local)
         try:
             stream = self.writer.stream(client, server, time.time())

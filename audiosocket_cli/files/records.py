@@ -12,7 +12,7 @@ class TraceFormatError(Exception):
     """An input that is not a trace, raw dump or capture we can read."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Record:
     """One line of a trace: a message (with its bytes) or an event."""
 

@@ -35,8 +35,10 @@ from audiosocket_cli.protocol.events import (
     message_record,
 )
 from audiosocket_cli.protocol.wire import (
+    AUDIO_RATES,
     KIND_NAMES,
     Decoder,
+    Kind,
     Message,
     ProtocolError,
     TruncatedMessage,
@@ -222,13 +224,17 @@ def read_raw(stream: BinaryIO, name: str, direction: str = ">") -> Iterator[Reco
     decoder = Decoder()
     t = 0.0
     call = "#1"
+    rates = AUDIO_RATES
     while chunk := stream.read(65536):
         decoder.feed(chunk)
         for message in decoder.messages():
-            if message.name == "uuid" and message.uuid and call == "#1":
+            kind = message[0]
+            if kind == Kind.UUID and call == "#1" and message.uuid:
                 call = str(message.uuid)
-            yield Record(t=t, conn=1, call=call, dir=direction, message=message)
-            t += message.duration
+            yield Record(t, 1, call, direction, message)
+            rate = rates.get(kind)
+            if rate:
+                t += len(message[1]) / (2 * rate)
     try:
         decoder.end_of_stream()
     except TruncatedMessage as exc:

@@ -11,6 +11,7 @@ their name as KIND, and LEN `-` (docs/output.md).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
-from audiosocket_cli.analysis.levels import format_level, level_dbfs
+from audiosocket_cli.analysis.levels import format_level, levels_dbfs
 from audiosocket_cli.files.trace import TraceWriter
 from audiosocket_cli.protocol.events import (
     CallDiagnosis,
@@ -160,7 +161,18 @@ class PlainSink(_LineSink):
     def message(
         self, call: CallInfo, t: float, direction: str, message: Message, level: float | None
     ) -> None:
-        if self.shows_messages:
+        if not self.shows_messages:
+            return
+        kind, payload = message
+        rate = AUDIO_RATES.get(kind)
+        if rate is not None and payload and not len(payload) & 1:
+            # Well-formed audio, nearly every line: formatted without the general path.
+            shown = "silent" if level is None else f"{level:.1f}dBFS"
+            self._write(
+                f"{t:.6f} {call.short_id} {direction} audio {len(payload)} rate={rate} "
+                f"level={shown}\n"
+            )
+        else:
             self._write(plain_message_line(call.short_id, t, direction, message, level) + "\n")
 
     def event(self, call: CallInfo, event: Event) -> None:
@@ -178,7 +190,20 @@ class JsonSink(_LineSink):
     def message(
         self, call: CallInfo, t: float, direction: str, message: Message, level: float | None
     ) -> None:
-        if self.shows_messages:
+        if not self.shows_messages:
+            return
+        kind, payload = message
+        rate = AUDIO_RATES.get(kind)
+        call_id = call.call_id
+        if rate is not None and payload and not len(payload) & 1 and '"' not in call_id:
+            # Well-formed audio: the same object json.dumps would write, without it.
+            shown = "null" if level is None else repr(level)
+            self._write(
+                f'{{"t": {round(t, 6)!r}, "conn": {call.conn}, "call": "{call_id}", '
+                f'"dir": "{direction}", "kind": "audio", "type": {kind}, "len": {len(payload)}, '
+                f'"rate": {rate}, "level_dbfs": {shown}}}\n'
+            )
+        else:
             self._write(json.dumps(message_record(call, t, direction, message, level)) + "\n")
 
     def event(self, call: CallInfo, event: Event) -> None:
@@ -256,7 +281,15 @@ class TraceSink:
 
 
 class Output:
-    """Fans messages and events out to sinks; safe to call from two threads."""
+    """Fans messages and events out to sinks; safe to call from two threads.
+
+    Where a sink shows levels, messages are gathered (a loop turn's worth, or
+    at most BATCH of them, or FLUSH_INTERVAL) and their levels computed in one
+    numpy pass before they go to the sinks; an event first sends what is
+    gathered, so the order of lines is the order of things.
+    """
+
+    BATCH = 512
 
     def __init__(self, sinks: list[Any], stderr: TextIO | None = None) -> None:
         self.sinks = sinks
@@ -265,6 +298,13 @@ class Output:
         self._message_sinks = [s for s in sinks if s.shows_messages]
         self.shows_messages = bool(self._message_sinks)
         self._levels = any(s.needs_level for s in self._message_sinks)
+        # Gather only where every sink that shows levels writes in batches anyway (a
+        # file, a pipe): a terminal sees each line at once.
+        self._gather = self._levels and all(
+            getattr(s, "batch", True) for s in self._message_sinks if s.needs_level
+        )
+        self._pending: list[tuple[CallInfo, str | None, float, str, Message]] = []
+        self._drained = time.monotonic()
 
     @property
     def trace_failed(self) -> bool:
@@ -273,14 +313,40 @@ class Output:
     def message(self, call: CallInfo, t: float, direction: str, message: Message) -> None:
         if not self._message_sinks:
             return
-        level = None
-        if self._levels and message[0] in AUDIO_RATES:
-            level = level_dbfs(message[1])  # once, for every sink
+        if not self._gather:
+            level = None
+            if self._levels and message[0] in AUDIO_RATES:
+                level = levels_dbfs([message[1]])[0]
+            with self._lock:
+                for sink in self._message_sinks:
+                    sink.message(call, t, direction, message, level)
+            return
+        pending = self._pending
+        # The call's UUID as it is now: a message before the uuid message keeps its #N.
+        pending.append((call, call.uuid, t, direction, message))
+        if len(pending) >= self.BATCH or time.monotonic() - self._drained >= FLUSH_INTERVAL:
+            self._drain()
+
+    def _drain(self) -> None:
+        """The gathered messages, with their levels, to the sinks."""
         with self._lock:
-            for sink in self._message_sinks:
-                sink.message(call, t, direction, message, level)
+            pending, self._pending = self._pending, []
+            self._drained = time.monotonic()
+            if not pending:
+                return
+            levels = levels_dbfs([m[1] if m[0] in AUDIO_RATES else b"" for *_, m in pending])
+            sinks = self._message_sinks
+            for (call, uuid, t, direction, message), level in zip(pending, levels, strict=True):
+                if call.uuid != uuid:
+                    call = dataclasses.replace(call, uuid=uuid)
+                for sink in sinks:
+                    sink.message(call, t, direction, message, level)
+            for sink in sinks:
+                sink.flush()  # a gathered batch is written at once
 
     def emit(self, call: CallInfo, event: Event) -> None:
+        if self._pending:
+            self._drain()
         with self._lock:
             for sink in self.sinks:
                 sink.event(call, event)
@@ -299,6 +365,8 @@ class Output:
 
     def flush(self) -> None:
         """Batched lines out now (the end of a loop turn, a quiet moment)."""
+        if self._pending:
+            self._drain()
         with self._lock:
             for sink in self.sinks:
                 try:
@@ -307,6 +375,10 @@ class Output:
                     pass
 
     def close(self) -> None:
+        try:
+            self._drain()
+        except (OSError, ValueError):
+            pass
         with self._lock:
             for sink in self.sinks:
                 try:

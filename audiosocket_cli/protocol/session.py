@@ -179,6 +179,7 @@ class Session:
         n = len(data)
         if (
             n & 1
+            and n > 3
             and data[0] in AUDIO_RATES
             and not self._first_message
             and not self.decoder.buffered

@@ -256,49 +256,71 @@ def encode(message: Message) -> bytes:
 
 
 _new_message = tuple.__new__
+_HEADER_FROM = HEADER.unpack_from
 
 
 class Decoder:
     """Turns bytes, in any split, into whole messages.
 
     Nothing is consumed until a whole message is there, and no more than one
-    incomplete message is kept beyond what was fed.
+    incomplete message is kept beyond what was fed. A read that holds whole
+    messages is decoded from its own bytes without a copy; only a message
+    that arrives in pieces is gathered (in place) until it is whole.
     """
 
     __slots__ = ("_buffer", "_pos")
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._buffer: bytes | bytearray = b""
         self._pos = 0
 
     def feed(self, data: bytes) -> None:
-        if self._pos:
-            # bytearray deletes from the front without copying the rest.
-            del self._buffer[: self._pos]
-            self._pos = 0
-        self._buffer += data
+        buf, pos = self._buffer, self._pos
+        if pos >= len(buf):
+            self._buffer = data if type(data) is bytes else bytes(data)
+        elif pos == 0 and type(buf) is bytearray:
+            buf += data  # a message still arriving in pieces: grown in place
+        else:
+            held = bytearray(buf[pos:])
+            held += data
+            self._buffer = held
+        self._pos = 0
+
+    def _whole(self) -> bytes | None:
+        """The buffer as bytes if it holds a whole message, else None (and no copy)."""
+        buf, pos = self._buffer, self._pos
+        end = len(buf)
+        if end - pos < HEADER_SIZE or pos + HEADER_SIZE + (buf[pos + 1] << 8 | buf[pos + 2]) > end:
+            return None
+        if type(buf) is bytearray:
+            buf = self._buffer = bytes(buf)
+        return buf  # type: ignore[return-value]
 
     def next_message(self) -> Message | None:
         """The next whole message, or None while one is incomplete."""
-        buf, pos = self._buffer, self._pos
-        if len(buf) - pos < HEADER_SIZE:
+        buf = self._whole()
+        if buf is None:
             return None
-        stop = pos + HEADER_SIZE + ((buf[pos + 1] << 8) | buf[pos + 2])
-        if stop > len(buf):
-            return None
+        pos = self._pos
+        kind, length = _HEADER_FROM(buf, pos)
+        stop = pos + HEADER_SIZE + length
         self._pos = stop
-        return _new_message(Message, (buf[pos], bytes(buf[pos + HEADER_SIZE : stop])))
+        return _new_message(Message, (kind, buf[pos + HEADER_SIZE : stop]))
 
     def messages(self) -> list[Message]:
         """Every whole message buffered so far (the fast path)."""
-        buf, pos, end = self._buffer, self._pos, len(self._buffer)
+        buf = self._whole()
+        if buf is None:
+            return []
+        pos, last = self._pos, len(buf) - 3
         out: list[Message] = []
-        append = out.append
-        while end - pos >= 3:
-            stop = pos + 3 + ((buf[pos + 1] << 8) | buf[pos + 2])
-            if stop > end:
+        append, unpack, new = out.append, _HEADER_FROM, _new_message
+        while pos <= last:
+            kind, length = unpack(buf, pos)
+            stop = pos + 3 + length
+            if stop > last + 3:
                 break
-            append(_new_message(Message, (buf[pos], bytes(buf[pos + 3 : stop]))))
+            append(new(Message, (kind, buf[pos + 3 : stop])))
             pos = stop
         self._pos = pos
         return out

@@ -1,0 +1,250 @@
+"""`audiosocket load`: many calls at once, and each statistic naming the fault it measures.
+
+The applications are real sockets on 127.0.0.1 port 0 (tests/load_apps.py,
+and `audiosocket listen --echo` as a subprocess). Assertions read the tool's
+own figures (its --json lines and --stats CSV), never the test's clock.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from conftest import ROOT
+from load_apps import FaultyApp
+
+from audiosocket_cli.commands.load import load
+from audiosocket_cli.engines.load import CSV_COLUMNS, Histogram, check_uuid_pattern
+
+PYTHON = sys.executable
+
+
+def run_load(*args: str) -> tuple[int, list[dict[str, Any]], str]:
+    """Run `load ... --json` in this process: (exit status, the JSON lines, stderr)."""
+    result = CliRunner().invoke(load, [*args, "--json"], catch_exceptions=False)
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return result.exit_code, rows, result.stderr
+
+
+def total(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    assert rows and rows[-1]["type"] == "total", rows
+    return rows[-1]
+
+
+@pytest.fixture
+def echo_listener(cli_env: dict[str, str]) -> Any:
+    """`audiosocket listen 127.0.0.1:0 --echo -q`, its address read from its first stderr line."""
+    process = subprocess.Popen(
+        [PYTHON, "-m", "audiosocket_cli", "listen", "127.0.0.1:0", "--echo", "-q"],
+        env=cli_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    line = process.stderr.readline()
+    assert line.startswith("listening on "), line
+    yield line.split()[-1]
+    process.terminate()
+    process.wait(10)
+
+
+def test_against_listen_echo_every_call_ends_normally(
+    echo_listener: str, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    stats = tmp_path / "run.csv"
+    done = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "audiosocket_cli",
+            "load",
+            echo_listener,
+            "--calls",
+            "4",
+            "--rate",
+            "20",
+            "--duration",
+            "1",
+            "--total",
+            "6",
+            "--workers",
+            "2",
+            "--period",
+            "0.5",
+            "--json",
+            "--stats",
+            str(stats),
+        ],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    last = total(rows)
+    assert last["total_started"] == last["total_up"] == last["total_ended"] == 6
+    assert last["total_failed"] == 0 and last["total_violations"] == 0
+    assert last["total_echo_p50_ms"] is not None  # listen echoes: frames recognised
+    with stats.open(newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert list(table[0]) == CSV_COLUMNS
+    assert len(table) == len(rows)
+    assert sum(int(r["ended"]) for r in table) == 6
+    assert all(r["failed_connect-refused"] == "0" for r in table)
+
+
+def test_ten_times_real_time_shows_bursts_and_the_ratio() -> None:
+    with FaultyApp("fast") as app:
+        status, rows, _ = run_load(
+            app.address, "--calls", "2", "--total", "2", "--rate", "50", "--duration", "1.2",
+            "--workers", "1", "--period", "0.5",
+        )  # fmt: skip
+    assert status == 0
+    last = total(rows)
+    assert last["total_bursts"] >= 2
+    assert "burst" in last["total_diagnoses"]
+    ratios = [r["realtime_ratio"] for r in rows[:-1] if r["realtime_ratio"] is not None]
+    assert ratios and 7 <= sorted(ratios)[len(ratios) // 2] <= 12, ratios
+
+
+def test_time_to_first_audio_uuid_pattern_and_recordings(tmp_path: Path) -> None:
+    record = tmp_path / "calls"
+    with FaultyApp("late") as app:
+        status, rows, _ = run_load(
+            app.address, "--calls", "2", "--total", "2", "--rate", "50", "--duration", "1",
+            "--workers", "1", "--uuid-pattern", "00000000-0000-4000-8000-{n:012d}",
+            "--record", str(record),
+        )  # fmt: skip
+    assert status == 0
+    last = total(rows)
+    assert 290 <= last["total_ttfa_p50_ms"] <= 400, last
+    names = sorted(p.name for p in record.iterdir())
+    assert names == [
+        "00000000-0000-4000-8000-000000000001.wav",
+        "00000000-0000-4000-8000-000000000002.wav",
+    ]
+
+
+def test_mu_law_is_diagnosed() -> None:
+    with FaultyApp("ulaw") as app:
+        status, rows, _ = run_load(
+            app.address, "--calls", "1", "--total", "1", "--duration", "1.5", "--workers", "1",
+        )  # fmt: skip
+    assert status == 0
+    assert total(rows)["total_diagnoses"].get("ulaw") == 1
+
+
+def test_an_error_message_is_a_protocol_failure() -> None:
+    with FaultyApp("error") as app:
+        status, rows, stderr = run_load(
+            app.address, "--calls", "2", "--total", "2", "--rate", "50", "--duration", "3",
+            "--workers", "1",
+        )  # fmt: skip
+    assert status == 3, stderr
+    last = total(rows)
+    assert last["total_failed_by"] == {"refused": 2}
+    assert last["total_violations"] == 2
+    assert "broke the protocol" in stderr
+
+
+def test_an_application_that_stops_accepting() -> None:
+    with FaultyApp("silent", max_accept=50) as app:
+        status, rows, stderr = run_load(
+            app.address, "--calls", "60", "--total", "60", "--rate", "500", "--duration", "1",
+            "--workers", "1", "--max-failed", "9",
+        )  # fmt: skip
+    assert status == 1, stderr
+    last = total(rows)
+    assert last["total_up"] == 50
+    assert last["total_ended"] == 50
+    assert last["total_failed_by"] == {"connect-refused": 10}
+    assert "10 of 60 calls failed" in stderr
+
+
+def test_echo_round_trip_of_an_application_50_ms_late() -> None:
+    with FaultyApp("echo-late") as app:
+        status, rows, _ = run_load(
+            app.address, "--calls", "2", "--total", "2", "--rate", "50", "--duration", "1.5",
+            "--workers", "1",
+        )  # fmt: skip
+    assert status == 0
+    last = total(rows)
+    assert 49 <= last["total_echo_p50_ms"] <= 55, last
+
+
+def test_ctrl_c_finishes_cleanly_with_the_totals(echo_listener: str, cli_env: dict) -> None:
+    process = subprocess.Popen(
+        [PYTHON, "-m", "audiosocket_cli", "load", echo_listener, "--calls", "3", "--rate", "30",
+         "--workers", "2", "--period", "0.2", "--json"],
+        env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    first = json.loads(process.stdout.readline())  # a period came: the calls are running
+    assert first["type"] == "period"
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    last = json.loads(out.splitlines()[-1])
+    assert last["type"] == "total"
+    assert last["total_started"] >= 1
+    assert last["total_failed"] == 0 and last["active"] == 0
+    assert last["total_stopped"] + last["total_ended"] == last["total_started"]
+
+
+def test_usage_errors() -> None:
+    assert check_uuid_pattern("00000000-0000-4000-8000-{n:012d}") is None
+    assert "not a UUID" in (check_uuid_pattern("call-{n}") or "")
+    result = CliRunner().invoke(load, ["9", "--uuid-pattern", "{x}"])
+    assert result.exit_code == 2
+    result = CliRunner().invoke(load, ["9", "--tone", "440", "--silence"])
+    assert result.exit_code == 2
+    result = CliRunner().invoke(load, ["9", "--max-failed", "5x"])
+    assert result.exit_code == 2
+
+
+def test_histogram_merges_and_reads_percentiles() -> None:
+    a, b = Histogram(), Histogram()
+    for ms in range(1, 51):
+        a.add(ms / 1000)
+    for ms in range(51, 101):
+        b.add(ms / 1000)
+    a.merge(b.state())
+    assert a.n == 100 and a.max == 0.1
+    assert abs((a.percentile(50) or 0) - 0.050) < 0.0005
+    assert abs((a.percentile(99) or 0) - 0.099) < 0.001
+
+
+def test_locust_headless_with_two_processes(
+    echo_listener: str, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    if importlib.util.find_spec("locust") is None:
+        if os.environ.get("CI"):
+            pytest.fail("locust is not installed (pip install 'audiosocket-cli[locust]')")
+        pytest.skip("locust is not installed (pip install 'audiosocket-cli[locust]')")
+    env = dict(cli_env, AUDIOSOCKET_LOAD_CALLS="3", AUDIOSOCKET_LOAD_DURATION="1")
+    prefix = tmp_path / "run"
+    done = subprocess.run(
+        [PYTHON, "-m", "locust", "-f", str(ROOT / "examples" / "locustfile.py"), "--headless",
+         "--processes", "2", "-u", "2", "-r", "2", "--run-time", "4s", "--stop-timeout", "10",
+         "--host", echo_listener, "--csv", str(prefix), "--only-summary", "--loglevel", "WARNING"],
+        env=env, capture_output=True, text=True, timeout=90, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(f"{prefix}_stats.csv", newline="") as handle:
+        rows = {row["Name"]: row for row in csv.DictReader(handle)}
+    assert int(rows["call"]["Request Count"]) >= 2
+    assert int(rows["call"]["Failure Count"]) == 0
+    assert int(rows["time to first audio"]["Request Count"]) >= 2
+    assert int(rows["echo round trip"]["Request Count"]) >= 1
+    assert rows["Aggregated"]["Failure Count"] == "0"
