@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -56,7 +57,11 @@ class ServerProcess:
     """
 
     def __init__(
-        self, argv: Sequence[str], startup_timeout: float = 20.0, listens: bool = True
+        self,
+        argv: Sequence[str],
+        startup_timeout: float = 20.0,
+        listens: bool = True,
+        stdout: Any = None,
     ) -> None:
         self.argv = list(argv)
         self.lines: collections.deque[str] = collections.deque(maxlen=200)
@@ -68,7 +73,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             self.argv,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL if stdout is None else stdout,
             stderr=subprocess.PIPE,
             env=cli_env(),
             text=True,

@@ -319,7 +319,9 @@ def _ms(value: float) -> str:
     return f"{value * 1000:.2f}"
 
 
-def report(args: argparse.Namespace, results: list[WorkerResult], info: dict[str, Any]) -> None:
+def report(
+    args: argparse.Namespace, results: list[WorkerResult], info: dict[str, Any]
+) -> dict[str, float]:
     import numpy as np
 
     seconds = args.seconds
@@ -417,6 +419,11 @@ def report(args: argparse.Namespace, results: list[WorkerResult], info: dict[str
     fast = bool(len(latencies)) and p99 < 0.020
     print(f"target         nothing lost, reordered or cut: {_client.met(nothing_lost)}")
     print(f"target         p99 echo latency under 20 ms: {_client.met(fast)}")
+    figures = {
+        "lost": float(lost + reordered + damaged),
+        "p99": float(p99) if len(latencies) else float("nan"),
+        "cpu": server_user + server_sys,
+    }
     if len(latencies):
         procs = f" --procs {args.procs}" if args.procs != 1 else ""
         self_test = " --self-test" if args.self_test else ""
@@ -428,6 +435,7 @@ def report(args: argparse.Namespace, results: list[WorkerResult], info: dict[str
             f" {_ms(p50)} ms, p99 {_ms(p99)} ms, {lost} lost, listen"
             f" {100 * (server_user + server_sys) / seconds:.0f}% CPU |"
         )
+    return figures
 
 
 def _differences(marks: list[float]) -> list[float]:
@@ -437,14 +445,21 @@ def _differences(marks: list[float]) -> list[float]:
 def server_argv(args: argparse.Namespace) -> list[str]:
     if args.self_test:
         return [sys.executable, str(Path(_client.__file__)), "echo-server", "127.0.0.1:0"]
+    if args.output == "file":
+        return _client.cli_command("listen", "127.0.0.1:0", "--echo")  # every line, to a file
     return _client.cli_command("listen", "127.0.0.1:0", "--echo", "-q")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> dict[str, float]:
     messages = round(args.seconds / FRAME)
     indexes = list(range(args.calls))
     offsets = [i * FRAME / args.calls for i in indexes]  # call starts over the first 20 ms
-    server = _client.ServerProcess(server_argv(args))
+    out = None
+    if args.output == "file" and not args.self_test:
+        import tempfile
+
+        out = tempfile.TemporaryFile(mode="w")  # noqa: SIM115 - closed below
+    server = _client.ServerProcess(server_argv(args), stdout=out)
     context = multiprocessing.get_context("spawn")
     procs: list[Any] = []
     pipes: list[multiprocessing.connection.Connection] = []
@@ -503,13 +518,44 @@ def run(args: argparse.Namespace) -> int:
             "busy_per_second": _differences(busy_marks),
             "busy": busy_marks[-1] - busy_marks[0],
         }
-        report(args, results, info)
+        figures = report(args, results, info)
+        if out is not None:
+            out.flush()
+            figures["lines"] = float(os.fstat(out.fileno()).st_size)
     finally:
+        if out is not None:
+            out.close()
         for proc in procs:
             proc.join(5)
             if proc.is_alive():
                 proc.kill()
         server.stop()
+    return figures
+
+
+def floor_run(args: argparse.Namespace) -> int:
+    """The trivial echo server, then listen with its full plain output to a file, at the
+    same N: listen's cost and latency as ratios of the floor's, measured in this run."""
+    print("== floor: a trivial selector echo server (no decoding, no output) ==")
+    floor = run(argparse.Namespace(**{**vars(args), "self_test": True}))
+    print()
+    print("== audiosocket listen --echo, every line in plain form to a file ==")
+    listen = run(argparse.Namespace(**{**vars(args), "self_test": False, "output": "file"}))
+    print()
+    cpu_ratio = listen["cpu"] / floor["cpu"] if floor["cpu"] else float("inf")
+    p99_target = max(0.020, 2 * floor["p99"])
+    print(
+        f"ratio          listen CPU {listen['cpu']:.2f} s = {cpu_ratio:.2f}x the floor's "
+        f"{floor['cpu']:.2f} s (target at most 1.8x: {_client.met(cpu_ratio <= 1.8)})"
+    )
+    print(
+        f"ratio          p99 {_ms(listen['p99'])} ms against the floor's {_ms(floor['p99'])} ms"
+        f" (target under {_ms(p99_target)} ms: {_client.met(listen['p99'] < p99_target)})"
+    )
+    print(
+        f"ratio          lost {listen['lost']:.0f} (target 0: {_client.met(listen['lost'] == 0)});"
+        f" listen wrote {listen.get('lines', 0) / 1e6:.1f} MB of plain lines"
+    )
     return 0
 
 
@@ -528,6 +574,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--per-second", action="store_true", help="also print latency for each second"
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="run the trivial echo server, then listen with full plain output to a file, "
+        "and print listen's CPU and latency as ratios of the floor's",
+    )
+    parser.add_argument(
+        "--output",
+        choices=["quiet", "file"],
+        default="quiet",
+        help="listen with -q (quiet, the default) or every line to a file",
     )
     parser.add_argument(
         "--self-test",
@@ -554,7 +612,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     try:
-        return run(args)
+        if args.floor:
+            return floor_run(args)
+        run(args)
+        return 0
     except (RuntimeError, OSError) as exc:
         print(f"bench_listen_echo: {exc}", file=sys.stderr)
         return 1

@@ -161,15 +161,21 @@ def test_an_error_message_is_a_protocol_failure() -> None:
 def test_an_application_that_stops_accepting() -> None:
     with FaultyApp("silent", max_accept=50) as app:
         status, rows, stderr = run_load(
-            app.address, "--calls", "60", "--total", "60", "--rate", "500", "--duration", "1",
+            app.address, "--calls", "60", "--total", "60", "--rate", "200", "--duration", "1",
             "--workers", "1", "--max-failed", "9",
         )  # fmt: skip
     assert status == 1, stderr
     last = total(rows)
-    assert last["total_up"] == 50
-    assert last["total_ended"] == 50
-    assert last["total_failed_by"] == {"connect-refused": 10}
+    assert last["total_ended"] == 50  # the 50 accepted calls ran to their end
+    assert last["total_failed"] == 10
     assert "10 of 60 calls failed" in stderr
+    failed = last["total_failed_by"]
+    # A connection that completed its handshake in the listen backlog just before the
+    # application closed its listening socket is up, then reset by the kernel: so the
+    # reason is connect-refused for all or all but one or two, and app-reset for those.
+    assert set(failed) <= {"connect-refused", "app-reset"}, failed
+    assert failed["connect-refused"] >= 8
+    assert last["total_up"] == 50 + failed.get("app-reset", 0)
 
 
 def test_echo_round_trip_of_an_application_50_ms_late() -> None:

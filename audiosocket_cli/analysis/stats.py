@@ -170,6 +170,8 @@ class DirectionStats:
             gap = t - last
             if gap > self.max_gap:
                 self.max_gap = gap
+            # The jitter's 0.1 ms bin (int() is floor here but for jitter a hair under
+            # -25.6 ms, which lands in the lowest bin instead of the coarse ones).
             b = int(gap * 10000.0 - self._run_jitter_base)
             if 0 <= b < JITTER_BINS:
                 self._jitter[b] += 1

@@ -67,7 +67,7 @@ class CallReport:
         """One message either way: counted, recorded, shown (in that order: what was
         shown is in the file)."""
         kind, payload = message
-        if payload and kind in AUDIO_RATES and direction in self.recordings:
+        if self.recordings and payload and kind in AUDIO_RATES and direction in self.recordings:
             if self._held is None:
                 self._record(t, direction, AUDIO_RATES[kind], payload)
             else:
@@ -150,7 +150,7 @@ class CallReport:
         partial = any(r.partial for r in recordings)
         codes: list[str] = []
         try:
-            for diagnosis in self._diagnoses():
+            for diagnosis in self._diagnoses(ended):
                 if diagnosis.code in drop:
                     continue
                 text = annotate(diagnosis.code, diagnosis.text) if annotate else diagnosis.text
@@ -173,11 +173,11 @@ class CallReport:
         self.output.call_end(self.info, self.end)
         return self.end
 
-    def _diagnoses(self) -> list[Any]:
+    def _diagnoses(self, ended: Ended | None = None) -> list[Any]:
         found = []
         app, asterisk = self.stats["<"], self.stats[">"]
         if "<" in self.diagnose:
-            found += diagnose_application(app, asterisk, self.frame_ms)
+            found += diagnose_application(app, asterisk, self.frame_ms, ended)
         if ">" in self.diagnose:
             found += diagnose_asterisk(asterisk)
         return found
