@@ -49,7 +49,12 @@ from audiosocket_cli.analysis.stats import (
 from audiosocket_cli.media.audio import to_pcm16
 from audiosocket_cli.net.address import Address
 from audiosocket_cli.net.pacing import sleep_until
-from audiosocket_cli.net.transport import CONNECT_TIMEOUT, RECV_SIZE, connect, raise_fd_limit
+from audiosocket_cli.net.transport import (
+    CONNECT_TIMEOUT,
+    connect,
+    raise_fd_limit,
+    read_for_session,
+)
 from audiosocket_cli.protocol.session import Mode, Problem, Received, Role, Rules, Session
 from audiosocket_cli.protocol.wire import HEADER, Decoder, Kind, Message, frame_bytes
 
@@ -206,7 +211,6 @@ class Probe:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._last: Message | None = None
-        self._held = b""
         self._thread = threading.Thread(target=self._guarded, name=f"check-{label}", daemon=True)
         self._thread.start()
 
@@ -310,55 +314,18 @@ class Probe:
                 self._gone(time.monotonic(), f"receiver failed: {type(exc).__name__}: {exc}")
 
     def _receive(self) -> None:
-        sock, session = self.sock, self.session
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        while not self._stop.is_set():
+        def on_data(data: bytes | None) -> None:
+            if data:
+                self.raw += data
+
+        def on_events(events: list[Any], now: float, ended_stream: str | None) -> bool:
             with self._lock:
-                deadline = session.deadline
-            wait = POLL
-            if deadline is not None:
-                wait = min(max(deadline - time.monotonic(), 0.0005), POLL)
-            if not poller.poll(wait * 1000):
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    # Nothing arrived in time: the session's timers (the payload window).
-                    with self._lock:
-                        self._take(session.tick(now))
-                continue
-            data: bytes | None
-            try:
-                data = sock.recv(RECV_SIZE)
-            except ConnectionResetError:
-                data = None
-            except OSError:
-                if self._stop.is_set():
-                    return
-                data = None
-            now = time.monotonic()
-            if self._stop.is_set():
-                return  # our own close
-            with self._lock:
-                if data:
-                    self.raw += data
-                    if self._held:
-                        data, self._held = self._held + data, b""
-                    if len(data) == 1 and not session.decoder.buffered:
-                        # Session.receive's fast path reads data[1] and data[2] of any
-                        # odd-length read at a message boundary: a lone byte is held
-                        # back until the next read (it is only a kind byte anyway).
-                        self._held = data
-                        continue
-                    self._take(session.receive(data, now))
-                    continue
-                if self._held:
-                    session.decoder.feed(self._held)  # a lone kind byte, then the end
-                if data is None:
-                    self._take(session.reset(now))
-                else:
-                    self._take(session.receive(b"", now))
-            self._gone(now, "reset" if data is None else "close")
-            return
+                self._take(events)
+            if ended_stream is not None:
+                self._gone(now, ended_stream)
+            return False
+
+        read_for_session(self.sock, self.session, self._lock, self._stop, on_events, on_data)
 
     def _take(self, events: list[Any]) -> None:
         """The session's verdicts on what the application sent (the lock is held)."""

@@ -16,10 +16,8 @@ nothing waits, but an injection at 1 s still goes after the frames before
 
 from __future__ import annotations
 
-import errno
 import heapq
 import itertools
-import select
 import socket
 import threading
 import time
@@ -32,7 +30,7 @@ from audiosocket_cli.media.audio import FrameSource
 from audiosocket_cli.media.recorder import Recording
 from audiosocket_cli.net.address import Address
 from audiosocket_cli.net.pacing import Pacer, sleep_until
-from audiosocket_cli.net.transport import RECV_SIZE, connect
+from audiosocket_cli.net.transport import connect, read_for_session
 from audiosocket_cli.output.sinks import Output
 from audiosocket_cli.protocol.events import CallEnd, CallInfo
 from audiosocket_cli.protocol.inject import Injection
@@ -40,10 +38,8 @@ from audiosocket_cli.protocol.session import Ended, Role, Rules, Session
 from audiosocket_cli.protocol.wire import Kind, Message, frame_bytes
 from audiosocket_cli.status import Terminated
 
-# Never give a payload less than this once we get round to looking, so that our
-# own scheduling delays cannot be blamed on the application.
-STALL_FLOOR = 0.001
-POLL_INTERVAL = 0.1  # the receiver checks for the end of the call this often
+# Diagnoses drawn from the application's timing, which follows ours at another --speed.
+TIMED_DIAGNOSES = frozenset({"burst", "pacing", "slow", "hangup-after-dtmf"})
 SEND_FAILURE_GRACE = 0.5  # after a failed send, how long the receiver may take to say why
 
 
@@ -256,17 +252,21 @@ class Caller:
         speed = plan.speed
 
         def annotate(code: str, text: str) -> str:
-            if code in ("burst", "pacing") and speed != 1:
+            if code in TIMED_DIAGNOSES and speed != 1:
                 # An application that echoes follows our pace, not its own.
                 return f"{text} (this call ran at --speed {speed:g})"
             return text
+
+        drop = {"refused"} if ended.ended in ("refused", "stall") else set()
+        if speed == 0:
+            drop |= TIMED_DIAGNOSES  # everything was sent at once: no timing to judge
 
         extra = self.end_fields(report, ended) if self.end_fields is not None else {}
         report.finish(
             ended,
             session.violations,
             annotate=annotate,
-            drop=("refused",) if ended.ended in ("refused", "stall") else (),
+            drop=drop,
             max_send_lag_ms=round(self.max_send_lag * 1000, 3),
             **extra,
         )
@@ -404,43 +404,21 @@ class Caller:
 
     def _receive(self) -> None:
         assert self.sock is not None and self.session is not None and self.report is not None
-        sock, session, report = self.sock, self.session, self.report
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        while not self._ending.is_set():
-            with self._lock:
-                deadline = session.deadline
-            wait = POLL_INTERVAL
-            if deadline is not None:
-                wait = min(max(deadline - time.monotonic(), STALL_FLOOR), POLL_INTERVAL)
-            if not poller.poll(wait * 1000):
-                with self._lock:
-                    events = session.tick(time.monotonic())
-                self.output.flush()
-            else:
-                try:
-                    data = sock.recv(RECV_SIZE)
-                except ConnectionResetError:
-                    data = None
-                except OSError as exc:
-                    if self._ending.is_set() or exc.errno in (errno.EBADF, errno.ENOTCONN):
-                        return
-                    raise
-                now = time.monotonic()
-                if not data and self._ending.is_set():
-                    return  # our own shutdown
-                if self.pcap is not None:
-                    self.pcap.received(data)
-                with self._lock:
-                    events = session.reset(now) if data is None else session.receive(data, now)
-            for event in events:
-                if isinstance(event, Ended):
-                    continue
-                if self.monitor is not None and getattr(event, "message", None) is not None:
-                    message = event.message  # type: ignore[union-attr]
-                    if message.is_audio and message.payload:
+        session, report = self.session, self.report
+
+        def on_events(events: list[Any], now: float, ended_stream: str | None) -> bool:
+            if ended_stream is None and not events:
+                self.output.flush()  # a quiet moment: batched lines out
+            if self.monitor is not None:
+                for event in events:
+                    message = getattr(event, "message", None)
+                    if message is not None and message.is_audio and message.payload:
                         self.monitor.play(message.payload, message.rate)
             if report.received("<", events) is not None or session.ended is not None:
                 self._ending.set()
                 self._drop_connection()
-                return
+                return True
+            return False
+
+        on_data = self.pcap.received if self.pcap is not None else None
+        read_for_session(self.sock, session, self._lock, self._ending, on_events, on_data)

@@ -8,11 +8,15 @@ the receive side yields whole messages with the time each completed.
 from __future__ import annotations
 
 import errno
+import select
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from audiosocket_cli.net.address import Address
+from audiosocket_cli.protocol.session import Session
 from audiosocket_cli.protocol.wire import Decoder, Message, RemoteProtocolError, encode
 
 CONNECT_TIMEOUT = 2.0  # what Asterisk allows per address
@@ -100,6 +104,66 @@ def accept(server: socket.socket) -> tuple[socket.socket, Address]:
     sock, peer = server.accept()
     set_nodelay(sock)
     return sock, Address(peer[0], peer[1])
+
+
+# read_for_session: a socket read for a protocol session in a thread of its own.
+STALL_FLOOR = 0.001  # a payload is given at least this long once we look (our own delays)
+POLL_INTERVAL = 0.1  # how often a reader checks that it should stop
+SessionEvents = Callable[[list[Any], float, "str | None"], bool]
+
+
+def read_for_session(
+    sock: socket.socket,
+    session: Session,
+    lock: threading.Lock,
+    stopping: threading.Event,
+    on_events: SessionEvents,
+    on_data: Callable[[bytes | None], None] | None = None,
+) -> None:
+    """Read `sock` into `session` until the peer's stream ends or `stopping` is set.
+
+    Polls no longer than the session's deadline, and ticks it only when the
+    kernel had nothing for us (protocol.session: bytes that arrived in time
+    are not a stall). Each batch of the session's events goes to
+    `on_events(events, now, ended_stream)` (ended_stream: "close" or "reset"
+    when the peer's stream ended, else None), which returns True to stop.
+    `on_data` sees every read (None for a reset) before the session does.
+    The session is used under `lock`, which the sending thread shares.
+    """
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    while not stopping.is_set():
+        with lock:
+            deadline = session.deadline
+        wait = POLL_INTERVAL
+        if deadline is not None:
+            wait = min(max(deadline - time.monotonic(), STALL_FLOOR), POLL_INTERVAL)
+        if not poller.poll(wait * 1000):
+            now = time.monotonic()
+            with lock:
+                events = session.tick(now)
+            if on_events(events, now, None):
+                return
+            continue
+        data: bytes | None
+        try:
+            data = sock.recv(RECV_SIZE)
+        except ConnectionResetError:
+            data = None
+        except OSError as exc:
+            if stopping.is_set() or exc.errno in (errno.EBADF, errno.ENOTCONN):
+                return
+            raise
+        now = time.monotonic()
+        if not data and stopping.is_set():
+            return  # our own shutdown, not the peer's doing
+        if on_data is not None:
+            on_data(data)
+        with lock:
+            events = session.reset(now) if data is None else session.receive(data, now)
+        ended = None if data else ("reset" if data is None else "close")
+        if on_events(events, now, ended) or ended is not None:
+            return
 
 
 class Connection:
