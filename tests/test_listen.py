@@ -557,3 +557,22 @@ def test_peer_hangup_and_silence_replies(listen_procs):
     assert proc.wait() == 0
     assert {(m.kind, m.payload) for m in back} == {(0x10, bytes(320))}
     assert " - call-end - caller-hangup (" in proc.events("call-end")[0]
+
+
+def test_echo_of_a_split_message_is_the_whole_message(listen_procs):
+    """A payload read on its own that happens to begin with the kind byte (0x10) is
+    still the second half of a message: the echo is the whole message."""
+    proc = listen_procs("--echo", "--max-calls", "1")
+    payload = bytes([0x10]) + bytes(range(1, 256)) + bytes(64)
+    wire = Message.audio(payload).encode()
+    with AsteriskClient(proc.address) as client:
+        client.send_uuid()
+        for _ in range(3):
+            client.send_raw(wire[:3])
+            time.sleep(0.01)  # two reads, most likely (the echo must be whole either way)
+            client.send_raw(wire[3:])
+        assert client.wait_for(3, "audio")
+        client.close()
+        back = client.messages("audio")
+    assert [m.payload for m in back] == [payload] * 3
+    assert proc.wait() == 0

@@ -23,6 +23,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -384,45 +385,32 @@ class ProxyCall:
         proxy.call_ended(self, end)
 
 
+@dataclass(eq=False)
 class Proxy:
     """Accepts callers on `server` and runs a ProxyCall for each."""
 
-    def __init__(
-        self,
-        reactor: Reactor,
-        server: socket.socket,
-        upstream: Address,
-        upstream_addresses: list[tuple[int, tuple]],
-        output: Output,
-        *,
-        record_dir: Path | None = None,
-        max_concurrent: int = 1000,
-        max_calls: int | None = None,
-        connect_timeout: float = CONNECT_TIMEOUT,
-        caller_rules: Rules | None = None,
-        app_rules: Rules | None = None,
-        pcap: Any = None,
-    ) -> None:
-        self.reactor = reactor
-        self.server = server
-        self.upstream = upstream
-        self.upstream_addresses = upstream_addresses
-        self.output = output
-        self.record_dir = record_dir
-        self.max_concurrent = max_concurrent
-        self.max_calls = max_calls
-        self.connect_timeout = connect_timeout
-        self.calls: dict[int, ProxyCall] = {}
-        self.analysis_budget = AnalysisBudget()
-        self.caller_rules = caller_rules
-        self.app_rules = app_rules
-        self.pcap = pcap  # an engines.pcap_tap.PcapFile (--pcap), or None
-        self.accepted = 0
-        self.connections = 0
-        self.ended = 0
-        self.tally = Tally()
+    reactor: Reactor
+    server: socket.socket
+    upstream: Address
+    upstream_addresses: list[tuple[int, tuple]]
+    output: Output
+    record_dir: Path | None = None
+    max_concurrent: int = 1000
+    max_calls: int | None = None
+    connect_timeout: float = CONNECT_TIMEOUT
+    caller_rules: Rules | None = None
+    app_rules: Rules | None = None
+    pcap: Any = None  # an engines.pcap_tap.PcapFile (--pcap), or None
+    calls: dict[int, ProxyCall] = field(default_factory=dict)
+    analysis_budget: AnalysisBudget = field(default_factory=AnalysisBudget)
+    accepted: int = 0
+    connections: int = 0
+    ended: int = 0
+    tally: Tally = field(default_factory=Tally)
+
+    def __post_init__(self) -> None:
         self._queue: deque[tuple[Pipe, float, bytes | None]] = deque()
-        reactor.after_turn = output.flush
+        self.reactor.after_turn = self.output.flush
         self._queued_bytes = 0
         self._decode_timer: Timer | None = None
         self._accepting = False

@@ -54,6 +54,7 @@ from audiosocket_cli.net.transport import (
     connect,
     raise_fd_limit,
     read_for_session,
+    shut_and_close,
 )
 from audiosocket_cli.protocol.session import Mode, Problem, Received, Role, Rules, Session
 from audiosocket_cli.protocol.wire import HEADER, Decoder, Kind, Message, frame_bytes
@@ -287,14 +288,7 @@ class Probe:
 
     def close(self) -> None:
         self._stop.set()
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        shut_and_close(self.sock)
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=1.0)
 

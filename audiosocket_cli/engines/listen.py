@@ -180,9 +180,15 @@ class Call:
         if self.pcap is not None:
             self.pcap.received(data)
         events = self.session.receive(data, now)
-        if len(events) == 1 and type(events[0]) is Received and data[0] == self.kind_in:
+        if (
+            len(events) == 1
+            and type(events[0]) is Received
+            and data[0] == self.kind_in
+            and len(data) == 3 + len(events[0].message[1])
+        ):
             # The usual read, 50 times a second per call: one whole audio message at
-            # the call's rate, nothing left over (so no timer to move).
+            # the call's rate, and nothing else (so no timer to move, and the read's
+            # bytes are that message's encoding).
             t, message = events[0].t, events[0].message
             self.report.message(t, ">", message)
             if self.config.echo:

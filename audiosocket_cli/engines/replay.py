@@ -31,7 +31,7 @@ from audiosocket_cli.files.trace import (
 from audiosocket_cli.media.recorder import Recording
 from audiosocket_cli.net.address import Address
 from audiosocket_cli.output.sinks import Output
-from audiosocket_cli.protocol.events import CallEnd
+from audiosocket_cli.protocol.events import CallEnd, CallInfo
 from audiosocket_cli.protocol.session import Ended, Rules
 from audiosocket_cli.protocol.wire import Kind, Message, ProtocolError
 
@@ -66,11 +66,7 @@ class CallScan:
 
     @property
     def call_id(self) -> str:
-        return self.uuid or f"#{self.conn}"
-
-    @property
-    def short_id(self) -> str:
-        return self.uuid[:8] if self.uuid else f"#{self.conn}"
+        return CallInfo(self.conn, self.uuid).call_id
 
     def ending(self) -> tuple[str, float]:
         """How the original call ended, and when."""

@@ -220,12 +220,17 @@ class Connection:
     def close(self) -> None:
         """Close; a receive() blocked in another thread then ends quietly."""
         self.closed = True
-        try:
-            # close() alone does not wake a recv() blocked in another thread; shutdown does.
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        shut_and_close(self.sock)
+
+
+def shut_and_close(sock: socket.socket) -> None:
+    """Close a socket that another thread may be blocked reading: close() alone does
+    not wake a recv() in another thread; shutdown does."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
