@@ -297,12 +297,18 @@ def test_batched_lines_flush_every_100_ms() -> None:
     output = Output([sink], io.StringIO())
     call = call_with_uuid()
     output.message(call, 0.0, ">", Message.dtmf("1"))
+    assert output.tick() is not None  # a line waits: the loop is asked to come back
+    assert stream.getvalue() == ""
     time.sleep(sinks_module.FLUSH_INTERVAL + 0.02)
-    output.message(call, 0.1, ">", Message.dtmf("2"))  # 100 ms since the last flush
-    assert stream.getvalue().splitlines() == [
-        "0.000000 40325ec2 > dtmf 1 digit=1",
-        "0.100000 40325ec2 > dtmf 1 digit=2",
-    ]
+    output.message(call, 0.1, ">", Message.dtmf("2"))  # 100 ms since the last write
+    lines = ["0.000000 40325ec2 > dtmf 1 digit=1", "0.100000 40325ec2 > dtmf 1 digit=2"]
+    assert stream.getvalue().splitlines() == lines
+    output.message(call, 0.2, ">", Message.dtmf("3"))  # just written: this one waits
+    output.tick()
+    assert stream.getvalue().splitlines() == lines
+    time.sleep(sinks_module.FLUSH_INTERVAL + 0.02)
+    assert output.tick() is None  # the loop's turn: what waited 100 ms is written
+    assert stream.getvalue().splitlines() == [*lines, "0.200000 40325ec2 > dtmf 1 digit=3"]
     assert sinks_module.FLUSH_INTERVAL == 0.1
 
 

@@ -410,7 +410,7 @@ class Proxy:
 
     def __post_init__(self) -> None:
         self._queue: deque[tuple[Pipe, float, bytes | None]] = deque()
-        self.reactor.after_turn = self.output.flush
+        self.reactor.after_turn = self.output.tick
         self._queued_bytes = 0
         self._decode_timer: Timer | None = None
         self._accepting = False

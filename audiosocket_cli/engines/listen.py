@@ -453,7 +453,7 @@ class Server:
         self.analysis_allowed = AnalysisBudget()
         self.address: Address = bound_address(self.listener)
         self.listener.setblocking(False)
-        self.reactor.after_turn = self.output.flush
+        self.reactor.after_turn = self.output.tick
 
     @classmethod
     def bind(cls, address: Address, output: Output, config: ListenConfig) -> Server:

@@ -49,8 +49,9 @@ class Reactor:
         self.stopped = False
         self._signal: int | None = None
         # Called after each pass over the ready sockets: output batched in a pass
-        # goes out together (one write for many lines).
-        self.after_turn: Callback | None = None
+        # goes out together (one write for many lines). It returns how soon it wants
+        # to be called again (seconds), or None when it waits for nothing.
+        self.after_turn: Callable[[], float | None] | None = None
 
     # Timers
 
@@ -162,6 +163,7 @@ class Reactor:
     def _run(self) -> None:
         timers = self._timers
         readers, writers = self._readers, self._writers
+        again: float | None = None  # when after_turn wants to run again
         while not self.stopped:
             now = time.monotonic()
             while timers and timers[0][0] <= now:
@@ -174,6 +176,8 @@ class Reactor:
                 timeout: float | None = max(0.0, timers[0][0] - time.monotonic())
             else:
                 timeout = None if self._readers or self._writers else 0.05
+            if again is not None and (timeout is None or again < timeout):
+                timeout = again
             if not self.selector.get_map():
                 # Nothing to watch: select() with no fds, sleep instead.
                 time.sleep(timeout if timeout is not None else 0.05)
@@ -187,7 +191,7 @@ class Reactor:
                 if self.stopped:
                     return
             if self.after_turn is not None:
-                self.after_turn()
+                again = self.after_turn()
 
     def close(self) -> None:
         self.selector.close()

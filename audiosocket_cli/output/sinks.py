@@ -148,6 +148,26 @@ class _LineSink:
         self.stream.flush()
         self._flushed = time.monotonic() if now is None else now
 
+    def messages(self, batch: list[tuple[CallInfo, float, str, Message, float | None]]) -> None:
+        """A gathered batch: its lines made in one go, written with the next flush."""
+        if self.shows_messages:
+            line = self.line  # type: ignore[attr-defined]
+            self._lines.extend([line(c, t, d, m, lv) for c, t, d, m, lv in batch])
+            now = time.monotonic()
+            if not self.batch or now - self._flushed >= FLUSH_INTERVAL:
+                self.flush(now)
+
+    def flush_due(self, now: float) -> float | None:
+        """Write what waits if it has waited FLUSH_INTERVAL (one write for many lines);
+        how long until the next is due, or None when nothing waits."""
+        if not self._lines:
+            return None
+        waited = now - self._flushed
+        if waited >= FLUSH_INTERVAL:
+            self.flush(now)
+            return None
+        return FLUSH_INTERVAL - waited
+
     def close(self) -> None:
         self.flush()
 
@@ -161,19 +181,23 @@ class PlainSink(_LineSink):
     def message(
         self, call: CallInfo, t: float, direction: str, message: Message, level: float | None
     ) -> None:
-        if not self.shows_messages:
-            return
+        if self.shows_messages:
+            self._write(self.line(call, t, direction, message, level))
+
+    @staticmethod
+    def line(
+        call: CallInfo, t: float, direction: str, message: Message, level: float | None
+    ) -> str:
         kind, payload = message
         rate = AUDIO_RATES.get(kind)
         if rate is not None and payload and not len(payload) & 1:
             # Well-formed audio, nearly every line: formatted without the general path.
             shown = "silent" if level is None else f"{level:.1f}dBFS"
-            self._write(
+            return (
                 f"{t:.6f} {call.short_id} {direction} audio {len(payload)} rate={rate} "
                 f"level={shown}\n"
             )
-        else:
-            self._write(plain_message_line(call.short_id, t, direction, message, level) + "\n")
+        return plain_message_line(call.short_id, t, direction, message, level) + "\n"
 
     def event(self, call: CallInfo, event: Event) -> None:
         self._write(plain_event_line(call.short_id, event.t, event.name, event.text) + "\n")
@@ -190,21 +214,25 @@ class JsonSink(_LineSink):
     def message(
         self, call: CallInfo, t: float, direction: str, message: Message, level: float | None
     ) -> None:
-        if not self.shows_messages:
-            return
+        if self.shows_messages:
+            self._write(self.line(call, t, direction, message, level))
+
+    @staticmethod
+    def line(
+        call: CallInfo, t: float, direction: str, message: Message, level: float | None
+    ) -> str:
         kind, payload = message
         rate = AUDIO_RATES.get(kind)
         call_id = call.call_id
         if rate is not None and payload and not len(payload) & 1 and '"' not in call_id:
             # Well-formed audio: the same object json.dumps would write, without it.
             shown = "null" if level is None else repr(level)
-            self._write(
+            return (
                 f'{{"t": {round(t, 6)!r}, "conn": {call.conn}, "call": "{call_id}", '
                 f'"dir": "{direction}", "kind": "audio", "type": {kind}, "len": {len(payload)}, '
                 f'"rate": {rate}, "level_dbfs": {shown}}}\n'
             )
-        else:
-            self._write(json.dumps(message_record(call, t, direction, message, level)) + "\n")
+        return json.dumps(message_record(call, t, direction, message, level)) + "\n"
 
     def event(self, call: CallInfo, event: Event) -> None:
         self._write(json.dumps(event_record(call, event), default=str) + "\n")
@@ -248,6 +276,7 @@ class TraceSink:
         self.writer = writer
         self.on_error = on_error
         self.failed = False
+        self._flushed = time.monotonic()
 
     def message(
         self, call: CallInfo, t: float, direction: str, message: Message, level: float | None
@@ -272,6 +301,15 @@ class TraceSink:
     def flush(self) -> None:
         if not self.failed:
             self._guard(self.writer.flush)
+        self._flushed = time.monotonic()
+
+    def flush_due(self, now: float) -> float | None:
+        """Written at least every FLUSH_INTERVAL, like the display."""
+        waited = now - self._flushed
+        if waited >= FLUSH_INTERVAL:
+            self.flush()
+            return None
+        return FLUSH_INTERVAL - waited
 
     def close(self) -> None:
         try:
@@ -335,14 +373,17 @@ class Output:
             if not pending:
                 return
             levels = levels_dbfs([m[1] if m[0] in AUDIO_RATES else b"" for *_, m in pending])
-            sinks = self._message_sinks
-            for (call, uuid, t, direction, message), level in zip(pending, levels, strict=True):
-                if call.uuid != uuid:
-                    call = dataclasses.replace(call, uuid=uuid)
-                for sink in sinks:
-                    sink.message(call, t, direction, message, level)
-            for sink in sinks:
-                sink.flush()  # a gathered batch is written at once
+            batch = [
+                (call if call.uuid == uuid else dataclasses.replace(call, uuid=uuid), t, d, m, lv)
+                for (call, uuid, t, d, m), lv in zip(pending, levels, strict=True)
+            ]
+            for sink in self._message_sinks:
+                many = getattr(sink, "messages", None)
+                if many is not None:
+                    many(batch)
+                else:
+                    for item in batch:
+                        sink.message(*item)
 
     def emit(self, call: CallInfo, event: Event) -> None:
         if self._pending:
@@ -363,8 +404,26 @@ class Output:
     def call_end(self, call: CallInfo, end: CallEnd) -> None:
         self.emit(call, end)
 
+    def tick(self) -> float | None:
+        """Cheap, at the end of each loop turn: gathered messages go to the sinks once
+        there are enough of them or they have waited a little, and lines reach their
+        stream at least every FLUSH_INTERVAL. Returns how soon to tick again (None:
+        nothing waits)."""
+        now = time.monotonic()
+        pending = self._pending
+        if pending and (len(pending) >= 64 or now - self._drained >= FLUSH_INTERVAL / 2):
+            self._drain()
+        again: float | None = FLUSH_INTERVAL / 2 if self._pending else None
+        for sink in self._message_sinks:
+            due = getattr(sink, "flush_due", None)
+            if due is not None:
+                wait = due(now)
+                if wait is not None and (again is None or wait < again):
+                    again = wait
+        return again
+
     def flush(self) -> None:
-        """Batched lines out now (the end of a loop turn, a quiet moment)."""
+        """Batched lines out now (an event, a quiet moment, the end)."""
         if self._pending:
             self._drain()
         with self._lock:
