@@ -46,3 +46,12 @@ def cli_env() -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A test worker (pytest-xdist) may ignore SIGINT, and the commands the tests start
+    would inherit that: their Ctrl-C tests need it handled, as in a shell."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

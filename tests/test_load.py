@@ -238,11 +238,12 @@ def test_locust_headless_with_two_processes(
         if os.environ.get("CI"):
             pytest.fail("locust is not installed (pip install 'audiosocket-cli[locust]')")
         pytest.skip("locust is not installed (pip install 'audiosocket-cli[locust]')")
-    env = dict(cli_env, AUDIOSOCKET_LOAD_CALLS="3", AUDIOSOCKET_LOAD_DURATION="1")
+    # Short calls, a run long enough for several of them even on a busy machine.
+    env = dict(cli_env, AUDIOSOCKET_LOAD_CALLS="3", AUDIOSOCKET_LOAD_DURATION="0.5")
     prefix = tmp_path / "run"
     done = subprocess.run(
         [PYTHON, "-m", "locust", "-f", str(ROOT / "examples" / "locustfile.py"), "--headless",
-         "--processes", "2", "-u", "2", "-r", "2", "--run-time", "4s", "--stop-timeout", "10",
+         "--processes", "2", "-u", "2", "-r", "2", "--run-time", "7s", "--stop-timeout", "10",
          "--host", echo_listener, "--csv", str(prefix), "--only-summary", "--loglevel", "WARNING"],
         env=env, capture_output=True, text=True, timeout=90, cwd=tmp_path,
     )  # fmt: skip

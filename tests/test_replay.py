@@ -208,30 +208,35 @@ def run_subprocess(args: list[str], env: dict, timeout: float = 30) -> subproces
     )
 
 
-def worst_error(arrivals: list[float], wanted: list[float]) -> float:
-    """The largest distance of a message from its time, both counted from the first."""
+def timing_error(arrivals: list[float], wanted: list[float]) -> float:
+    """How far the replay was from its schedule, robustly: the larger of the 90th
+    percentile of the messages' distances from their times and the last message's
+    (both counted from the first). A scheduler stall on a busy machine delays a few
+    messages; a drifting or bursting clock moves most of them, and the last."""
     assert len(arrivals) == len(wanted)
-    return max(
+    errors = sorted(
         abs((a - arrivals[0]) - (w - wanted[0])) for a, w in zip(arrivals, wanted, strict=True)
     )
+    last = abs((arrivals[-1] - arrivals[0]) - (wanted[-1] - wanted[0]))
+    return max(errors[int(0.9 * (len(errors) - 1))], last)
 
 
 def within(
     attempt: Callable[[], tuple[list[float], list[float]]], tolerance: float = 0.005, tries: int = 3
 ) -> None:
-    """Every message within `tolerance` of its time, in one of a few tries.
+    """On schedule within `tolerance` (see timing_error), in one of a few tries.
 
     Each try is a whole real-time replay; the machine is shared with other
-    work, so one stall from the scheduler is not taken for the tool's fault,
+    work, so a stall from the scheduler is not taken for the tool's fault,
     but every try is reported when none succeeds.
     """
     worst = []
     for _ in range(tries):
-        error = worst_error(*attempt())
+        error = timing_error(*attempt())
         if error < tolerance:
             return
         worst.append(f"{error * 1000:.2f}")
-    pytest.fail(f"a message was more than {tolerance * 1000:g} ms off in each try: {worst} ms")
+    pytest.fail(f"the replay was more than {tolerance * 1000:g} ms off in each try: {worst} ms")
 
 
 # The bytes.

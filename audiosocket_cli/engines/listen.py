@@ -179,10 +179,14 @@ class Call:
         data = bytes(self.server.recv_view[:n])
         if self.pcap is not None:
             self.pcap.received(data)
-        events = self.session.receive(data, now)
+        session = self.session
+        was_partial = session.partial
+        events = session.receive(data, now)
         if (
             len(events) == 1
             and type(events[0]) is Received
+            and not was_partial
+            and not session.partial
             and data[0] == self.kind_in
             and len(data) == 3 + len(events[0].message[1])
         ):

@@ -113,7 +113,7 @@ def read_trace_lines(lines: Iterator[bytes], name: str) -> Iterator[Record]:
     first = next(lines, b"")
     try:
         header = json.loads(first)
-    except ValueError:
+    except (ValueError, RecursionError):
         header = None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise TraceFormatError(f"{name}: not an {FORMAT} file")
@@ -129,7 +129,7 @@ def read_trace_lines(lines: Iterator[bytes], name: str) -> Iterator[Record]:
             last = _record(obj)
             if version == 1 and last.event == "call-end":
                 upgrade_call_end(last.fields)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
             if not line.endswith(b"\n"):
                 # A last line cut short by a crash: the rest is whole; say so, as for raw dumps.
                 yield Record(
