@@ -442,9 +442,28 @@ def test_max_concurrent_refuses_with_a_line(listen_procs):
             assert second.peer_closed.wait(3)  # closed at once
         line = proc.wait_line(lambda line: " warning " in line)
         assert "#2 - warning - refused a caller from 127.0.0.1:" in line
-        assert "1 calls already (--max-concurrent 1)" in line
+        assert "1 call already (--max-concurrent 1)" in line
         first.close()
     assert proc.wait() == 0
+
+
+def test_a_flood_of_refused_callers_is_summed_up(listen_procs):
+    """Thirty callers beyond the limit: the first said at once, the rest in a summary."""
+    proc = listen_procs("--max-concurrent", "1", "--max-calls", "1")
+    with AsteriskClient(proc.address) as first:
+        first.send_uuid()
+        proc.wait_line(lambda line: " > uuid " in line)
+        for _ in range(30):
+            with AsteriskClient(proc.address) as extra:
+                assert extra.peer_closed.wait(3)
+        proc.wait_line(lambda line: "more callers in the last 1 s" in line)
+        first.close()
+    assert proc.wait() == 0
+    warnings = proc.events("warning")
+    assert len(warnings) <= 4 and "refused a caller from" in warnings[0]
+    summed = sum(int(w.split("refused ")[1].split(" ")[0]) for w in warnings[1:])
+    assert summed == 29 and warnings[-1].endswith("30 in all")
+    assert sum("warning:" in line for line in proc.stderr) == len(warnings)
 
 
 # Usage and failures: one line, the documented status
@@ -576,3 +595,39 @@ def test_echo_of_a_split_message_is_the_whole_message(listen_procs):
         back = client.messages("audio")
     assert [m.payload for m in back] == [payload] * 3
     assert proc.wait() == 0
+
+
+def test_when_stdout_goes_away_the_calls_and_recordings_go_on(tmp_path):
+    """`listen | grep -m1 ...`: the reader leaves; listen says so once and serves on."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "audiosocket_cli", "listen", "127.0.0.1:0", "--record"]
+        + [str(tmp_path), "--max-calls", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    try:
+        port = int(proc.stderr.readline().rsplit(":", 1)[1])  # type: ignore[union-attr]
+        first_pcm = pcm_for(20, 1.0)
+        with AsteriskClient(("127.0.0.1", port)) as client:
+            first = client.send_uuid()
+            assert proc.stdout.readline()  # type: ignore[union-attr]
+            proc.stdout.close()  # type: ignore[union-attr]  # the reader leaves mid-call
+            client.send_audio(first_pcm, paced=False)
+            client.close()
+        pcm = pcm_for(21, 0.5)
+        with AsteriskClient(("127.0.0.1", port)) as client:
+            second = client.send_uuid()
+            client.send_audio(pcm, paced=False)
+            client.close()
+        assert proc.wait(20) == 0
+        err = proc.stderr.read()  # type: ignore[union-attr]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert err.count("output stopped: stdout was closed") == 1 and "Traceback" not in err
+    assert wav_bytes(tmp_path / f"{first}.wav") == (first_pcm, 8000)
+    assert wav_bytes(tmp_path / f"{second}.wav") == (pcm, 8000)

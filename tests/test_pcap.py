@@ -631,3 +631,18 @@ def test_tcpdump_capture_of_a_real_call(tmp_path: Path, cli_env: dict[str, str])
     )
     assert [line.split()[-1] for line in lines if " > dtmf " in line] == ["digit=4", "digit=2"]
     assert "call-end" in lines[-1]
+
+
+def test_port_means_only_that_port(tmp_path: Path) -> None:
+    """--port names the AudioSocket port: a call on another port is not read, even one
+    that starts with a UUID."""
+    conn = TcpConn(("10.0.0.1", 40001), ("10.0.0.2", 9092))
+    packets = [(T0 + i * 0.0001, p) for i, p in enumerate(conn.handshake())]
+    packets.append((T0 + 0.01, conn.send(True, Message.for_uuid(UUID_A).encode())))
+    packets.append((T0 + 0.03, conn.send(True, audio(1).encode())))
+    packets += [(T0 + 0.05, conn.fin(True)), (T0 + 0.051, conn.fin(False))]
+    path = write_capture(tmp_path / "9092.pcap", packets)
+    assert trace(str(path)).exit_code == 0  # found by its UUID
+    result = trace("--port", "9999", str(path))
+    assert result.exit_code == 1
+    assert "no AudioSocket connection among 1 TCP connection(s)" in one_error(result)

@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from audiosocket_cli.commands.options import (
-    ADDRESS,
     AddressType,
     Failure,
     application_rules,
@@ -37,18 +36,22 @@ DEFAULT_PORT = 9093
 @click.option(
     "--upstream",
     required=True,
-    type=ADDRESS,
+    type=AddressType(client=True),
     help="The real AudioSocket application to forward each call to.",
 )
 @click.option(
     "--record",
     "record_dir",
+    metavar="DIR",
     type=click.Path(file_okay=False),
     help="Write DIR/<uuid>.in.wav (from Asterisk) and DIR/<uuid>.out.wav (from the application).",
 )
-@click.option("--max-calls", type=click.IntRange(min=1), help="Exit after N calls have ended.")
+@click.option(
+    "--max-calls", metavar="N", type=click.IntRange(min=1), help="Exit after N calls have ended."
+)
 @click.option(
     "--max-concurrent",
+    metavar="N",
     type=click.IntRange(min=1),
     default=1000,
     show_default=True,
@@ -98,8 +101,10 @@ def capture(
     Asterisk saw it: its addresses and ports, the chunks read from Asterisk
     and those written back to it (the leg to the upstream is not in the file).
 
-    Exit status with --max-calls: 0, 1 if the upstream could not be
-    reached, 3 if a peer sent malformed bytes (forwarded all the same).
+    \b
+    Exit status (with --max-calls): 0 every call ended normally, 1 cannot
+    listen or the upstream could not be reached, 2 usage error, 3 a peer
+    broke the protocol (forwarded all the same), 130 Ctrl-C, 143 SIGTERM.
 
     \b
     Examples:
@@ -128,6 +133,8 @@ def capture(
         quiet=quiet,
         command="capture",
     )
+    # A server outlives a pipe's reader (`listen | grep -m1 ...`): see docs/output.md.
+    output.outlive_stdout = True
     warm_up(directory is not None)
     reactor = Reactor()
     ending = "interrupted"

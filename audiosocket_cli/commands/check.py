@@ -20,7 +20,7 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("address", required=False, type=AddressType(default_port=9092))
+@click.argument("address", required=False, type=AddressType(default_port=9092, client=True))
 @click.option(
     "--case",
     "case_ids",

@@ -35,7 +35,7 @@ from audiosocket_cli.protocol.inject import Injection, parse_inject
 from audiosocket_cli.protocol.wire import MAX_PAYLOAD, frame_bytes
 
 DEFAULT_PORT = 9092
-ADDRESS = AddressType(default_port=DEFAULT_PORT)
+ADDRESS = AddressType(default_port=DEFAULT_PORT, client=True)
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -209,7 +209,7 @@ def source_options(func: Callable) -> Callable:
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("address", type=ADDRESS)
+@click.argument("address", required=False, default=f"127.0.0.1:{DEFAULT_PORT}", type=ADDRESS)
 @click.argument("uuid", required=False, type=UUID)
 @source_options
 @call_options
@@ -234,8 +234,8 @@ def dial(
     At the end, diagnoses of the application's audio (pacing, bursts, one-way
     audio, mu-law or byte order, frame sizes) are shown.
 
-    ADDRESS is HOST:PORT, [IPv6]:PORT, or PORT alone (host 127.0.0.1); the
-    port defaults to 9092.
+    ADDRESS is HOST:PORT, [IPv6]:PORT, or PORT alone (host 127.0.0.1); it
+    defaults to 127.0.0.1:9092.
 
     \b
     Exit status: 0 the call ended normally (either side), 1 could not
@@ -332,6 +332,8 @@ def _make_source(
         try:
             source = audio.FileSource(play_path)
             source.pcm(rate)  # resample now, not while the first frame is due
+            if source.note:
+                click.echo(f"audiosocket: warning: {source.note}", err=True)
         except audio.AudioFileError as exc:
             raise Failure(str(exc)) from None
         return source, f"file:{path.name}", source.duration
@@ -356,14 +358,15 @@ def _make_source(
 
 
 def _open_monitor() -> Any:
-    try:
-        from audiosocket_cli.media.monitor import Monitor, MonitorUnavailable
-    except ImportError as exc:
-        raise Failure(f"--monitor is not available: {exc}") from None
+    """A Monitor, or None with one warning: hearing the call is an aid, not the job
+    (listen does the same)."""
+    from audiosocket_cli.media.monitor import Monitor, MonitorUnavailable
+
     try:
         return Monitor()
     except MonitorUnavailable as exc:
-        raise Failure(f"--monitor: {exc}") from None
+        click.echo(f"audiosocket: warning: --monitor: {exc}; going on without it", err=True)
+        return None
 
 
 class _ProgressBar:

@@ -157,6 +157,13 @@ def listen(
         raise click.UsageError(f"{' and '.join(replies)} cannot go together: choose one reply")
     if loop and play_path is None:
         raise click.UsageError("--loop goes with --play FILE")
+    if tone is not None and tone >= 4000:
+        # Replies start at 8 kHz (the dialplan application's rate): above 4 kHz the
+        # tone would alias, as dial refuses it too.
+        raise click.BadParameter(
+            f"{tone:g} Hz cannot be sent at 8000 Hz, the rate replies start at (at most 3999 Hz)",
+            param_hint="--tone",
+        )
     if hangup_after is not None:
         injections = (*injections, Injection(hangup_after, "hangup", (Message.hangup(),)))
 
@@ -181,6 +188,8 @@ def listen(
         quiet=quiet,
         command="listen",
     )
+    # A server outlives a pipe's reader (`listen | grep -m1 ...`): see docs/output.md.
+    output.outlive_stdout = True
     server = None
     status = ExitStatus.OK
     ended, detail = "interrupted", "the tool stopped"
@@ -240,6 +249,8 @@ def _source_factory(
         try:
             template = FileSource(play_path, loop=loop)
             template.pcm(8000)  # resampled now, not while the first call waits
+            if template.note:
+                click.echo(f"audiosocket: warning: {template.note}", err=True)
         except AudioFileError as exc:
             raise Failure(str(exc)) from None
         return file_source_factory(template)

@@ -54,7 +54,7 @@ class MaxFailedType(click.ParamType):
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("address", type=AddressType(default_port=DEFAULT_PORT))
+@click.argument("address", type=AddressType(default_port=DEFAULT_PORT, client=True))
 @click.option(
     "--calls",
     type=click.IntRange(min=1),

@@ -18,18 +18,43 @@ from audiosocket_cli.status import ExitStatus
 
 
 class AddressType(click.ParamType):
+    """ADDRESS: HOST:PORT, [IPv6]:PORT or PORT. `client`: an address to connect to,
+    where port 0 means nothing."""
+
     name = "ADDRESS"
 
-    def __init__(self, default_port: int | None = None) -> None:
+    def __init__(self, default_port: int | None = None, client: bool = False) -> None:
         self.default_port = default_port
+        self.client = client
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Address:
         if isinstance(value, Address):
             return value
+        text = str(value).strip()
+        why = _not_an_address(text)
+        if why:
+            self.fail(why, param, ctx)
         try:
-            return parse_address(str(value), self.default_port)
+            address = parse_address(text, self.default_port)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+        if self.client and address.port == 0:
+            self.fail(f"{text!r}: port 0 is not a port to connect to", param, ctx)
+        return address
+
+
+def _not_an_address(text: str) -> str | None:
+    """What an argument that cannot be an ADDRESS looks like instead, or None."""
+    if "://" in text:
+        scheme = text.split("://", 1)[0]
+        return f"{text!r} is a URL ({scheme}://): ADDRESS is HOST:PORT, e.g. 127.0.0.1:9092"
+    if text in (":", "[]:", "[]"):
+        return f"{text!r} has no host and no port (HOST:PORT, e.g. 127.0.0.1:9092)"
+    try:
+        uuid_lib.UUID(text)
+    except ValueError:
+        return None
+    return f"{text!r} is a UUID, not an ADDRESS (HOST:PORT): the address comes first"
 
 
 class UUIDType(click.ParamType):
@@ -85,12 +110,33 @@ def output_options(func: Callable) -> Callable:
                 type=click.Path(dir_okay=False, writable=True),
                 help="Keep every message and event in a trace file.",
             ),
-            click.option("-v", "--verbose", count=True, help="Show each audio frame."),
-            click.option("-q", "--quiet", is_flag=True, help="Show events only, not each message."),
+            click.option(
+                "-v",
+                "--verbose",
+                count=True,
+                callback=_not_with_quiet,
+                help="Show each audio frame.",
+            ),
+            click.option(
+                "-q",
+                "--quiet",
+                is_flag=True,
+                callback=_not_with_quiet,
+                help="Show events only, not each message.",
+            ),
         ]
     ):
         func = decorator(func)
     return func
+
+
+def _not_with_quiet(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """-v and -q ask for opposite things: say so rather than pick one."""
+    seen = ctx.meta.setdefault("audiosocket_verbosity", {})
+    seen[param.name] = value
+    if seen.get("verbose") and seen.get("quiet"):
+        raise click.UsageError("-v and -q cannot go together: choose more or less output")
+    return value
 
 
 def _env_seconds(name: str, default: float | None) -> float | None:

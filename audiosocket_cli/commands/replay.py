@@ -34,7 +34,7 @@ from audiosocket_cli.output.sinks import Environment
 from audiosocket_cli.protocol.events import FAILURE_ENDINGS
 
 DEFAULT_PORT = 9092
-ADDRESS = AddressType(default_port=DEFAULT_PORT)
+ADDRESS = AddressType(default_port=DEFAULT_PORT, client=True)
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -49,6 +49,7 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 )
 @click.option(
     "--speed",
+    metavar="X",
     type=click.FloatRange(min=0),
     default=1.0,
     show_default=True,
@@ -56,6 +57,7 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 )
 @click.option(
     "--linger",
+    metavar="SECONDS",
     type=click.FloatRange(min=0),
     default=1.0,
     show_default=True,
@@ -70,7 +72,10 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
     "(audio at a second rate goes to FILE stem + .RATE.wav).",
 )
 @click.option(
-    "--port", type=click.IntRange(1, 65535), help="The application's port in a packet capture."
+    "--port",
+    metavar="PORT",
+    type=click.IntRange(1, 65535),
+    help="The application's port in a packet capture.",
 )
 @click.option(
     "--lenient",

@@ -36,7 +36,12 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
     show_default=True,
     help="Direction of a raw dump.",
 )
-@click.option("--port", type=click.IntRange(1, 65535), help="AudioSocket port in a packet capture.")
+@click.option(
+    "--port",
+    metavar="PORT",
+    type=click.IntRange(1, 65535),
+    help="AudioSocket port in a packet capture.",
+)
 @click.option(
     "--embed-audio",
     "embed_seconds",

@@ -39,11 +39,17 @@ from audiosocket_cli.status import ExitStatus
     show_default=True,
     help="Direction of a raw dump.",
 )
-@click.option("--port", type=click.IntRange(1, 65535), help="AudioSocket port in a packet capture.")
+@click.option(
+    "--port",
+    metavar="PORT",
+    type=click.IntRange(1, 65535),
+    help="AudioSocket port in a packet capture.",
+)
 @click.option("--summary", is_flag=True, help="A table per call instead of every message.")
 @click.option(
     "--extract",
     "extract_dir",
+    metavar="DIR",
     type=click.Path(file_okay=False),
     help="Write each call's audio, per direction, as WAVs in this folder.",
 )
@@ -65,6 +71,13 @@ def trace(
     packet captures (pcap, pcapng).
 
     A pipe gets one plain line per message; a terminal a coloured view.
+
+    \b
+    Exit status: 0 read, 1 a file that cannot be read or is not a trace,
+    capture or AudioSocket byte dump (or is empty), 2 usage error (--call
+    that matches no call: the calls are listed), 3 what was read shows a peer
+    breaking the protocol (malformed messages, a stream cut inside a message,
+    a call that ended on a violation).
 
     \b
     Examples:

@@ -197,6 +197,61 @@ class CallReport:
         return text
 
 
+def plural(n: int, word: str) -> str:
+    """`1 call`, `2 calls`."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+class Refusals:
+    """Callers turned away at a limit: the first is said at once, the rest summed up
+    once a second, so that a flood of connections is a few lines, not one per caller."""
+
+    INTERVAL = 1.0
+
+    def __init__(self, output: Output, reactor: Reactor) -> None:
+        self.output = output
+        self.reactor = reactor
+        self.total = 0
+        self._since = 0  # refused since the last line
+        self._limit = ""
+        self._timer: Timer | None = None
+
+    def refused(self, info: CallInfo, calls: int, limit: str) -> None:
+        self.total += 1
+        self._limit = limit
+        if self._timer is None:
+            self.output.warning(
+                info,
+                0.0,
+                f"refused a caller from {info.peer}: {plural(calls, 'call')} already ({limit})",
+                peer=str(info.peer),
+            )
+            self._timer = self.reactor.call_later(self.INTERVAL, self._summary)
+        else:
+            self._since += 1
+
+    def _summary(self) -> None:
+        self._timer = None
+        if not self._since:
+            return
+        count, self._since = self._since, 0
+        self.output.warning(
+            CallInfo(conn=0),
+            0.0,
+            f"refused {plural(count, 'more caller')} in the last {self.INTERVAL:g} s "
+            f"({self._limit}); {self.total} in all",
+            refused=count,
+        )
+        self._timer = self.reactor.call_later(self.INTERVAL, self._summary)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._summary()
+            if self._timer is not None:
+                self._timer.cancel()
+
+
 class SessionClock:
     """Asks a session to tick when its deadline passes, on a reactor: one timer at a time.
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from audiosocket_cli.analysis.stats import AnalysisBudget
-from audiosocket_cli.engines.call import CallReport, SessionClock, Tally
+from audiosocket_cli.engines.call import CallReport, Refusals, SessionClock, Tally
 from audiosocket_cli.media.recorder import call_recording
 from audiosocket_cli.net.address import Address
 from audiosocket_cli.net.reactor import Reactor, Timer
@@ -411,6 +411,7 @@ class Proxy:
     def __post_init__(self) -> None:
         self._queue: deque[tuple[Pipe, float, bytes | None]] = deque()
         self.reactor.after_turn = self.output.tick
+        self.refusals = Refusals(self.output, self.reactor)
         self._queued_bytes = 0
         self._decode_timer: Timer | None = None
         self._accepting = False
@@ -444,12 +445,8 @@ class Proxy:
             if len(self.calls) >= self.max_concurrent:
                 info = CallInfo(conn=self.connections, peer=address)
                 sock.close()
-                self.output.warning(
-                    info,
-                    0.0,
-                    f"connection from {address} closed at once: {len(self.calls)} calls "
-                    f"already (--max-concurrent {self.max_concurrent})",
-                )
+                limit = f"--max-concurrent {self.max_concurrent}"
+                self.refusals.refused(info, len(self.calls), limit)
                 continue
             self.accepted += 1
             call = ProxyCall(self, self.connections, sock, address)
@@ -513,6 +510,7 @@ class Proxy:
 
     def close(self, ended: str = "interrupted", detail: str = "") -> None:
         """End every open call (Ctrl-C, SIGTERM): recordings are closed whole."""
+        self.refusals.close()
         self._stop_accepting()
         try:
             self.flush_decode()

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from audiosocket_cli.analysis.stats import AnalysisBudget
-from audiosocket_cli.engines.call import CallReport, SessionClock, Tally
+from audiosocket_cli.engines.call import CallReport, Refusals, SessionClock, Tally
 from audiosocket_cli.media.recorder import call_recording
 from audiosocket_cli.net.address import Address
 from audiosocket_cli.net.reactor import Reactor, Timer
@@ -458,6 +458,7 @@ class Server:
         self.address: Address = bound_address(self.listener)
         self.listener.setblocking(False)
         self.reactor.after_turn = self.output.tick
+        self.refusals = Refusals(self.output, self.reactor)
 
     @classmethod
     def bind(cls, address: Address, output: Output, config: ListenConfig) -> Server:
@@ -496,12 +497,7 @@ class Server:
 
     def refuse(self, sock: socket.socket, info: CallInfo, limit: str) -> None:
         sock.close()
-        self.output.warning(
-            info,
-            0.0,
-            f"refused a caller from {info.peer}: {len(self.calls)} calls already ({limit})",
-            peer=str(info.peer),
-        )
+        self.refusals.refused(info, len(self.calls), limit)
 
     def accept_failed(self, exc: OSError) -> None:
         # Out of descriptors: the listener stays readable, so pause rather than spin.
@@ -534,6 +530,7 @@ class Server:
 
     def close(self, ended: str = "interrupted", detail: str = "") -> None:
         """End every call still going (recordings first) and stop listening."""
+        self.refusals.close()
         for call in list(self.calls.values()):
             for recording in call.report.recordings.values():
                 recording.close()  # before anything that could fail (stdout gone)

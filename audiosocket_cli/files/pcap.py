@@ -300,6 +300,13 @@ class _Capture:
             flow.finish("replaced by a new connection on the same ports")
             flow = None
         if flow is None:
+            if self.port is not None and self.port not in (seg.src[1], seg.dst[1]):
+                # --port names the AudioSocket port: a connection on other ports is not
+                # one, whatever its first bytes look like.
+                if key not in self.closed:
+                    self.tcp_connections += 1
+                self.closed[key] = ts
+                return
             if not syn and (key in self.closed or not seg.data):
                 return  # stray packets of a connection that has ended, or began before
             self.closed.pop(key, None)

@@ -26,13 +26,48 @@ def read_audio(path: str | os.PathLike) -> tuple[Any, int]:
     import soundfile as sf
 
     try:
+        if os.path.getsize(path) == 0:
+            raise AudioFileError(f"{path}: empty file")
         data, rate = sf.read(os.fspath(path), dtype="float32", always_2d=True)
     except FileNotFoundError:
         raise AudioFileError(f"{path}: no such file") from None
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise AudioFileError(f"{path}: cannot read audio: {exc}") from None
+    if not len(data):
+        raise AudioFileError(f"{path}: no audio in it (a header and no samples)")
     mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     return np.ascontiguousarray(mono), int(rate)
+
+
+def cut_short(path: str | os.PathLike[str], frames: int, rate: int) -> str | None:
+    """For a WAV whose data chunk promises more than the file holds (a copy cut
+    short, a recording still being written): a line saying so, else None."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos, width = 12, 0
+    while pos + 8 <= len(head):
+        chunk, size = head[pos : pos + 4], struct.unpack_from("<I", head, pos + 4)[0]
+        if chunk == b"fmt ":
+            channels, bits = struct.unpack_from("<H", head, pos + 10)[0], head[pos + 22]
+            width = max(1, channels * bits // 8)
+        elif chunk == b"data":
+            promised = size // width if width else 0
+            if size != 0xFFFFFFFF and promised > frames:
+                return (
+                    f"{path}: the file is cut short: its header promises "
+                    f"{promised / rate:.2f} s of audio and it holds {frames / rate:.2f} s; "
+                    "sending what is there"
+                )
+            return None
+        pos += 8 + size + (size & 1)
+    return None
 
 
 def resample(samples: Any, from_rate: int, to_rate: int) -> Any:
@@ -73,6 +108,7 @@ class FileSource:
 
     def __init__(self, path: str | os.PathLike, loop: bool = False) -> None:
         self.samples, self.rate = read_audio(path)
+        self.note = cut_short(path, len(self.samples), self.rate)  # a warning, or None
         self.loop = loop
         self.position = 0.0
         self._pcm: dict[int, bytes] = {}

@@ -49,8 +49,14 @@ class MicSource:
         self.close()
         try:
             import sounddevice as sd
-        except (ImportError, OSError) as exc:  # OSError: PortAudio library not found
-            raise MicUnavailable(f"no sound input: {_one_line(exc)}") from None
+        except ImportError:
+            raise MicUnavailable(
+                "no sound input: the sounddevice module is missing (pip install sounddevice)"
+            ) from None
+        except OSError:  # the PortAudio library is not there
+            raise MicUnavailable(
+                "no sound input: the PortAudio library is missing (apt-get install libportaudio2)"
+            ) from None
         self.rate = rate
         self._buffer.clear()
         self._queue = queue.Queue()
@@ -65,12 +71,12 @@ class MicSource:
                 device_rate = int(info["default_samplerate"])
                 self._stream = self._open(sd, device_rate, int(device_rate * samples / rate))
             except (sd.PortAudioError, ValueError) as exc:
-                raise MicUnavailable(f"cannot open the microphone: {_one_line(exc)}") from None
+                raise MicUnavailable(_device_problem(exc)) from None
             import soxr
 
             self._resampler = soxr.ResampleStream(device_rate, rate, 1, dtype="int16")
         except ValueError as exc:  # no such device
-            raise MicUnavailable(f"cannot open the microphone: {_one_line(exc)}") from None
+            raise MicUnavailable(_device_problem(exc)) from None
         try:
             self._stream.start()
         except sd.PortAudioError as exc:
@@ -145,6 +151,17 @@ class MicSource:
                 stream.close()
             except Exception:  # closing a dead device must not hide why the call ended
                 pass
+
+
+def _device_problem(exc: BaseException) -> str:
+    """PortAudio's words for a missing device ("Error querying device -1") in a user's."""
+    text = _one_line(exc)
+    if "-1" in text or "no input" in text.lower() or "invalid device" in text.lower():
+        return (
+            "no microphone: PortAudio finds no sound input device (connect one, or install "
+            "and start PulseAudio or PipeWire: apt-get install pulseaudio)"
+        )
+    return f"cannot open the microphone: {text}"
 
 
 def _one_line(exc: BaseException) -> str:

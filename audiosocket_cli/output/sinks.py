@@ -343,6 +343,8 @@ class Output:
         )
         self._pending: list[tuple[CallInfo, str | None, float, str, Message]] = []
         self._drained = time.monotonic()
+        # A server (listen, capture) goes on when stdout's reader leaves; see _stdout_gone.
+        self.outlive_stdout = False
 
     @property
     def trace_failed(self) -> bool:
@@ -357,7 +359,10 @@ class Output:
                 level = levels_dbfs([message[1]])[0]
             with self._lock:
                 for sink in self._message_sinks:
-                    sink.message(call, t, direction, message, level)
+                    try:
+                        sink.message(call, t, direction, message, level)
+                    except BrokenPipeError:
+                        self._stdout_gone(sink)
             return
         pending = self._pending
         # The call's UUID as it is now: a message before the uuid message keeps its #N.
@@ -377,20 +382,26 @@ class Output:
                 (call if call.uuid == uuid else dataclasses.replace(call, uuid=uuid), t, d, m, lv)
                 for (call, uuid, t, d, m), lv in zip(pending, levels, strict=True)
             ]
-            for sink in self._message_sinks:
-                many = getattr(sink, "messages", None)
-                if many is not None:
-                    many(batch)
-                else:
-                    for item in batch:
-                        sink.message(*item)
+            for sink in list(self._message_sinks):
+                try:
+                    many = getattr(sink, "messages", None)
+                    if many is not None:
+                        many(batch)
+                    else:
+                        for item in batch:
+                            sink.message(*item)
+                except BrokenPipeError:
+                    self._stdout_gone(sink)
 
     def emit(self, call: CallInfo, event: Event) -> None:
         if self._pending:
             self._drain()
         with self._lock:
-            for sink in self.sinks:
-                sink.event(call, event)
+            for sink in list(self.sinks):
+                try:
+                    sink.event(call, event)
+                except BrokenPipeError:
+                    self._stdout_gone(sink)
 
     def call_start(self, call: CallInfo, text: str, **fields: Any) -> None:
         self.emit(call, CallStart(call.elapsed(), text, fields))
@@ -414,13 +425,34 @@ class Output:
         if pending and (len(pending) >= 64 or now - self._drained >= FLUSH_INTERVAL / 2):
             self._drain()
         again: float | None = FLUSH_INTERVAL / 2 if self._pending else None
-        for sink in self._message_sinks:
+        for sink in list(self._message_sinks):
             due = getattr(sink, "flush_due", None)
             if due is not None:
-                wait = due(now)
+                try:
+                    wait = due(now)
+                except BrokenPipeError:
+                    self._stdout_gone(sink)
+                    continue
                 if wait is not None and (again is None or wait < again):
                     again = wait
         return again
+
+    def _stdout_gone(self, sink: Any) -> None:
+        """stdout's reader left (`listen | grep -m1 ...`). A server outlives it: the
+        sink is dropped, said once on stderr, and the calls and recordings go on;
+        anything else ends as a closed pipe ends it (quietly, status 0)."""
+        if not self.outlive_stdout:
+            raise BrokenPipeError
+        for group in (self.sinks, self._message_sinks):
+            while sink in group:
+                group.remove(sink)
+        self.shows_messages = bool(self._message_sinks)
+        self._levels = any(s.needs_level for s in self._message_sinks)
+        try:  # the interpreter's last flush of stdout must not fail either
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        self.note("output stopped: stdout was closed (its reader left); calls and recordings go on")
 
     def flush(self) -> None:
         """Batched lines out now (an event, a quiet moment, the end)."""
