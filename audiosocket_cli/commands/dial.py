@@ -283,6 +283,10 @@ def play(file: str, address: Any, uuid: str | None, **options: Any) -> None:
     to 127.0.0.1:9092; UUID to a random one, printed on stderr.
 
     \b
+    Exit status: as dial's (0 normal end, 1 could not connect or read FILE,
+    2 usage error, 3 the application broke the protocol, 130, 143).
+
+    \b
     Examples:
       audiosocket play hello.wav
       audiosocket play hello.wav 127.0.0.1:9092 --record answer.wav
