@@ -80,6 +80,8 @@ RESYNC_MAX_AUDIO = 16384  # largest audio payload believed when looking for a bo
 
 Endpoint = tuple[bytes, int]
 _ENDINGS = {
+    "client-hangup": "caller-hangup",
+    "server-hangup": "app-hangup",
     "client-close": "caller-close",
     "client-reset": "caller-reset",
     "server-close": "app-close",
@@ -87,6 +89,8 @@ _ENDINGS = {
     "capture-end": "unknown",
 }
 _DETAILS = {
+    "caller-hangup": "the caller hung up",
+    "app-hangup": "the application hung up",
     "caller-close": "the caller closed the connection",
     "caller-reset": "the caller reset the connection",
     "app-close": "the application closed the connection",
@@ -418,6 +422,8 @@ class _Flow:
         self.first_close: str | None = None
         self.done = False
         self.warned_midstream = False
+        self.first_hangup: str | None = None  # the side whose hangup message came first
+        self.cut: str | None = None  # a stream its own end cut inside a message, said how
 
     def label(self, direction: _Direction) -> str:
         other = self.key[1] if direction.src == self.key[0] else self.key[0]
@@ -550,6 +556,8 @@ class _Flow:
 
     def message(self, ts: float, direction: _Direction, message: Message) -> None:
         self.capture.emit(self, ts, direction, dir=direction.arrow, message=message)
+        if message[0] == Kind.HANGUP and self.first_hangup is None:
+            self.first_hangup = self.side(direction)
         if self.uuid is None and direction.arrow == ">" and message.uuid is not None:
             self.uuid = str(message.uuid)
 
@@ -582,6 +590,12 @@ class _Flow:
             return
         self.done = True
         if self.state == "audiosocket":
+            if self.cut is not None:
+                ended, note = "truncated", self.cut
+            elif self.first_hangup is not None and ended != "capture-end":
+                # A hangup message came first: the close (or reset) that followed is
+                # its answer, as every command reports it.
+                ended = f"{self.first_hangup}-hangup"
             # In the words of every command (events.ENDINGS): the client is the caller.
             ended = _ENDINGS.get(ended, ended)
             detail = note or _DETAILS.get(ended, "")
@@ -903,13 +917,15 @@ class _Direction:
         except TruncatedMessage as exc:
             for message in self.decoder.messages():
                 self.flow.message(ts, self, message)
-            self.flow.warn(
-                ts,
-                f"{reason or 'the stream ended'} inside a message in "
-                f"{self.flow.label(self)}: {exc}",
-                missing=exc.missing,
-                direction=self,
+            text = (
+                f"{reason or 'the stream ended'} inside a message in {self.flow.label(self)}: {exc}"
             )
+            # Cut by its own end (a FIN or a reset) it broke the protocol; cut by the
+            # capture stopping, it did not.
+            by_peer = reason in ("", "the connection was reset")
+            if by_peer and self.flow.cut is None:
+                self.flow.cut = text
+            self.flow.warn(ts, text, missing=exc.missing, direction=self, violation=by_peer)
 
 
 def _split(buf: bytearray, times: list[tuple[int, float]]) -> list[tuple[float, bytes]]:
