@@ -243,16 +243,18 @@ def run(calls: int, seconds: float, through_proxy: bool) -> dict:
             raise RuntimeError("the application did not start")
         port = app_pipe.recv()
         if through_proxy:
+            quiet = [] if FULL_OUTPUT.file is not None else ["-q"]
             proxy = _client.ServerProcess(
                 _client.cli_command(
                     "capture",
-                    "-q",
+                    *quiet,
                     "--upstream",
                     f"127.0.0.1:{port}",
                     "--max-concurrent",
                     str(calls + 10),
                     "127.0.0.1:0",
-                )
+                ),
+                stdout=FULL_OUTPUT.file,
             )
             port = proxy.port
         dialer = ctx.Process(
@@ -324,6 +326,12 @@ def measure(calls: int, seconds: float, through_proxy: bool) -> tuple[float, flo
     return figures
 
 
+class FULL_OUTPUT:  # noqa: N801 - a setting of this run
+    """--output file: capture writes every line, in plain form, to a file."""
+
+    file: object = None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", default="1,200", help="call counts, comma-separated")
@@ -335,7 +343,17 @@ def main() -> int:
         help="direct/capture pairs per call count; the median round is the result "
         "(other work on the machine makes single runs noisy)",
     )
+    parser.add_argument(
+        "--output",
+        choices=["quiet", "file"],
+        default="quiet",
+        help="capture with -q (quiet, the default) or every line in plain form to a file",
+    )
     args = parser.parse_args()
+    if args.output == "file":
+        import tempfile
+
+        FULL_OUTPUT.file = tempfile.TemporaryFile(mode="w")  # noqa: SIM115 - for the run
     counts = [int(c) for c in args.calls.split(",")]
     print(f"load before: {_client.loadavg()} (/proc/loadavg); 8 kHz, 20 ms, {args.seconds:g} s")
     summary = []

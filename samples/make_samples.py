@@ -52,19 +52,22 @@ def main() -> None:
     wav = HERE / "hello-8k.wav"
     if "--speech" in sys.argv[1:]:
         speech_wav(wav)
+    out = HERE
+    if "--out" in sys.argv[1:]:  # elsewhere than samples/ (the tests compare the bytes)
+        out = Path(sys.argv[sys.argv.index("--out") + 1])
     pcm = sf.read(str(wav), dtype="int16")[0].tobytes()
     audio = frames(pcm)
 
     # The raw dump: one direction, no timing.
     raw = [Message.for_uuid(UUID)] + [Message.audio(f) for f in audio[:50]]
     raw += [Message.dtmf("1"), Message.dtmf("#")] + [Message.audio(f) for f in audio[50:100]]
-    (HERE / "call.raw").write_bytes(b"".join(m.encode() for m in raw))
+    (out / "call.raw").write_bytes(b"".join(m.encode() for m in raw))
 
     # The trace: Asterisk's audio at 20 ms, the application echoing it 1 ms later,
     # reported as every command reports a call.
     call = CallInfo(conn=1, uuid=None, peer="127.0.0.1:40000", started_ts=1_764_000_000.0)
     writer = TraceWriter(
-        str(HERE / "call.trace"), command="make_samples.py", created=1_764_000_000.0
+        str(out / "call.trace"), command="make_samples.py", created=1_764_000_000.0
     )
     output = Output([TraceSink(writer, print)])
     report = CallReport(output, call)
@@ -75,7 +78,7 @@ def main() -> None:
     for n, frame in enumerate(audio[:100]):
         report.message(t, ">", Message.audio(frame))
         report.message(t + 0.001, "<", Message.audio(frame))
-        if n == 60:
+        if n == 30:  # well before the hangup: a digit the application handled
             report.message(t + 0.005, ">", Message.dtmf("5"))
         t += 0.020
     report.message(t, "<", Message.hangup())

@@ -11,6 +11,7 @@ Chromium tests are skipped where chromium is missing, except in CI.
 from __future__ import annotations
 
 import base64
+import csv
 import io
 import json
 import os
@@ -28,7 +29,8 @@ import soundfile as sf
 from click.testing import CliRunner, Result
 
 from audiosocket_cli.cli import cli
-from audiosocket_cli.engines.report import COLORS, REF_COLOR
+from audiosocket_cli.engines.load import CSV_COLUMNS
+from audiosocket_cli.engines.report import COLORS, LOAD_COLORS, REF_COLOR, read_load_csv
 from audiosocket_cli.files.trace import read_records
 from audiosocket_cli.protocol.wire import Message
 
@@ -210,8 +212,20 @@ def test_long_audio_goes_beside_the_page(tmp_path: Path) -> None:
         ("trace", ".", "is a directory"),
         ("badversion", "out.html", "trace version 99 is not supported"),
         ("empty", "out.html", "no AudioSocket messages"),
+        ("csv-no-rows", "out.html", "run.csv line 2: a load stats CSV with no rows"),
+        ("csv-bad-number", "out.html", "run.csv line 3: send_late_p99_ms is 'fast', not a number"),
+        ("csv-short-row", "out.html", "run.csv line 2: 3 fields, the header has"),
     ],
-    ids=["no-input", "no-output-dir", "output-is-dir", "bad-trace", "empty"],
+    ids=[
+        "no-input",
+        "no-output-dir",
+        "output-is-dir",
+        "bad-trace",
+        "empty",
+        "csv-no-rows",
+        "csv-bad-number",
+        "csv-short-row",
+    ],
 )
 def test_failures_are_one_line(
     tmp_path: Path, cli_env: dict[str, str], make: str | None, output: str, message: str
@@ -225,6 +239,18 @@ def test_failures_are_one_line(
     elif make == "empty":
         source = tmp_path / "empty.raw"
         source.write_bytes(b"")
+    elif make and make.startswith("csv-"):
+        source = tmp_path / "run.csv"
+        header = ",".join(CSV_COLUMNS) + "\n"
+        good = ",".join("0.5" for _ in CSV_COLUMNS) + "\n"
+        bad = good.split(",")
+        bad[CSV_COLUMNS.index("send_late_p99_ms")] = "fast"
+        rows = {
+            "csv-no-rows": "",
+            "csv-bad-number": good + ",".join(bad),
+            "csv-short-row": "0,0.5,0.5\n",
+        }[make]
+        source.write_text(header + rows)
     proc = subprocess.run(
         [sys.executable, "-m", "audiosocket_cli", "report", str(source), "-o", output],
         cwd=tmp_path,
@@ -366,3 +392,127 @@ def test_a_second_rate_gets_its_own_audio(tmp_path: Path) -> None:
     assert "8000 Hz, 16000 Hz" in text
     (first, rate1), (second, rate2) = embedded_wavs(text)
     assert (rate1, first.size, rate2, second.size) == (8000, 8000, 16000, 8000)
+
+
+# A load run's CSV (`load --stats`), made by a real run against `listen --echo`.
+
+
+@pytest.fixture(scope="module")
+def load_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four 1 s echoed calls in 0.5 s periods: about 2 s of load, 4 rows."""
+    folder = tmp_path_factory.mktemp("load")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    listener = subprocess.Popen(
+        [sys.executable, "-m", "audiosocket_cli", "listen", "127.0.0.1:0", "--echo", "-q"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert listener.stderr is not None
+        first = listener.stderr.readline()
+        assert first.startswith("listening on "), first
+        address = first.split()[-1]
+        proc = subprocess.run(
+            [
+                sys.executable, "-m", "audiosocket_cli", "load", address,
+                "--calls", "4", "--rate", "4", "--duration", "1", "--total", "4",
+                "--period", "0.5", "--workers", "1", "--stats", str(folder / "run.csv"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    finally:
+        listener.terminate()
+        listener.wait(timeout=10)
+    return folder / "run.csv"
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_load_csv_gets_its_section_before_the_calls(load_csv: Path, tmp_path: Path) -> None:
+    page = tmp_path / "mixed.html"
+    result = run(str(load_csv), str(SAMPLES / "call.trace"), "-o", str(page))
+    assert result.exit_code == 0, result.output
+    assert "(1 load run(s), 1 call(s)" in result.output
+    text = page.read_text()
+    section = text.index('<section id="load-1">')
+    assert f"<h2>Load run {load_csv}</h2>" in text
+    assert section < text.index('class="calls"') < text.index('<section id="call-1">')
+    assert text.count("<svg") == 3  # the load run's plots, the call's timeline and histograms
+    plots = text[section : text.index("</section>", section)]
+    for title in (
+        "calls up",
+        "messages per second",
+        "our send lateness (ms)",
+        "time to first audio (ms)",
+        "echo round trip (ms)",
+    ):
+        assert title in plots
+    # The summary's numbers are the CSV's.
+    rows = csv_rows(load_csv)
+    last = rows[-1]
+    p99 = [float(r["send_late_p99_ms"]) for r in rows]
+    worst = rows[p99.index(max(p99))]
+    expected = {
+        "duration": f"{float(last['t']):.3f} s",
+        "periods": str(len(rows)),
+        "calls total": "4",
+        "ended normally": last["total_ended"],
+        "failed": "0",
+        "most calls up": str(max(int(r["active"]) for r in rows)),
+        "worst send lateness p99": f"{max(p99):.3f} ms (period ending {float(worst['t']):.3f} s)",
+        "median of the period p50s: send lateness": (
+            f"{float(np.median([float(r['send_late_p50_ms']) for r in rows])):.3f} ms"
+        ),
+    }
+    for label, value in expected.items():
+        assert f'<th class="l">{label}</th><td>{value}</td>' in plots, label
+    assert last["total_ended"] == "4"
+    ids = re.findall(r'\bid="([^"]+)"', text)
+    assert len(ids) == len(set(ids))
+
+
+def test_load_csv_empty_cells_are_gaps_not_zeros(load_csv: Path) -> None:
+    rows = csv_rows(load_csv)
+    with open(load_csv, "rb") as f:
+        parsed = read_load_csv(f, "run.csv", 1)
+    assert parsed.rows == len(rows)
+    ttfa = parsed.column("ttfa_p50_ms")
+    # Calls start only early in the run: the later periods have no time to first audio.
+    assert [r["ttfa_p50_ms"] == "" for r in rows] == list(np.isnan(ttfa))
+    assert any(r["ttfa_p50_ms"] == "" for r in rows)
+    assert np.isnan(parsed.column("no_such_column")).all()
+
+
+def test_load_page_in_chromium(load_csv: Path, tmp_path: Path) -> None:
+    import matplotlib.image
+
+    page = tmp_path / "load.html"
+    assert run(str(load_csv), "-o", str(page)).exit_code == 0
+    shot = tmp_path / "shot.png"
+    proc = chromium(tmp_path, "--screenshot=" + str(shot), "--window-size=1200,1600", page.as_uri())
+    assert shot.exists(), proc.stderr[-2000:]
+    image = (matplotlib.image.imread(str(shot)) * 255).astype(np.uint8)
+    # Messages each way and the p50/p99 lines, in their colours, across the time axis;
+    # the calls started and ended (dashed, over part of the run) drawn too.
+    for colour, pixels, width in (
+        (COLORS[">"], 1000, 500),
+        (COLORS["<"], 1000, 500),
+        (LOAD_COLORS["started"], 100, 200),
+        (LOAD_COLORS["ended"], 100, 200),
+    ):
+        mask = colour_mask(image, colour, 30)
+        assert mask.sum() > pixels, colour
+        columns = np.flatnonzero(mask.any(axis=0))
+        assert columns.max() - columns.min() > width, colour
+    rows = np.flatnonzero(colour_mask(image, COLORS[">"], 30).sum(axis=1) > 3)
+    assert np.count_nonzero(np.diff(rows) > 20) + 1 >= 3  # msgs/s, lateness, TTFA, echo plots

@@ -115,7 +115,7 @@ def test_trace_file_plain_lines() -> None:
     ]
     assert lines[2].startswith("0.020000 40325ec2 > audio 320 rate=8000 level=")
     assert lines[3].startswith("0.021000 40325ec2 < audio 320 rate=8000 level=")
-    assert [line for line in lines if " dtmf " in line] == ["1.225000 40325ec2 > dtmf 1 digit=5"]
+    assert [line for line in lines if " dtmf " in line] == ["0.625000 40325ec2 > dtmf 1 digit=5"]
     assert lines[-2] == "2.020000 40325ec2 < hangup 0"
     assert lines[-1].startswith(
         "2.020000 40325ec2 - call-end - app-hangup (the application hung up); after 2.02s; "
@@ -363,7 +363,7 @@ def test_stdin_through_a_real_pipe(cli_env: dict[str, str]) -> None:
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.decode().splitlines() == ["1.225000 40325ec2 > dtmf 1 digit=5"]
+    assert proc.stdout.decode().splitlines() == ["0.625000 40325ec2 > dtmf 1 digit=5"]
 
 
 def test_truncated_raw_dump_warns_and_shows_the_rest(tmp_path: Path) -> None:
@@ -499,3 +499,18 @@ def test_errors_in_a_subprocess_are_one_line(cli_env: dict[str, str], tmp_path: 
         assert proc.stdout == b""
         err = proc.stderr.decode()
         assert err.startswith("audiosocket: error: ") and err.count("\n") == 1, err
+
+
+def test_the_samples_are_made_again_byte_for_byte(tmp_path: Path) -> None:
+    """samples/ are the reference: make_samples.py makes call.raw and call.trace again
+    from the committed hello-8k.wav, the same bytes every time."""
+    import subprocess
+    import sys
+
+    subprocess.run(
+        [sys.executable, str(ROOT / "samples" / "make_samples.py"), "--out", str(tmp_path)],
+        check=True,
+        timeout=60,
+    )
+    for name in ("call.raw", "call.trace"):
+        assert (tmp_path / name).read_bytes() == (ROOT / "samples" / name).read_bytes(), name

@@ -60,20 +60,24 @@ def report(
     embed_seconds: float,
 ) -> None:
     """Write one self-contained HTML page about the calls in trace files,
-    raw byte dumps ('-' is stdin) and packet captures (pcap, pcapng).
+    raw byte dumps ('-' is stdin) and packet captures (pcap, pcapng),
+    and of load runs in `load --stats` CSV files (known by their header).
 
     Per call: UUID, addresses, rates, duration, how it ended and the
     diagnoses with their evidence; a timeline of each direction (level,
     waveform, time between messages with bursts and gaps marked, DTMF,
     errors, hangups, warnings); histograms of jitter and frame sizes; and
     the audio of each direction to play. Several calls get a table linking
-    to each. The page needs no network to open.
+    to each. Per load run, first: calls up, messages per second, send
+    lateness, time to first audio and echo round trip over time, and a
+    summary. The page needs no network to open.
 
     \b
     Examples:
       audiosocket report call.trace -o call.html
       audiosocket report capture.pcap --port 9092 -o capture.html
       audiosocket report --dir '<' reply.raw -o reply.html
+      audiosocket report run.csv -o run.html
       audiosocket listen --trace calls.trace --max-calls 10 && audiosocket report calls.trace
     """
     env = Environment()
@@ -89,6 +93,7 @@ def report(
     except ReportError as exc:
         raise Failure(str(exc)) from None
     size = result.size / 1e6
-    click.echo(f"wrote {result.path} ({result.calls} call(s), {size:.1f} MB)", err=True)
+    runs = f"{result.loads} load run(s), " if result.loads else ""
+    click.echo(f"wrote {result.path} ({runs}{result.calls} call(s), {size:.1f} MB)", err=True)
     for path in result.audio_files:
         click.echo(f"wrote {path}", err=True)

@@ -6,6 +6,8 @@ self-contained HTML page: per call a header, the diagnoses with their
 evidence, a timeline per direction (level, waveform envelope, arrival gaps,
 events) on a shared time axis, histograms of jitter and frame sizes, and the
 audio of each direction (embedded, or in WAV files beside the page when long).
+A `load --stats` CSV (known by its header row) gets a section of its own,
+before the calls: the run's figures per period on one time axis, and a summary.
 
 Memory is bounded for any call length: audio becomes a min/max envelope in
 10 ms bins and energy in 100 ms bins as it streams (numpy, in batches); only
@@ -445,17 +447,334 @@ def burst_spans(data: DirectionData) -> list[tuple[float, float]]:
     return [(float(times[a]), float(times[b])) for a, b in zip(starts, ends, strict=True)]
 
 
+# Load runs: the `load --stats` CSV.
+
+# The documented first columns of `load --stats FILE.csv` (docs/load.md): a CSV input
+# is recognised by them, as a trace by its JSON header and a pcap by its magic.
+LOAD_CSV_HEAD = b"period,t,seconds,"
+# Columns kept for the plots and the summary; any other column is checked, then dropped,
+# so that a day of 1 s periods stays a few MB.
+LOAD_KEPT = (
+    "t",
+    "seconds",
+    "active",
+    "started",
+    "ended",
+    "failed",
+    "total_started",
+    "total_ended",
+    "total_failed",
+    "total_violations",
+    "msgs_out_per_s",
+    "msgs_in_per_s",
+    "send_late_p50_ms",
+    "send_late_p99_ms",
+    "send_late_max_ms",
+    "ttfa_p50_ms",
+    "ttfa_p99_ms",
+    "echo_p50_ms",
+    "echo_p99_ms",
+)
+LOAD_COLORS = {
+    "active": "#333333",
+    "started": REF_COLOR,
+    "ended": "#7b3294",
+    "failed": MARK_COLOR,
+    "p50": COLORS[">"],
+    "p99": COLORS["<"],
+    "max": MARK_COLOR,
+}
+
+
+def is_load_csv(stream: BinaryIO) -> bool:
+    """True when the stream starts with the header row of `load --stats` (peeked, not read)."""
+    peek = getattr(stream, "peek", None)
+    if peek is None:
+        return False
+    try:
+        head = peek(len(LOAD_CSV_HEAD) + 3)
+    except (OSError, ValueError):
+        return False
+    return head.removeprefix(b"\xef\xbb\xbf").startswith(LOAD_CSV_HEAD)  # a spreadsheet's BOM
+
+
+@dataclass
+class LoadRun:
+    """One `load --stats` CSV: the kept columns (NaN for an empty cell) and failures by reason."""
+
+    number: int
+    source: str
+    rows: int
+    columns: dict[str, array[float]]
+    failed_by: dict[str, float]
+
+    @property
+    def anchor(self) -> str:
+        return f"load-{self.number}"
+
+    def column(self, name: str) -> Any:
+        """The column as a numpy array; all NaN when the CSV does not have it."""
+        import numpy as np
+
+        values = self.columns.get(name)
+        if values is None:
+            return np.full(self.rows, np.nan)
+        return np.frombuffer(values, dtype=np.float64)
+
+
+def read_load_csv(stream: BinaryIO, label: str, number: int) -> LoadRun:
+    """Every cell checked (a number, or empty for no sample); ReportError names file and line."""
+    import csv
+
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+    try:
+        reader = csv.reader(text)
+        header = next(reader)
+        kept = {name: array("d") for name in LOAD_KEPT if name in header}
+        where = [(i, kept.get(name)) for i, name in enumerate(header)]
+        failed = {i: name[7:] for i, name in enumerate(header) if name.startswith("failed_")}
+        failed_by = dict.fromkeys(failed.values(), 0.0)
+        rows = 0
+        for row in reader:
+            if not row:
+                continue  # a blank line, as spreadsheets leave at the end
+            if len(row) != len(header):
+                raise ReportError(
+                    f"{label} line {reader.line_num}: {len(row)} fields, "
+                    f"the header has {len(header)}"
+                )
+            for (i, values), cell in zip(where, row, strict=True):
+                value = _load_number(cell, label, reader.line_num, header[i])
+                if values is not None:
+                    values.append(value)
+                if i in failed and value == value:
+                    failed_by[failed[i]] += value
+            rows += 1
+    except UnicodeDecodeError:
+        raise ReportError(f"{label}: not a UTF-8 text CSV") from None
+    except csv.Error as exc:
+        raise ReportError(f"{label} line {reader.line_num}: {exc}") from None
+    except OSError as exc:
+        raise ReportError(f"{label}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        text.detach()  # the caller closes the stream (or it is stdin)
+    if not rows:
+        raise ReportError(f"{label} line 2: a load stats CSV with no rows")
+    return LoadRun(number, label, rows, kept, failed_by)
+
+
+def _load_number(cell: str, label: str, line: int, column: str) -> float:
+    cell = cell.strip()
+    if not cell:
+        return math.nan  # no sample in that period: a gap in the plot, never a zero
+    try:
+        value = float(cell)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise ReportError(f"{label} line {line}: {column} is {cell!r}, not a number")
+    return value
+
+
+def _grouped_nan(values: Any, group: int, how: str) -> Any:
+    """Each group of periods as one point: its worst ("max") or its mean, NaN-aware."""
+    import numpy as np
+
+    if group == 1:
+        return values
+    pad = (-values.size) % group
+    blocks = np.concatenate((values, np.full(pad, np.nan))).reshape(-1, group)
+    if how == "max":
+        return np.fmax.reduce(blocks, axis=1)  # fmax skips NaN; all NaN stays NaN
+    valid = ~np.isnan(blocks)
+    counts = valid.sum(axis=1)
+    sums = np.where(valid, blocks, 0.0).sum(axis=1)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def _load_line(ax: Any, x: Any, y: Any, group: int, how: str, **style: Any) -> None:
+    """A series with its empty periods as gaps; a point between two gaps gets a dot, or a
+    line would not show it."""
+    import numpy as np
+
+    y = _grouped_nan(y, group, how)
+    line = ax.plot(x, y, linewidth=1.2, **style)[0]
+    missing = np.isnan(y)
+    before = np.concatenate(([True], missing[:-1]))
+    after = np.concatenate((missing[1:], [True]))
+    alone = ~missing & before & after
+    if alone.any():
+        ax.plot(
+            x[alone], y[alone], linestyle="none", marker="o", markersize=3, color=line.get_color()
+        )
+
+
+def load_svg(run: LoadRun, prefix: str) -> str:
+    """The run over time, one shared axis: calls, messages/s, send lateness, TTFA, echo."""
+    import numpy as np
+
+    plt = _matplotlib()
+    t = run.column("t")
+    span = max(float(np.nanmax(t)) if not np.isnan(t).all() else 0.0, 0.1)
+    group = _decimate(t.size)
+    x = _grouped_nan(t, group, "max")  # a group is drawn at its last period's end
+    fig, axes = plt.subplots(5, 1, figsize=(12, 10), sharex=True, gridspec_kw={"hspace": 0.5})
+    try:
+        calls, msgs, late, ttfa, echo = axes
+        calls.set_title("calls up (at each period's end), and calls per period")
+        _load_line(
+            calls, x, run.column("active"), group, "max", color=LOAD_COLORS["active"], label="up"
+        )
+        for name in ("started", "ended", "failed"):
+            _load_line(
+                calls,
+                x,
+                run.column(name),
+                group,
+                "max",
+                color=LOAD_COLORS[name],
+                label=name,
+                linestyle="--" if name != "failed" else "-",
+            )
+        calls.set_ylabel("calls")
+        calls.set_ylim(bottom=0)
+        _legend(calls, 4)
+        msgs.set_title("messages per second")
+        _load_line(
+            msgs,
+            x,
+            run.column("msgs_out_per_s"),
+            group,
+            "mean",
+            color=COLORS[">"],
+            label="> we sent",
+        )
+        _load_line(
+            msgs,
+            x,
+            run.column("msgs_in_per_s"),
+            group,
+            "mean",
+            color=COLORS["<"],
+            label="< the application sent",
+        )
+        msgs.set_ylabel("msg/s")
+        msgs.set_ylim(bottom=0)
+        _legend(msgs, 2)
+        for ax, title, stem, stats in (
+            (late, "our send lateness (ms)", "send_late", ("p50", "p99", "max")),
+            (ttfa, "time to first audio (ms)", "ttfa", ("p50", "p99")),
+            (echo, "echo round trip (ms)", "echo", ("p50", "p99")),
+        ):
+            ax.set_title(title)
+            ax.set_ylabel("ms")
+            drawn = False
+            for stat in stats:
+                y = run.column(f"{stem}_{stat}_ms")
+                if np.isnan(y).all():
+                    continue
+                # p50s are averaged over a group of periods, the worst figures kept as worst.
+                how = "mean" if stat == "p50" else "max"
+                _load_line(ax, x, y, group, how, color=LOAD_COLORS[stat], label=stat)
+                drawn = True
+            if drawn:
+                ax.set_ylim(bottom=0)
+                _legend(ax, len(stats))
+            else:
+                ax.text(
+                    0.5,
+                    0.5,
+                    "no sample in any period",
+                    transform=ax.transAxes,
+                    ha="center",
+                    va="center",
+                    color="#888888",
+                )
+            ax.grid(True, axis="y", color="#dddddd", linewidth=0.5)
+        axes[-1].set_xlim(0, span)
+        axes[-1].xaxis.set_major_formatter(_time_formatter(span))
+        axes[-1].set_xlabel(
+            "time from run start (s)" if span < 300 else "time from run start (m:ss)"
+        )
+        for ax in axes[:-1]:
+            ax.tick_params(labelbottom=True)
+        fig.subplots_adjust(left=0.07, right=0.98, top=0.97, bottom=0.05)
+        return _svg(fig, prefix)
+    finally:
+        plt.close(fig)
+
+
+def load_summary(run: LoadRun) -> list[tuple[str, str]]:
+    """The run's figures as (label, value) rows: totals from the last row, worst and medians."""
+    import numpy as np
+
+    def last(name: str) -> float:
+        values = run.column(name)
+        values = values[~np.isnan(values)]
+        return float(values[-1]) if values.size else math.nan
+
+    def count(value: float) -> str:
+        return "-" if math.isnan(value) else f"{value:.0f}"
+
+    def ms(values: Any) -> str:
+        return "-" if np.isnan(values).all() else f"{float(np.nanmedian(values)):.3f} ms"
+
+    t = run.column("t")
+    rows = [
+        ("duration", f"{float(np.nanmax(t)):.3f} s" if not np.isnan(t).all() else "-"),
+        ("periods", str(run.rows)),
+        ("calls total", count(last("total_started"))),
+        ("ended normally", count(last("total_ended"))),
+        ("failed", count(last("total_failed"))),
+    ]
+    for reason, n in sorted(run.failed_by.items()):
+        if n:
+            rows.append((f"failed: {reason}", f"{n:.0f}"))
+    rows.append(("protocol violations", count(last("total_violations"))))
+    active = run.column("active")
+    rows.append(("most calls up", "-" if np.isnan(active).all() else f"{np.nanmax(active):.0f}"))
+    p99 = run.column("send_late_p99_ms")
+    if np.isnan(p99).all():
+        rows.append(("worst send lateness p99", "-"))
+    else:
+        worst = int(np.nanargmax(p99))
+        rows.append(
+            ("worst send lateness p99", f"{p99[worst]:.3f} ms (period ending {t[worst]:.3f} s)")
+        )
+    rows.append(("median of the period p50s: send lateness", ms(run.column("send_late_p50_ms"))))
+    rows.append(("median of the period p50s: time to first audio", ms(run.column("ttfa_p50_ms"))))
+    rows.append(("median of the period p50s: echo round trip", ms(run.column("echo_p50_ms"))))
+    return rows
+
+
+def _load_section(run: LoadRun) -> str:
+    esc = html.escape
+    table = "".join(
+        f'<tr><th class="l">{esc(k)}</th><td>{esc(v)}</td></tr>' for k, v in load_summary(run)
+    )
+    return "\n".join(
+        [
+            f'<section id="{run.anchor}">',
+            f"<h2>Load run {esc(run.source)}</h2>",
+            f'<table class="load">{table}</table>',
+            load_svg(run, f"l{run.number}-"),
+            "</section>",
+        ]
+    )
+
+
 # Reading.
 
 
 @dataclass
 class Report:
-    """What write_report did: the page, the WAV files beside it, the calls in it."""
+    """What write_report did: the page, the WAV files beside it, the calls and load runs in it."""
 
     path: Path
     size: int
     calls: int
     audio_files: list[Path] = field(default_factory=list)
+    loads: int = 0
 
 
 def check_output(output: str) -> Path:
@@ -509,10 +828,15 @@ def write_report(
     tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out.parent if str(out.parent) else "."))
     try:
         calls: list[CallData] = []
+        loads: list[LoadRun] = []
         bar = _Progress(progress, streams, inputs)
         try:
             for number, (name, stream) in enumerate(zip(inputs, streams, strict=True)):
                 label = "<stdin>" if name == "-" else name
+                if is_load_csv(stream):
+                    loads.append(read_load_csv(stream, label, len(loads) + 1))
+                    bar.update(number, done=True)
+                    continue
                 by_conn: dict[int, CallData] = {}
                 for i, record in enumerate(_records(stream, label, direction, port)):
                     call = by_conn.get(record.conn)
@@ -526,9 +850,9 @@ def write_report(
                 bar.update(number, done=True)
             for call in calls:
                 call.close()
-            if not calls:
+            if not calls and not loads:
                 raise ReportError(f"{', '.join(inputs)}: no AudioSocket messages found")
-            page, audio_files = render_page(calls, inputs, out, tmp, embed_seconds, bar)
+            page, audio_files = render_page(calls, inputs, out, tmp, embed_seconds, bar, loads)
         finally:
             bar.close()
             for stream in streams:
@@ -540,7 +864,7 @@ def write_report(
             os.replace(staged, out)
         except OSError as exc:
             raise ReportError(f"{output}: cannot write: {exc.strerror or exc}") from None
-        return Report(out, out.stat().st_size, len(calls), audio_files)
+        return Report(out, out.stat().st_size, len(calls), audio_files, len(loads))
     finally:
         import shutil
 
@@ -973,8 +1297,10 @@ def render_page(
     tmp: Path,
     embed_seconds: float,
     bar: _Progress,
+    loads: Sequence[LoadRun] = (),
 ) -> tuple[str, list[Path]]:
     esc = html.escape
+    runs = f"{len(loads)} load run(s), " if loads else ""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -982,11 +1308,14 @@ def render_page(
         f"<title>AudioSocket report: {esc(', '.join(inputs))}</title>",
         f"<style>{CSS}</style></head><body>",
         "<h1>AudioSocket report</h1>",
-        f'<p class="muted">{esc(", ".join(inputs))}: {len(calls)} call(s). '
+        f'<p class="muted">{esc(", ".join(inputs))}: {runs}{len(calls)} call(s). '
         f"Written by audiosocket-cli {esc(__version__)} on "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.</p>",
-        _calls_table(calls),
     ]
+    # Load runs first: the whole run before any one call of it.
+    parts += [_load_section(run) for run in loads]
+    if calls:
+        parts.append(_calls_table(calls))
     audio_files: list[Path] = []
     for done, call in enumerate(calls):
         bar.plotting(done, len(calls))
