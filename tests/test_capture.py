@@ -571,3 +571,27 @@ def _rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")
+
+
+def test_timeout_ends_a_call_whose_caller_says_nothing(cli_env: dict[str, str]) -> None:
+    """capture --timeout, as listen's: nothing from the caller for that long ends the call."""
+    uuid_message = Message.for_uuid(uuid.uuid4()).encode()
+
+    def app(sock: socket.socket) -> None:
+        sock.recv(65536)
+        sock.recv(1)  # until the proxy closes
+
+    application = Application(app)
+    with running_capture(
+        "--upstream", str(application.port), "--max-calls", "1", "--timeout", "0.5", "--json",
+        env=cli_env,
+    ) as (proc, port):  # fmt: skip
+        with connect(port) as caller:
+            caller.sendall(uuid_message)
+            assert recv_all(caller) == b""  # closed by capture, not by us
+        status, out, err = finish(proc)
+    application.join()
+    assert status == 0, err
+    (end,) = json_events(out, "call-end")
+    assert end["ended"] == "timeout" and end["detail"] == "nothing received for 0.5 s"
+    assert end["duration"] >= 0.5
