@@ -52,12 +52,15 @@ def levels_dbfs(payloads: list[bytes]) -> list[float | None]:
             tenths = 100.0 * np.log10(power / FULL_SCALE_POWER)
             rounded = np.rint(tenths)
             near = np.abs(np.abs(tenths - rounded) - 0.5) < 1e-6  # a hair from x.x5
-        for i, p, level, close in zip(
-            where, power.tolist(), (rounded / 10.0 + 0.0).tolist(), near.tolist(), strict=True
-        ):
-            if p <= 0:
-                continue
-            levels[i] = _dbfs(p) if close else level
+        found = (rounded / 10.0 + 0.0).tolist()
+        # The few that need a second look: silence (None) and a hair from a boundary.
+        for j in np.flatnonzero((power <= 0) | near).tolist():
+            found[j] = _dbfs(float(power[j])) if power[j] > 0 else None
+        if len(where) == len(payloads):
+            levels = found  # one length for every payload, the usual batch
+        else:
+            for i, level in zip(where, found, strict=True):
+                levels[i] = level
     return levels
 
 

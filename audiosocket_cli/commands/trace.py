@@ -21,7 +21,13 @@ from audiosocket_cli.files.trace import (
 )
 from audiosocket_cli.output.sinks import Environment
 from audiosocket_cli.protocol.events import CallEnd, CallInfo, CallWarning, Event
-from audiosocket_cli.protocol.wire import KIND_NAMES, MESSAGE_NAMES, Message, ProtocolError
+from audiosocket_cli.protocol.wire import (
+    AUDIO_RATES,
+    KIND_NAMES,
+    MESSAGE_NAMES,
+    Message,
+    ProtocolError,
+)
 from audiosocket_cli.status import ExitStatus
 
 
@@ -116,8 +122,11 @@ def trace(
     def show(key: tuple[int, int], call: CallInfo, record: Record) -> None:
         message = record.message
         if message is not None:
-            if wanted_types is not None and message[0] not in wanted_types:
-                return
+            kind, payload = message
+            if wanted_types is not None and kind not in wanted_types:
+                return  # dropped before any other work
+            if not (payload and kind in AUDIO_RATES and not len(payload) & 1) and message.problem:
+                verdict.malformed(message)  # well-formed audio is not even asked
             if count:
                 stats = tables.get(key)
                 if stats is None:
@@ -143,18 +152,16 @@ def trace(
 
     try:
         for number, name in enumerate(files):
-            file_calls: dict[int, CallInfo] = {}
+            file_calls: dict[int, tuple[CallInfo, tuple[int, int]]] = {}
             for record in _records(name, direction, port):
-                call = file_calls.get(record.conn)
-                key = (number, record.conn)
-                if call is None:
-                    call = file_calls[record.conn] = calls[key] = CallInfo(
-                        conn=record.conn, started_ts=0.0
-                    )
+                known = file_calls.get(record.conn)
+                if known is None:
+                    key = (number, record.conn)
+                    call = calls[key] = CallInfo(conn=record.conn, started_ts=0.0)
+                    known = file_calls[record.conn] = (call, key)
+                call, key = known
                 if call.uuid is None and record.call[0] != "#":
                     call.uuid = record.call
-                if record.message is not None and record.message[1] and record.message.problem:
-                    verdict.malformed(record.message)
                 if call_filter and not _matches(call, call_filter):
                     uuid = record.message.uuid if record.message is not None else None
                     if call.uuid is None and uuid and str(uuid).startswith(call_filter.lower()):

@@ -199,6 +199,23 @@ class PlainSink(_LineSink):
             )
         return plain_message_line(call.short_id, t, direction, message, level) + "\n"
 
+    def messages(self, batch: list[tuple[CallInfo, float, str, Message, float | None]]) -> None:
+        """A gathered batch, its lines made in one loop (the per-message hot path)."""
+        if not self.shows_messages:
+            return
+        lines, rates, general = self._lines, AUDIO_RATES, self.line
+        for call, t, d, message, level in batch:
+            kind, payload = message
+            rate, n = rates.get(kind), len(payload)
+            if rate is not None and n and not n & 1:
+                shown = "silent" if level is None else f"{level:.1f}dBFS"
+                lines.append(f"{t:.6f} {call.short_id} {d} audio {n} rate={rate} level={shown}\n")
+            else:
+                lines.append(general(call, t, d, message, level))
+        now = time.monotonic()
+        if not self.batch or now - self._flushed >= FLUSH_INTERVAL:
+            self.flush(now)
+
     def event(self, call: CallInfo, event: Event) -> None:
         self._write(plain_event_line(call.short_id, event.t, event.name, event.text) + "\n")
         if not isinstance(event, CallStart):
