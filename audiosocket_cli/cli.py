@@ -134,4 +134,8 @@ def cli() -> None:
 
 
 def main() -> None:
+    # numpy's BLAS starts a thread per core that spins after each call; the tool's
+    # vectors are a frame long, so those threads only cost CPU that calls need.
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
     cli.main(prog_name="audiosocket")
