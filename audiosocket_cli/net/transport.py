@@ -20,7 +20,9 @@ from audiosocket_cli.protocol.session import Session
 from audiosocket_cli.protocol.wire import Decoder, Message, RemoteProtocolError, encode
 
 CONNECT_TIMEOUT = 2.0  # what Asterisk allows per address
-RECV_SIZE = 256 * 1024  # one read takes whatever a busy connection has queued
+# One read takes what a connection has queued. Not more: recv(n) allocates n bytes
+# first, and past 128 KiB malloc maps and unmaps them on every call.
+RECV_SIZE = 65536
 
 
 class ConnectError(OSError):
