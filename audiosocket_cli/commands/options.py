@@ -130,6 +130,24 @@ def output_options(func: Callable) -> Callable:
     return func
 
 
+def input_options(func: Callable) -> Callable:
+    """--dir and --port: how `trace` and `report` read what they are given."""
+    func = click.option(
+        "--port",
+        metavar="PORT",
+        type=click.IntRange(1, 65535),
+        help="AudioSocket port in a packet capture (only connections on it are read).",
+    )(func)
+    return click.option(
+        "--dir",
+        "direction",
+        type=click.Choice([">", "<"]),
+        default=">",
+        show_default=True,
+        help="Direction of a raw dump.",
+    )(func)
+
+
 def _not_with_quiet(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     """-v and -q ask for opposite things: say so rather than pick one."""
     seen = ctx.meta.setdefault("audiosocket_verbosity", {})

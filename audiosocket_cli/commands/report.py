@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from audiosocket_cli.commands.options import Failure
+from audiosocket_cli.commands.options import Failure, input_options
 from audiosocket_cli.engines.report import EMBED_SECONDS, ReportError, write_report
 from audiosocket_cli.output.sinks import Environment
 
@@ -28,20 +28,7 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
     type=click.Path(allow_dash=False),
     help="The HTML page to write.",
 )
-@click.option(
-    "--dir",
-    "direction",
-    type=click.Choice([">", "<"]),
-    default=">",
-    show_default=True,
-    help="Direction of a raw dump.",
-)
-@click.option(
-    "--port",
-    metavar="PORT",
-    type=click.IntRange(1, 65535),
-    help="AudioSocket port in a packet capture.",
-)
+@input_options
 @click.option(
     "--embed-audio",
     "embed_seconds",

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from audiosocket_cli.analysis.stats import SUMMARY_ROWS, DirectionStats
-from audiosocket_cli.commands.options import Failure, open_output, output_options
+from audiosocket_cli.commands.options import Failure, input_options, open_output, output_options
 from audiosocket_cli.files.trace import (
     Record,
     TraceFormatError,
@@ -37,20 +37,7 @@ from audiosocket_cli.status import ExitStatus
 @click.option(
     "--kind", "kinds", metavar="KIND[,KIND]", help=f"Only these kinds: {', '.join(MESSAGE_NAMES)}."
 )
-@click.option(
-    "--dir",
-    "direction",
-    type=click.Choice([">", "<"]),
-    default=">",
-    show_default=True,
-    help="Direction of a raw dump.",
-)
-@click.option(
-    "--port",
-    metavar="PORT",
-    type=click.IntRange(1, 65535),
-    help="AudioSocket port in a packet capture.",
-)
+@input_options
 @click.option("--summary", is_flag=True, help="A table per call instead of every message.")
 @click.option(
     "--extract",

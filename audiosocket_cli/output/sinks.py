@@ -121,15 +121,28 @@ class Sink(Protocol):
 
 
 class _LineSink:
-    """Lines to a stream: at once on a terminal, in batches to a file or a pipe."""
+    """Lines to a stream: at once on a terminal, in batches to a file or a pipe.
+    Each kind of sink says how a message is one `line`."""
 
-    def __init__(self, stream: TextIO, quiet: bool, batch: bool) -> None:
+    def __init__(self, stream: TextIO, quiet: bool = False, batch: bool = False) -> None:
         self.stream = stream
         self.shows_messages = not quiet
         self.needs_level = not quiet
         self.batch = batch
         self._lines: list[str] = []
         self._flushed = time.monotonic()
+
+    @staticmethod
+    def line(
+        call: CallInfo, t: float, direction: str, message: Message, level: float | None
+    ) -> str:
+        raise NotImplementedError
+
+    def message(
+        self, call: CallInfo, t: float, direction: str, message: Message, level: float | None
+    ) -> None:
+        if self.shows_messages:
+            self._write(self.line(call, t, direction, message, level))
 
     def _write(self, line: str) -> None:
         if not self.batch:
@@ -151,7 +164,7 @@ class _LineSink:
     def messages(self, batch: list[tuple[CallInfo, float, str, Message, float | None]]) -> None:
         """A gathered batch: its lines made in one go, written with the next flush."""
         if self.shows_messages:
-            line = self.line  # type: ignore[attr-defined]
+            line = self.line
             self._lines.extend([line(c, t, d, m, lv) for c, t, d, m, lv in batch])
             now = time.monotonic()
             if not self.batch or now - self._flushed >= FLUSH_INTERVAL:
@@ -174,15 +187,6 @@ class _LineSink:
 
 class PlainSink(_LineSink):
     """One line per message, audio included; nothing folded, no colour."""
-
-    def __init__(self, stream: TextIO, quiet: bool = False, batch: bool = False) -> None:
-        super().__init__(stream, quiet, batch)
-
-    def message(
-        self, call: CallInfo, t: float, direction: str, message: Message, level: float | None
-    ) -> None:
-        if self.shows_messages:
-            self._write(self.line(call, t, direction, message, level))
 
     @staticmethod
     def line(
@@ -224,15 +228,6 @@ class PlainSink(_LineSink):
 
 class JsonSink(_LineSink):
     """JSON lines, one object per message or event."""
-
-    def __init__(self, stream: TextIO, quiet: bool = False, batch: bool = False) -> None:
-        super().__init__(stream, quiet, batch)
-
-    def message(
-        self, call: CallInfo, t: float, direction: str, message: Message, level: float | None
-    ) -> None:
-        if self.shows_messages:
-            self._write(self.line(call, t, direction, message, level))
 
     @staticmethod
     def line(
