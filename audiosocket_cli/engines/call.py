@@ -230,7 +230,7 @@ class Refusals:
         else:
             self._since += 1
 
-    def _summary(self) -> None:
+    def _summary(self, again: bool = True) -> None:
         self._timer = None
         if not self._since:
             return
@@ -242,14 +242,14 @@ class Refusals:
             f"({self._limit}); {self.total} in all",
             refused=count,
         )
-        self._timer = self.reactor.call_later(self.INTERVAL, self._summary)
+        if again:
+            self._timer = self.reactor.call_later(self.INTERVAL, self._summary)
 
     def close(self) -> None:
+        """The last summary now (the tool stops)."""
         if self._timer is not None:
             self._timer.cancel()
-            self._summary()
-            if self._timer is not None:
-                self._timer.cancel()
+        self._summary(again=False)
 
 
 class SessionClock:
