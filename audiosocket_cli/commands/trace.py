@@ -103,7 +103,7 @@ def trace(
     wanted_types = _kind_bytes(wanted_kinds) if wanted_kinds else None
     show_messages = not summary and extractor is None
     show_events = show_messages and not wanted_kinds
-    count = summary or show_events  # statistics: for --summary, and captures' call-ends
+    count = summary  # statistics: only the summary needs them (every call-end has its own)
     verdict = _Verdict()
 
     def show(key: tuple[int, int], call: CallInfo, record: Record) -> None:
@@ -130,10 +130,11 @@ def trace(
         verdict.event(event)
         if not show_events:
             return
-        if isinstance(event, CallEnd) and not any(event.directions.values()):
-            # A capture says how a call ended, not what went each way: counted here.
-            stats = tables.get(key) or {">": DirectionStats(), "<": DirectionStats()}
-            directions = {d: s.as_dict() for d, s in stats.items()}
+        if isinstance(event, CallEnd) and not all(event.directions.values()):
+            # A file that does not say what went each way (written by hand, or cut):
+            # the fields are there all the same, as the schema has them.
+            empty = DirectionStats().as_dict()
+            directions = {d: event.directions.get(d) or empty for d in (">", "<")}
             event = dataclasses.replace(event, directions=directions)
         output.emit(call, event)
 

@@ -42,6 +42,7 @@ from typing import Any, BinaryIO
 
 import dpkt
 
+from audiosocket_cli.analysis.stats import DirectionStats
 from audiosocket_cli.files.records import Record, TraceFormatError
 from audiosocket_cli.net.address import Address
 from audiosocket_cli.protocol.wire import (
@@ -423,6 +424,7 @@ class _Flow:
         self.done = False
         self.warned_midstream = False
         self.first_hangup: str | None = None  # the side whose hangup message came first
+        self.stats = {">": DirectionStats(), "<": DirectionStats()}
         self.cut: str | None = None  # a stream its own end cut inside a message, said how
 
     def label(self, direction: _Direction) -> str:
@@ -556,6 +558,8 @@ class _Flow:
 
     def message(self, ts: float, direction: _Direction, message: Message) -> None:
         self.capture.emit(self, ts, direction, dir=direction.arrow, message=message)
+        # Counted here, so that the call-end says what went each way as every command's does.
+        self.stats[direction.arrow].add(direction.last_emitted - self.start_ts, message)
         if message[0] == Kind.HANGUP and self.first_hangup is None:
             self.first_hangup = self.side(direction)
         if self.uuid is None and direction.arrow == ">" and message.uuid is not None:
@@ -600,7 +604,8 @@ class _Flow:
             ended = _ENDINGS.get(ended, ended)
             detail = note or _DETAILS.get(ended, "")
             text = f"{ended} ({detail})" if detail else ended
-            fields = {"ended": ended, "detail": detail}
+            fields: dict[str, Any] = {"ended": ended, "detail": detail}
+            fields.update({d: stats.as_dict() for d, stats in self.stats.items()})
             self.capture.emit(self, ts, event="call-end", text=text, fields=fields)
         self.capture.flow_ended(self)
 
