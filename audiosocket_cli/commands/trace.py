@@ -13,6 +13,7 @@ import click
 from audiosocket_cli.analysis.stats import SUMMARY_ROWS, DirectionStats
 from audiosocket_cli.commands.options import Failure, input_options, open_output, output_options
 from audiosocket_cli.files.trace import (
+    RawBatch,
     Record,
     TraceFormatError,
     event_from_record,
@@ -106,23 +107,27 @@ def trace(
     count = summary  # statistics: only the summary needs them (every call-end has its own)
     verdict = _Verdict()
 
+    def take(key: tuple[int, int], call: CallInfo, t: float, d: str, message: Message) -> None:
+        """One message: what it costs is decided by the flags, a filter first."""
+        kind, payload = message
+        if wanted_types is not None and kind not in wanted_types:
+            return  # dropped before any other work
+        if not (payload and kind in AUDIO_RATES and not len(payload) & 1) and message.problem:
+            verdict.malformed(message)  # well-formed audio is not even asked
+        if count:
+            stats = tables.get(key)
+            if stats is None:
+                stats = tables[key] = {">": DirectionStats(), "<": DirectionStats()}
+            stats[d].add(t, message)
+        if extractor is not None:
+            extractor.add(key, call, d, message)
+        if show_messages:
+            output.message(call, t, d, message)
+
     def show(key: tuple[int, int], call: CallInfo, record: Record) -> None:
         message = record.message
         if message is not None:
-            kind, payload = message
-            if wanted_types is not None and kind not in wanted_types:
-                return  # dropped before any other work
-            if not (payload and kind in AUDIO_RATES and not len(payload) & 1) and message.problem:
-                verdict.malformed(message)  # well-formed audio is not even asked
-            if count:
-                stats = tables.get(key)
-                if stats is None:
-                    stats = tables[key] = {">": DirectionStats(), "<": DirectionStats()}
-                stats[record.dir].add(record.t, message)
-            if extractor is not None:
-                extractor.add(key, call, record)
-            if show_messages:
-                output.message(call, record.t, record.dir, message)
+            take(key, call, record.t, record.dir, message)
             return
         if record.ts is not None and not call.started_ts:
             call.started_ts = record.ts - record.t
@@ -141,7 +146,20 @@ def trace(
     try:
         for number, name in enumerate(files):
             file_calls: dict[int, tuple[CallInfo, tuple[int, int]]] = {}
-            for record in _records(name, direction, port):
+            for record in _records(name, direction, port, batches=not call_filter):
+                if isinstance(record, RawBatch):
+                    # A raw dump's messages, a read at a time: one call, one direction.
+                    known = file_calls.get(1)
+                    if known is None:
+                        call = calls[(number, 1)] = CallInfo(conn=1, started_ts=0.0)
+                        known = file_calls[1] = (call, (number, 1))
+                    call, key = known
+                    if call.uuid is None and record.call[0] != "#":
+                        call.uuid = record.call
+                    d = record.dir
+                    for t, message in record.items:
+                        take(key, call, t, d, message)
+                    continue
                 known = file_calls.get(record.conn)
                 if known is None:
                     key = (number, record.conn)
@@ -232,13 +250,15 @@ def _matches(call: CallInfo, wanted: str) -> bool:
     return call.call_id.lower().startswith(wanted)
 
 
-def _records(name: str, direction: str, port: int | None) -> Iterator[Record]:
+def _records(
+    name: str, direction: str, port: int | None, batches: bool = False
+) -> Iterator[Record | RawBatch]:
     try:
         stream, label = open_input(name)
     except TraceFormatError as exc:
         raise Failure(str(exc)) from None
     try:
-        yield from read_records(stream, label, direction, port=port)
+        yield from read_records(stream, label, direction, port=port, batches=batches)
     except (TraceFormatError, ProtocolError) as exc:
         raise Failure(str(exc)) from None
     except OSError as exc:
@@ -291,25 +311,24 @@ class _Extractor:
         self.recordings: dict[tuple[tuple[int, int], str], Any] = {}
         self.stems: set[str] = set()
 
-    def add(self, key: tuple[int, int], call: CallInfo, record: Record) -> None:
+    def add(self, key: tuple[int, int], call: CallInfo, d: str, message: Message) -> None:
         """Audio of one call (key: file number and connection) into its files."""
         from audiosocket_cli.media.recorder import Recording
 
-        message = record.message
-        if message is None or not message.is_audio or record.dir not in "<>" or not message.rate:
+        if not message.is_audio or d not in "<>" or not message.rate:
             return
-        recording = self.recordings.get((key, record.dir))
+        recording = self.recordings.get((key, d))
         if recording is None:
             stem = call.call_id.replace("#", "conn")
-            if (key, "<" if record.dir == ">" else ">") not in self.recordings:
+            if (key, "<" if d == ">" else ">") not in self.recordings:
                 # Two inputs holding the same call keep apart: the second gets -2.
                 base, n = stem, 2
                 while stem in self.stems:
                     stem, n = f"{base}-{n}", n + 1
                 self.stems.add(stem)
             else:
-                stem = self.recordings[(key, "<" if record.dir == ">" else ">")].stem
-            side = "in" if record.dir == ">" else "out"
+                stem = self.recordings[(key, "<" if d == ">" else ">")].stem
+            side = "in" if d == ">" else "out"
             directory = self.directory
 
             def path_for(rate: int, first: Path | None, stem: str = stem, side: str = side) -> Path:
@@ -317,7 +336,7 @@ class _Extractor:
                     f"{stem}.{side}.wav" if first is None else f"{stem}.{side}.{rate}.wav"
                 )
 
-            recording = self.recordings[(key, record.dir)] = Recording(path_for)
+            recording = self.recordings[(key, d)] = Recording(path_for)
             recording.stem = stem  # type: ignore[attr-defined]
         note = recording.write(message.rate, message.payload)
         if recording.error is not None and note:
