@@ -170,11 +170,12 @@ def test_an_application_that_stops_accepting() -> None:
     assert last["total_failed"] == 10
     assert "10 of 60 calls failed" in stderr
     failed = last["total_failed_by"]
-    # A connection that completed its handshake in the listen backlog just before the
-    # application closed its listening socket is up, then reset by the kernel: so the
-    # reason is connect-refused for all or all but one or two, and app-reset for those.
+    # A connection that completed its handshake in the listen backlog before the
+    # application closed its listening socket is up, then reset by the kernel: how many
+    # do depends on how busy the machine is, so the reason is connect-refused or
+    # app-reset, and every reset call was up first.
     assert set(failed) <= {"connect-refused", "app-reset"}, failed
-    assert failed["connect-refused"] >= 8
+    assert sum(failed.values()) == 10
     assert last["total_up"] == 50 + failed.get("app-reset", 0)
 
 
