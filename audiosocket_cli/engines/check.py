@@ -610,22 +610,24 @@ def case_coalesced(cr: CaseRun) -> Outcome:
     return framing_call(cr, special, "50 messages in one segment")
 
 
-def case_odd_length(cr: CaseRun) -> Outcome:
+def one_message_call(cr: CaseRun, message: Message, what: str) -> Outcome:
+    """A framing call with one unusual message in it, shown in the evidence."""
+
     def special(p: Probe) -> str:
-        message = Message.audio(tone(8000, 0.0201)[:161], 8000)
         p.send(message)
         return f"at {p.now():.3f}s: {hexdump(message.encode(), 8)}"
 
-    return framing_call(cr, special, "an odd-length (161-byte) audio payload")
+    return framing_call(cr, special, what)
+
+
+def case_odd_length(cr: CaseRun) -> Outcome:
+    message = Message.audio(tone(8000, 0.0201)[:161], 8000)
+    return one_message_call(cr, message, "an odd-length (161-byte) audio payload")
 
 
 def case_max_payload(cr: CaseRun) -> Outcome:
-    def special(p: Probe) -> str:
-        message = Message.audio(tone(8000, 4.2)[:65535], 8000)
-        p.send(message)
-        return f"at {p.now():.3f}s: {hexdump(message.encode(), 8)}"
-
-    return framing_call(cr, special, "a 65535-byte audio payload")
+    message = Message.audio(tone(8000, 4.2)[:65535], 8000)
+    return one_message_call(cr, message, "a 65535-byte audio payload")
 
 
 # Section 2: a real Asterisk call.

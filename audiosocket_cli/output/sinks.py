@@ -192,15 +192,6 @@ class PlainSink(_LineSink):
     def line(
         call: CallInfo, t: float, direction: str, message: Message, level: float | None
     ) -> str:
-        kind, payload = message
-        rate = AUDIO_RATES.get(kind)
-        if rate is not None and payload and not len(payload) & 1:
-            # Well-formed audio, nearly every line: formatted without the general path.
-            shown = "silent" if level is None else f"{level:.1f}dBFS"
-            return (
-                f"{t:.6f} {call.short_id} {direction} audio {len(payload)} rate={rate} "
-                f"level={shown}\n"
-            )
         return plain_message_line(call.short_id, t, direction, message, level) + "\n"
 
     def messages(self, batch: list[tuple[CallInfo, float, str, Message, float | None]]) -> None:
@@ -212,6 +203,8 @@ class PlainSink(_LineSink):
             kind, payload = message
             rate, n = rates.get(kind), len(payload)
             if rate is not None and n and not n & 1:
+                # Well-formed audio, nearly every line: the same line as plain_message_line
+                # makes, without its general path.
                 shown = "silent" if level is None else f"{level:.1f}dBFS"
                 lines.append(f"{t:.6f} {call.short_id} {d} audio {n} rate={rate} level={shown}\n")
             else:
