@@ -18,6 +18,7 @@ from audiosocket_cli.analysis.levels import level_dbfs, levels_dbfs
 from audiosocket_cli.analysis.stats import (
     BURST_AUDIO,
     BURST_WINDOW,
+    ENCODING_SETTLED,
     SUMMARY_ROWS,
     DirectionStats,
 )
@@ -133,7 +134,8 @@ def test_mixed_stream_counts_as_before() -> None:
     assert stats.realtime_ratio == pytest.approx(0.890078797988475, abs=1e-9)
     assert stats.mean_gap == pytest.approx(0.03294215545535325, abs=1e-12)
     assert (stats.audio_messages, stats.messages, stats.wire_bytes) == (307, 316, 176814)
-    assert dict(stats.encoding_votes) == {"s16le": 46}
+    # Unanimous after ENCODING_SETTLED frames: the guess is settled, no more analyses.
+    assert dict(stats.encoding_votes) == {"s16le": ENCODING_SETTLED}
     assert stats.likely_encoding is None
     assert stats.summary() == "316 msgs 176814 B audio 8.99s dtmf=5#1"
     rows = {label: cell(stats) for label, cell in SUMMARY_ROWS}

@@ -33,7 +33,13 @@ def levels_dbfs(payloads: list[bytes]) -> list[float | None]:
 
     levels: list[float | None] = [None] * len(payloads)
     by_length: dict[int, list[int]] = {}
+    repeats: list[int] = []  # the same payload object as the one before (an echo)
+    previous = None
     for i, payload in enumerate(payloads):
+        if payload is previous:
+            repeats.append(i)
+            continue
+        previous = payload
         samples = len(payload) // 2
         if samples:
             by_length.setdefault(samples, []).append(i)
@@ -61,6 +67,8 @@ def levels_dbfs(payloads: list[bytes]) -> list[float | None]:
         else:
             for i, level in zip(where, found, strict=True):
                 levels[i] = level
+    for i in repeats:
+        levels[i] = levels[i - 1]
     return levels
 
 

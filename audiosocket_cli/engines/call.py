@@ -53,6 +53,7 @@ class CallReport:
             )
             for direction in (">", "<")
         }
+        self._in, self._out = self.stats[">"], self.stats["<"]
         self.show = output.shows_messages
         self._warned: set[str] = set()
         self._held: list[tuple[float, str, int, bytes]] | None = None
@@ -77,6 +78,18 @@ class CallReport:
         self.stats[direction].add(t, message)
         if self.show:
             self.output.message(self.info, t, direction, message)
+
+    def echoed(self, t: float, message: Message) -> None:
+        """A message received and sent straight back at once: message() both ways,
+        in one call (an echo server's every message)."""
+        if self.recordings:
+            self.message(t, ">", message)
+            self.message(t, "<", message)
+            return
+        self._in.add(t, message)
+        self._out.add(t, message)
+        if self.show:
+            self.output.echoed(self.info, t, message)
 
     def _record(self, t: float, direction: str, rate: int, payload: bytes) -> None:
         recording = self.recordings[direction]

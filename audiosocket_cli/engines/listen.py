@@ -117,6 +117,7 @@ class Call:
         )
         self.ended = False
         self.closed = False
+        self.echoing = self.config.echo  # until the socket closes
         self.unsent = bytearray()
         self.batch: list[bytes] | None = None
         self.timers: list[Timer] = []  # the injections'
@@ -139,7 +140,7 @@ class Call:
 
     def start(self) -> None:
         started = self.info.started
-        self.reactor.add_reader(self.sock, self.guarded(self.on_readable))
+        self.reactor.add_reader(self.sock, self.on_readable)
         self.report.start(f"from {self.info.peer}")
         for injection in self.config.injections:
             fire = functools.partial(self.inject, injection)
@@ -158,51 +159,63 @@ class Call:
             except (BrokenPipeError, KeyboardInterrupt, Terminated):
                 raise  # stdout went away, or a signal: the whole command ends
             except Exception as exc:
-                if self.ended:
-                    self.close_socket()
-                else:
-                    self.end("internal-error", f"{type(exc).__name__}: {exc}")
+                self.failed(exc)
 
         return run
+
+    def failed(self, exc: Exception) -> None:
+        """A bug met while serving this call: the call ends, and only this call."""
+        if self.ended:
+            self.close_socket()
+        else:
+            self.end("internal-error", f"{type(exc).__name__}: {exc}")
 
     # Receiving
 
     def on_readable(self) -> None:
+        """The reactor's callback, guarded as guarded() does but inline: it runs for
+        every message, and a wrapper's call is a share of its cost."""
         try:
-            n = self.sock.recv_into(self.server.recv_buffer)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self.take(self.session.reset(time.monotonic(), _os_reason(exc)))
-            return
-        now = time.monotonic()
-        data = bytes(self.server.recv_view[:n])
-        if self.pcap is not None:
-            self.pcap.received(data)
-        session = self.session
-        was_partial = session.partial
-        events = session.receive(data, now)
-        if (
-            len(events) == 1
-            and type(events[0]) is Received
-            and not was_partial
-            and not session.partial
-            and data[0] == self.kind_in
-            and len(data) == 3 + len(events[0].message[1])
-        ):
-            # The usual read, 50 times a second per call: one whole audio message at
-            # the call's rate, and nothing else (so no timer to move, and the read's
-            # bytes are that message's encoding).
-            t, message = events[0].t, events[0].message
-            self.report.message(t, ">", message)
-            if self.config.echo:
-                self.echo(t, message, data)
-            if self.server.monitor is not None:
-                self.monitor(t, message)
-            return
-        self.take(events)
-        if not self.ended:
-            self.clock.arm()
+            try:
+                n = self.sock.recv_into(self.server.recv_buffer)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.take(self.session.reset(time.monotonic(), _os_reason(exc)))
+                return
+            now = time.monotonic()
+            data = bytes(self.server.recv_view[:n])
+            if self.pcap is not None:
+                self.pcap.received(data)
+            session = self.session
+            message = session.whole_audio(data, now)
+            if message is None:
+                self.take(session.receive(data, now))
+            elif data[0] != self.kind_in:
+                self.take([Received(now - self.info.started, message)])
+            else:
+                # The usual read, 50 times a second per call: one whole audio message
+                # at the call's rate, and nothing else (so no timer to move, and the
+                # read's bytes are that message's encoding).
+                t = now - self.info.started
+                if self.echoing:
+                    # Straight back, shown and counted both ways in one go.
+                    self.report.echoed(t, message)
+                    if self.unsent or self.batch is not None:
+                        self.write(data)
+                    else:
+                        self.send_now(data)
+                else:
+                    self.report.message(t, ">", message)
+                if self.server.monitor is not None:
+                    self.monitor(t, message)
+                return
+            if not self.ended:
+                self.clock.arm()
+        except (BrokenPipeError, KeyboardInterrupt, Terminated):
+            raise
+        except Exception as exc:
+            self.failed(exc)
 
     def take(self, events: list[SessionEvent]) -> None:
         """The session's verdicts on what the caller sent; replies to one read in one send."""
@@ -242,13 +255,6 @@ class Call:
             self.send(message, t)  # odd lengths too: Asterisk takes them
         if self.server.monitor is not None:
             self.monitor(t, message)
-
-    def echo(self, t: float, message: Message, wire: bytes) -> None:
-        """Well-formed audio straight back: the bytes as they came are its encoding."""
-        if self.closed:
-            return
-        self.report.message(t, "<", message)
-        self.write(wire)
 
     def monitor(self, t: float, message: Message) -> None:
         server = self.server
@@ -298,6 +304,10 @@ class Call:
             if len(self.unsent) > MAX_UNSENT:
                 self.end("app-close", f"the caller reads nothing: {len(self.unsent)} bytes unsent")
             return
+        self.send_now(data)
+
+    def send_now(self, data: bytes) -> None:
+        """write() when nothing waits to go before `data`."""
         try:
             sent = self.sock.send(data)
         except (BlockingIOError, InterruptedError):
@@ -409,6 +419,7 @@ class Call:
         if self.closed:
             return
         self.closed = True
+        self.echoing = False
         if self.drain_timer is not None:
             self.drain_timer.cancel()
             self.server.draining.discard(self)

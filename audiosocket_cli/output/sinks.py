@@ -11,8 +11,9 @@ their name as KIND, and LEN `-` (docs/output.md).
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import json
+import math
 import os
 import sys
 import threading
@@ -36,6 +37,10 @@ from audiosocket_cli.protocol.events import (
 from audiosocket_cli.protocol.wire import AUDIO_RATES, Message, describe_error_code
 
 FLUSH_INTERVAL = 0.1  # s: batched lines reach a pipe at least this often
+
+# A message gathered for the sinks: (call, t, direction, message). The call is
+# as it was then (a copy while it has no UUID yet: a later one must not rename it).
+Gathered = tuple[CallInfo, float, str, Message]
 
 
 @dataclass
@@ -161,14 +166,20 @@ class _LineSink:
         self.stream.flush()
         self._flushed = time.monotonic() if now is None else now
 
-    def messages(self, batch: list[tuple[CallInfo, float, str, Message, float | None]]) -> None:
-        """A gathered batch: its lines made in one go, written with the next flush."""
+    def messages(self, batch: list[Gathered], levels: list[float | None]) -> None:
+        """A gathered batch and its levels: its lines made in one go, written with
+        the next flush."""
         if self.shows_messages:
             line = self.line
-            self._lines.extend([line(c, t, d, m, lv) for c, t, d, m, lv in batch])
-            now = time.monotonic()
-            if not self.batch or now - self._flushed >= FLUSH_INTERVAL:
-                self.flush(now)
+            self._lines.extend(
+                [line(c, t, d, m, lv) for (c, t, d, m), lv in zip(batch, levels, strict=True)]
+            )
+            self._batch_done()
+
+    def _batch_done(self) -> None:
+        now = time.monotonic()
+        if not self.batch or now - self._flushed >= FLUSH_INTERVAL:
+            self.flush(now)
 
     def flush_due(self, now: float) -> float | None:
         """Write what waits if it has waited FLUSH_INTERVAL (one write for many lines);
@@ -188,30 +199,45 @@ class _LineSink:
 class PlainSink(_LineSink):
     """One line per message, audio included; nothing folded, no colour."""
 
+    def __init__(self, stream: TextIO, quiet: bool = False, batch: bool = False) -> None:
+        super().__init__(stream, quiet, batch)
+        self._shown: dict[float | None, str] = {}  # format_level's, by level
+
     @staticmethod
     def line(
         call: CallInfo, t: float, direction: str, message: Message, level: float | None
     ) -> str:
         return plain_message_line(call.short_id, t, direction, message, level) + "\n"
 
-    def messages(self, batch: list[tuple[CallInfo, float, str, Message, float | None]]) -> None:
+    def messages(self, batch: list[Gathered], levels: list[float | None]) -> None:
         """A gathered batch, its lines made in one loop (the per-message hot path)."""
         if not self.shows_messages:
             return
-        lines, rates, general = self._lines, AUDIO_RATES, self.line
-        for call, t, d, message, level in batch:
+        append, rates, general = self._lines.append, AUDIO_RATES, self.line
+        shown_by_level = self._shown
+        if len(shown_by_level) > 4096:
+            shown_by_level.clear()  # levels are rounded to 0.1 dB: this is never reached
+        last: Gathered | None = None
+        for item, level in zip(batch, levels, strict=True):
+            call, t, d, message = item
             kind, payload = message
             rate, n = rates.get(kind), len(payload)
-            if rate is not None and n and not n & 1:
-                # Well-formed audio, nearly every line: the same line as plain_message_line
-                # makes, without its general path.
-                shown = "silent" if level is None else f"{level:.1f}dBFS"
-                lines.append(f"{t:.6f} {call.short_id} {d} audio {n} rate={rate} level={shown}\n")
-            else:
-                lines.append(general(call, t, d, message, level))
-        now = time.monotonic()
-        if not self.batch or now - self._flushed >= FLUSH_INTERVAL:
-            self.flush(now)
+            if rate is None or not n or n & 1:
+                append(general(call, t, d, message, level))
+                last = None
+                continue
+            # Well-formed audio, nearly every line: the same line as plain_message_line
+            # makes, without its general path.
+            if last is None or message is not last[3] or t != last[1] or call is not last[0]:
+                # Not the echo of the line before (same message, call and time):
+                # its parts are formatted anew.
+                stamp, short_id = f"{t:.6f}", call.short_id
+                shown = shown_by_level.get(level)
+                if shown is None:
+                    shown = shown_by_level[level] = format_level(level)
+            append(f"{stamp} {short_id} {d} audio {n} rate={rate} level={shown}\n")
+            last = item
+        self._batch_done()
 
     def event(self, call: CallInfo, event: Event) -> None:
         self._write(plain_event_line(call.short_id, event.t, event.name, event.text) + "\n")
@@ -332,7 +358,8 @@ class Output:
     gathered, so the order of lines is the order of things.
     """
 
-    BATCH = 512
+    BATCH = 512  # gathered messages that go to the sinks at once
+    TICK_BATCH = 256  # ... or at the end of a loop turn
 
     def __init__(self, sinks: list[Any], stderr: TextIO | None = None) -> None:
         self.sinks = sinks
@@ -346,7 +373,10 @@ class Output:
         self._gather = self._levels and all(
             getattr(s, "batch", True) for s in self._message_sinks if s.needs_level
         )
-        self._pending: list[tuple[CallInfo, str | None, float, str, Message]] = []
+        self._pending: list[Gathered] = []
+        # Until when tick() has nothing to do: set by tick, undone (0) by whatever
+        # gives it work (the first message gathered, lines handed to a sink).
+        self._tick_at = 0.0
         self._drained = time.monotonic()
         # A server (listen, capture) goes on when stdout's reader leaves; see _stdout_gone.
         self.outlive_stdout = False
@@ -359,6 +389,7 @@ class Output:
         if not self._message_sinks:
             return
         if not self._gather:
+            self._tick_at = 0.0
             level = None
             if self._levels and message[0] in AUDIO_RATES:
                 level = levels_dbfs([message[1]])[0]
@@ -369,9 +400,28 @@ class Output:
                     except BrokenPipeError:
                         self._stdout_gone(sink)
             return
+        if call.uuid is None:
+            call = copy.copy(call)  # its line says #N, even once the UUID is known
         pending = self._pending
-        # The call's UUID as it is now: a message before the uuid message keeps its #N.
-        pending.append((call, call.uuid, t, direction, message))
+        if not pending:
+            self._tick_at = 0.0
+        pending.append((call, t, direction, message))
+        if len(pending) >= self.BATCH or time.monotonic() - self._drained >= FLUSH_INTERVAL:
+            self._drain()
+
+    def echoed(self, call: CallInfo, t: float, message: Message) -> None:
+        """message() for `>` then `<`: one received and sent straight back."""
+        if not self._gather:
+            self.message(call, t, ">", message)
+            self.message(call, t, "<", message)
+            return
+        if call.uuid is None:
+            call = copy.copy(call)
+        pending = self._pending
+        if not pending:
+            self._tick_at = 0.0
+        pending.append((call, t, ">", message))
+        pending.append((call, t, "<", message))
         if len(pending) >= self.BATCH or time.monotonic() - self._drained >= FLUSH_INTERVAL:
             self._drain()
 
@@ -380,27 +430,26 @@ class Output:
         with self._lock:
             pending, self._pending = self._pending, []
             self._drained = time.monotonic()
+            self._tick_at = 0.0
             if not pending:
                 return
-            levels = levels_dbfs([m[1] if m[0] in AUDIO_RATES else b"" for *_, m in pending])
-            batch = [
-                (call if call.uuid == uuid else dataclasses.replace(call, uuid=uuid), t, d, m, lv)
-                for (call, uuid, t, d, m), lv in zip(pending, levels, strict=True)
-            ]
+            rates = AUDIO_RATES
+            levels = levels_dbfs([m[1] if m[0] in rates else b"" for _, _, _, m in pending])
             for sink in list(self._message_sinks):
                 try:
                     many = getattr(sink, "messages", None)
                     if many is not None:
-                        many(batch)
+                        many(pending, levels)
                     else:
-                        for item in batch:
-                            sink.message(*item)
+                        for (call, t, d, m), level in zip(pending, levels, strict=True):
+                            sink.message(call, t, d, m, level)
                 except BrokenPipeError:
                     self._stdout_gone(sink)
 
     def emit(self, call: CallInfo, event: Event) -> None:
         if self._pending:
             self._drain()
+        self._tick_at = 0.0
         with self._lock:
             for sink in list(self.sinks):
                 try:
@@ -427,7 +476,13 @@ class Output:
         nothing waits)."""
         now = time.monotonic()
         pending = self._pending
-        if pending and (len(pending) >= 64 or now - self._drained >= FLUSH_INTERVAL / 2):
+        tick_at = self._tick_at
+        if now < tick_at and len(pending) < self.TICK_BATCH:
+            # Nothing has changed since the last tick said when to come back.
+            return None if tick_at == math.inf else tick_at - now
+        if pending and (
+            len(pending) >= self.TICK_BATCH or now - self._drained >= FLUSH_INTERVAL / 2
+        ):
             self._drain()
         again: float | None = FLUSH_INTERVAL / 2 if self._pending else None
         for sink in list(self._message_sinks):
@@ -440,6 +495,7 @@ class Output:
                     continue
                 if wait is not None and (again is None or wait < again):
                     again = wait
+        self._tick_at = math.inf if again is None else now + again
         return again
 
     def _stdout_gone(self, sink: Any) -> None:
