@@ -29,47 +29,44 @@ def levels_dbfs(payloads: list[bytes]) -> list[float | None]:
     the last bit, so a level within a hair of a rounding boundary is computed
     as level_dbfs does.
     """
-    import numpy as np
-
-    levels: list[float | None] = [None] * len(payloads)
+    count = len(payloads)
+    sizes = list(map(len, payloads))
+    size = sizes[0] if sizes else 0
+    if count >= BATCH_MIN and size >= 2 and not size & 1 and sizes.count(size) == count:
+        # One length for every payload, the usual batch: no sorting by length.
+        return _levels_of_rows(b"".join(payloads), count, size // 2)
+    levels: list[float | None] = [None] * count
     by_length: dict[int, list[int]] = {}
-    repeats: list[int] = []  # the same payload object as the one before (an echo)
-    previous = None
-    for i, payload in enumerate(payloads):
-        if payload is previous:
-            repeats.append(i)
-            continue
-        previous = payload
-        samples = len(payload) // 2
-        if samples:
-            by_length.setdefault(samples, []).append(i)
+    for i, size in enumerate(sizes):
+        if size >= 2:
+            by_length.setdefault(size // 2, []).append(i)
     for samples, where in by_length.items():
         if len(where) < BATCH_MIN:
             for i in where:
                 levels[i] = level_dbfs(payloads[i])
             continue
         size = 2 * samples
-        joined = b"".join(
-            payloads[i] if len(payloads[i]) == size else payloads[i][:size] for i in where
-        )
-        block = np.frombuffer(joined, dtype="<i2").reshape(len(where), samples).astype(np.int64)
-        power = np.einsum("ij,ij->i", block, block).astype(np.float64) / samples
-        with np.errstate(divide="ignore", invalid="ignore"):  # silence: -inf, None below
-            tenths = 100.0 * np.log10(power / FULL_SCALE_POWER)
-            rounded = np.rint(tenths)
-            near = np.abs(np.abs(tenths - rounded) - 0.5) < 1e-6  # a hair from x.x5
-        found = (rounded / 10.0 + 0.0).tolist()
-        # The few that need a second look: silence (None) and a hair from a boundary.
-        for j in np.flatnonzero((power <= 0) | near).tolist():
-            found[j] = _dbfs(float(power[j])) if power[j] > 0 else None
-        if len(where) == len(payloads):
-            levels = found  # one length for every payload, the usual batch
-        else:
-            for i, level in zip(where, found, strict=True):
-                levels[i] = level
-    for i in repeats:
-        levels[i] = levels[i - 1]
+        joined = b"".join(payloads[i] if sizes[i] == size else payloads[i][:size] for i in where)
+        for i, level in zip(where, _levels_of_rows(joined, len(where), samples), strict=True):
+            levels[i] = level
     return levels
+
+
+def _levels_of_rows(joined: bytes, rows: int, samples: int) -> list[float | None]:
+    """level_dbfs of each of `rows` payloads of `samples` samples, joined."""
+    import numpy as np
+
+    block = np.frombuffer(joined, dtype="<i2").reshape(rows, samples).astype(np.int64)
+    power = np.einsum("ij,ij->i", block, block).astype(np.float64) / samples
+    with np.errstate(divide="ignore", invalid="ignore"):  # silence: -inf, None below
+        tenths = 100.0 * np.log10(power / FULL_SCALE_POWER)
+        rounded = np.rint(tenths)
+        near = np.abs(np.abs(tenths - rounded) - 0.5) < 1e-6  # a hair from x.x5
+    found: list[float | None] = (rounded / 10.0 + 0.0).tolist()
+    # The few that need a second look: silence (None) and a hair from a boundary.
+    for j in np.flatnonzero((power <= 0) | near).tolist():
+        found[j] = _dbfs(float(power[j])) if power[j] > 0 else None
+    return found
 
 
 def _dbfs(power: float) -> float | None:

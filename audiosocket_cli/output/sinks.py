@@ -41,6 +41,10 @@ FLUSH_INTERVAL = 0.1  # s: batched lines reach a pipe at least this often
 # A message gathered for the sinks: (call, t, direction, message). The call is
 # as it was then (a copy while it has no UUID yet: a later one must not rename it).
 Gathered = tuple[CallInfo, float, str, Message]
+# A Gathered direction: received and sent straight back at once (Output.echoed), a
+# line each way.
+ECHOED = "><"
+ECHO_DIRECTIONS = (">", "<")
 
 
 @dataclass
@@ -172,7 +176,11 @@ class _LineSink:
         if self.shows_messages:
             line = self.line
             self._lines.extend(
-                [line(c, t, d, m, lv) for (c, t, d, m), lv in zip(batch, levels, strict=True)]
+                [
+                    line(c, t, one, m, lv)
+                    for (c, t, d, m), lv in zip(batch, levels, strict=True)
+                    for one in (ECHO_DIRECTIONS if d == ECHOED else (d,))
+                ]
             )
             self._batch_done()
 
@@ -217,26 +225,24 @@ class PlainSink(_LineSink):
         shown_by_level = self._shown
         if len(shown_by_level) > 4096:
             shown_by_level.clear()  # levels are rounded to 0.1 dB: this is never reached
-        last: Gathered | None = None
-        for item, level in zip(batch, levels, strict=True):
-            call, t, d, message = item
+        for (call, t, d, message), level in zip(batch, levels, strict=True):
             kind, payload = message
             rate, n = rates.get(kind), len(payload)
             if rate is None or not n or n & 1:
-                append(general(call, t, d, message, level))
-                last = None
+                for one in ECHO_DIRECTIONS if d == ECHOED else (d,):
+                    append(general(call, t, one, message, level))
                 continue
             # Well-formed audio, nearly every line: the same line as plain_message_line
             # makes, without its general path.
-            if last is None or message is not last[3] or t != last[1] or call is not last[0]:
-                # Not the echo of the line before (same message, call and time):
-                # its parts are formatted anew.
-                stamp, short_id = f"{t:.6f}", call.short_id
-                shown = shown_by_level.get(level)
-                if shown is None:
-                    shown = shown_by_level[level] = format_level(level)
-            append(f"{stamp} {short_id} {d} audio {n} rate={rate} level={shown}\n")
-            last = item
+            shown = shown_by_level.get(level)
+            if shown is None:
+                shown = shown_by_level[level] = format_level(level)
+            if d == ECHOED:
+                head = f"{t:.6f} {call.short_id}"
+                tail = f"audio {n} rate={rate} level={shown}\n"
+                append(f"{head} > {tail}{head} < {tail}")
+            else:
+                append(f"{t:.6f} {call.short_id} {d} audio {n} rate={rate} level={shown}\n")
         self._batch_done()
 
     def event(self, call: CallInfo, event: Event) -> None:
@@ -420,8 +426,7 @@ class Output:
         pending = self._pending
         if not pending:
             self._tick_at = 0.0
-        pending.append((call, t, ">", message))
-        pending.append((call, t, "<", message))
+        pending.append((call, t, ECHOED, message))
         if len(pending) >= self.BATCH or time.monotonic() - self._drained >= FLUSH_INTERVAL:
             self._drain()
 
@@ -442,7 +447,8 @@ class Output:
                         many(pending, levels)
                     else:
                         for (call, t, d, m), level in zip(pending, levels, strict=True):
-                            sink.message(call, t, d, m, level)
+                            for one in ECHO_DIRECTIONS if d == ECHOED else (d,):
+                                sink.message(call, t, one, m, level)
                 except BrokenPipeError:
                     self._stdout_gone(sink)
 
