@@ -62,7 +62,9 @@ class ServerProcess:
         startup_timeout: float = 20.0,
         listens: bool = True,
         stdout: Any = None,
+        cpus: set[int] | None = None,
     ) -> None:
+        """`cpus`: the CPUs the server may run on (all when None)."""
         self.argv = list(argv)
         self.lines: collections.deque[str] = collections.deque(maxlen=200)
         self.line_count = 0
@@ -78,6 +80,7 @@ class ServerProcess:
             env=cli_env(),
             text=True,
             errors="replace",
+            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
         )
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()

@@ -899,3 +899,89 @@ def test_truncated_raw_dump_ends_with_a_warning() -> None:
     assert warning.text == (
         "cut.raw: stream ended inside a message of kind 0x10: 100 bytes received, 223 missing"
     )
+
+
+# An echo (received and sent straight back) -----------------------------------------
+
+
+def echo_then_messages(output: Output, call: CallInfo, echo: bool) -> None:
+    """The same three messages, the middle one echoed: by echoed(), or by two message()."""
+    output.message(call, 0.01, ">", Message.dtmf("1"))
+    for t, pcm in ((0.02, sine(1000)), (0.04, sine(3000)), (0.06, bytes(320))):
+        message = Message.audio(pcm)
+        if echo:
+            output.echoed(call, t, message)
+        else:
+            output.message(call, t, ">", message)
+            output.message(call, t, "<", message)
+    output.message(call, 0.07, "<", Message.audio(sine(50), 16000))
+
+
+@pytest.mark.parametrize("json_lines", [False, True])
+def test_an_echo_shows_as_two_messages(tmp_path: Path, json_lines: bool) -> None:
+    """echoed() writes what message() twice would, in every sink (the trace too)."""
+    got = {}
+    for echo in (True, False):
+        env = plain_env()
+        path = tmp_path / f"{echo}.trace"
+        output = make_output(env, json_lines=json_lines, trace_path=str(path))
+        echo_then_messages(output, call_with_uuid(), echo)
+        output.close()
+        with open(path, "rb") as stream:
+            traced = [r.message for r in read_records(stream, str(path)) if r.message]
+        got[echo] = (env.stdout.getvalue(), traced)
+    assert got[True] == got[False]
+    lines = got[True][0].splitlines()
+    assert len(lines) == 8 and len(got[True][1]) == 8
+    if not json_lines:
+        assert lines[1:3] == [
+            "0.020000 40325ec2 > audio 320 rate=8000 level=-33.3dBFS",
+            "0.020000 40325ec2 < audio 320 rate=8000 level=-33.3dBFS",
+        ]
+        assert lines[5:7] == [
+            "0.060000 40325ec2 > audio 320 rate=8000 level=silent",
+            "0.060000 40325ec2 < audio 320 rate=8000 level=silent",
+        ]
+
+
+def test_an_echo_on_a_terminal_is_two_lines() -> None:
+    env = Environment(stdout=io.StringIO(), stderr=io.StringIO(), stdout_isatty=False)
+    output = Output([PlainSink(env.stdout, batch=False)], env.stderr)
+    output.echoed(call_with_uuid(), 0.02, Message.audio(sine(1000)))
+    assert [line.split(" ")[2] for line in env.stdout.getvalue().splitlines()] == [">", "<"]
+
+
+def test_a_line_gathered_before_the_uuid_keeps_the_call_number() -> None:
+    """A message shown before the call's UUID was known says #N, even when the UUID
+    comes before the gathered lines are written."""
+    stream = io.StringIO()
+    output = Output([PlainSink(stream, batch=True)], io.StringIO())
+    call = CallInfo(conn=7)
+    output.echoed(call, 0.01, Message.audio(sine(1000)))
+    output.message(call, 0.02, ">", Message.audio(sine(1000)))
+    call.uuid = UUID
+    output.message(call, 0.03, ">", Message.audio(sine(1000)))
+    output.close()
+    assert [line.split(" ")[1] for line in stream.getvalue().splitlines()] == [
+        "#7",
+        "#7",
+        "#7",
+        "40325ec2",
+    ]
+
+
+def test_tick_says_when_to_come_back() -> None:
+    """tick(): how long until it has work (a finite number), or None when nothing
+    waits, also on the turns where it returns at once."""
+    stream = io.StringIO()
+    output = Output([PlainSink(stream, batch=True)], io.StringIO())
+    assert output.tick() is None
+    assert output.tick() is None  # the quick answer: still nothing
+    output.echoed(call_with_uuid(), 0.02, Message.audio(sine(1000)))
+    first = output.tick()
+    assert first is not None and 0 < first <= sinks_module.FLUSH_INTERVAL
+    again = output.tick()
+    assert again is not None and 0 <= again <= first
+    output.flush()
+    assert stream.getvalue().count("\n") == 2
+    assert output.tick() is None  # all written: nothing waits

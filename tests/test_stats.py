@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import struct
 import wave
 from typing import Any
 
@@ -18,9 +19,11 @@ from audiosocket_cli.analysis.levels import level_dbfs, levels_dbfs
 from audiosocket_cli.analysis.stats import (
     BURST_AUDIO,
     BURST_WINDOW,
+    ENCODING_MAX_FRAMES,
     ENCODING_SETTLED,
     SUMMARY_ROWS,
     DirectionStats,
+    guess_encoding,
 )
 from audiosocket_cli.protocol.wire import AUDIO_RATES, Kind, Message
 from tests.conftest import SAMPLES
@@ -332,3 +335,96 @@ def test_levels_dbfs_equals_level_dbfs() -> None:
     assert got == [level_dbfs(p) for p in payloads]
     assert got[-3] == 0.0 and not math.copysign(1, got[-3]) < 0  # 0.0, not -0.0
     assert levels_dbfs([]) == []
+
+
+def test_levels_dbfs_of_a_one_length_batch_equals_level_dbfs() -> None:
+    """The usual batch (every payload 320 bytes) takes its own path: the same figures."""
+    pcm = hello_pcm()
+    rnd = random.Random(7)
+    payloads = [pcm[at : at + 320] for at in (rnd.randrange(0, len(pcm) - 320) for _ in range(300))]
+    payloads += [bytes(320), b"\xff\x7f" * 160, b"\x00\x80" * 160, b"\x01\x00" + bytes(318)]
+    payloads += [payloads[0]] * 3  # the same object again, as an echo gives it
+    got = levels_dbfs(payloads)
+    assert got == [level_dbfs(p) for p in payloads]
+    assert got[300] is None and got[301] == 0.0 and got[302] == 0.0
+
+
+# The encoding guess
+
+
+def ulaw_to_linear(byte: int) -> int:
+    """G.711 mu-law to a 16-bit sample, from the standard's formula."""
+    u = ~byte & 0xFF
+    magnitude = (((u & 0x0F) << 3) + 0x84) << ((u >> 4) & 0x07)
+    return -(magnitude - 0x84) if u & 0x80 else magnitude - 0x84
+
+
+def reference_guess(payload: bytes) -> str | None:
+    """guess_encoding as its docstring says it: the reading with by far the smallest
+    mean magnitude, in plain Python."""
+    n = len(payload) // 2
+    if not n:
+        return None
+    le = sum(abs(v) for (v,) in struct.iter_unpack("<h", payload[: 2 * n])) / n
+    if le < 64:
+        return None
+    be = sum(abs(v) for (v,) in struct.iter_unpack(">h", payload[: 2 * n])) / n
+    ulaw = sum(abs(ulaw_to_linear(b)) for b in payload[: 2 * n]) / (2 * n)
+    if ulaw * 4 < le and ulaw < be:
+        return "ulaw"
+    if be * 4 < le and be <= ulaw:
+        return "s16be"
+    return "s16le"
+
+
+def test_guess_encoding_is_the_smallest_mean_magnitude() -> None:
+    rnd = random.Random(11)
+    pcm = hello_pcm()
+    frames: list[bytes] = []
+    for _ in range(300):
+        size = rnd.choice([64, 160, 320, 321, 640])
+        at = rnd.randrange(0, len(pcm) - size)
+        le = pcm[at : at + size]
+        frames.append(le)  # speech and pauses, as PCM
+        frames.append(b"".join(le[i : i + 2][::-1] for i in range(0, len(le), 2)))  # s16be
+        quiet_ulaw = bytes(rnd.choice([0x7F, 0x7E, 0xFF, 0xFE, 0x70, 0xF0]) for _ in range(size))
+        frames.append(quiet_ulaw)
+        frames.append(bytes(rnd.randrange(256) for _ in range(size)))  # noise
+    frames += [b"", b"\x01", bytes(320), b"\xff" * 320]
+    verdicts = [guess_encoding(f) for f in frames]
+    assert verdicts == [reference_guess(f) for f in frames]
+    assert {"s16le", "s16be", "ulaw", None} <= set(verdicts)  # every verdict was tried
+
+
+def test_a_unanimous_encoding_guess_settles() -> None:
+    """After ENCODING_SETTLED frames that all read the same way, no more are analysed:
+    a stream's encoding does not change."""
+    pcm = hello_pcm()
+    offered: list[int] = []
+
+    def gate() -> bool:
+        offered.append(1)
+        return True
+
+    stats = DirectionStats(encoding_gate=gate)
+    loud = [pcm[at : at + 320] for at in range(0, len(pcm) - 320, 320)]
+    loud = [f for f in loud if guess_encoding(f) == "s16le"]
+    for i in range(5 * 200):
+        stats.add(i * 0.02, Message(Kind.AUDIO_8K, loud[i % len(loud)]))
+    assert dict(stats.encoding_votes) == {"s16le": ENCODING_SETTLED}
+    assert len(offered) == ENCODING_SETTLED
+
+
+def test_a_split_encoding_vote_goes_on() -> None:
+    """Frames that read two ways are analysed on, up to ENCODING_MAX_FRAMES."""
+    pcm = hello_pcm()
+    loud = [pcm[at : at + 320] for at in range(0, len(pcm) - 320, 320)]
+    loud = [f for f in loud if guess_encoding(f) == "s16le"]
+    ulaw = bytes([0x7F, 0xFF, 0x7E, 0xFE]) * 80
+    assert guess_encoding(ulaw) == "ulaw"
+    stats = DirectionStats()
+    for i in range(5 * 200):
+        frame = ulaw if i % 10 < 5 else loud[i % len(loud)]
+        stats.add(i * 0.02, Message(Kind.AUDIO_8K, frame))
+    assert sum(stats.encoding_votes.values()) == ENCODING_MAX_FRAMES
+    assert set(stats.encoding_votes) == {"s16le", "ulaw"}
