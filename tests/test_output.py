@@ -985,3 +985,34 @@ def test_tick_says_when_to_come_back() -> None:
     output.flush()
     assert stream.getvalue().count("\n") == 2
     assert output.tick() is None  # all written: nothing waits
+
+
+def test_batched_lines_are_the_lines_one_at_a_time() -> None:
+    """A sink's batch path (the hot one) writes what line() writes for each message,
+    and JSON what json.dumps of its record writes."""
+    messages = [
+        Message.audio(sine(1000)),
+        Message.audio(bytes(640), 16000),
+        Message.audio(sine(20000, samples=480), 48000),
+        Message(0x10, b"\x01\x02\x03"),  # odd length
+        Message(0x10, b""),
+        Message.dtmf("7"),
+        Message.hangup(),
+        Message(0x42, b"\x00"),
+    ]
+    calls = [call_with_uuid(), CallInfo(conn=9)]
+    batch = [(c, 0.02 * i, "<>"[i % 2], m) for i, m in enumerate(messages) for c in calls]
+    levels = [level_dbfs(m.payload) if m.rate else None for _, _, _, m in batch]
+    levels[0] = None  # a level the caller says is silence is shown as such
+    for sink_type in (PlainSink, JsonSink):
+        stream = io.StringIO()
+        sink = sink_type(stream, batch=True)
+        sink.messages(batch, levels)
+        sink.flush()
+        one_by_one = [sink.line(*item, level) for item, level in zip(batch, levels, strict=True)]
+        assert stream.getvalue() == "".join(one_by_one)
+        if sink_type is JsonSink:
+            assert one_by_one == [
+                json.dumps(message_record(*item, level)) + "\n"
+                for item, level in zip(batch, levels, strict=True)
+            ]

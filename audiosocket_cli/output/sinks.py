@@ -176,11 +176,7 @@ class _LineSink:
         if self.shows_messages:
             line = self.line
             self._lines.extend(
-                [
-                    line(c, t, one, m, lv)
-                    for (c, t, d, m), lv in zip(batch, levels, strict=True)
-                    for one in (ECHO_DIRECTIONS if d == ECHOED else (d,))
-                ]
+                [line(c, t, d, m, lv) for (c, t, d, m), lv in zip(batch, levels, strict=True)]
             )
             self._batch_done()
 
@@ -206,6 +202,8 @@ class _LineSink:
 
 class PlainSink(_LineSink):
     """One line per message, audio included; nothing folded, no colour."""
+
+    takes_echoes = True  # messages() makes an ECHOED entry's two lines itself
 
     def __init__(self, stream: TextIO, quiet: bool = False, batch: bool = False) -> None:
         super().__init__(stream, quiet, batch)
@@ -270,6 +268,26 @@ class JsonSink(_LineSink):
                 f'"rate": {rate}, "level_dbfs": {shown}}}\n'
             )
         return json.dumps(message_record(call, t, direction, message, level)) + "\n"
+
+    def messages(self, batch: list[Gathered], levels: list[float | None]) -> None:
+        """A gathered batch, its lines made in one loop (the per-message hot path)."""
+        if not self.shows_messages:
+            return
+        append, rates, general = self._lines.append, AUDIO_RATES, self.line
+        for (call, t, d, message), level in zip(batch, levels, strict=True):
+            kind, payload = message
+            rate, n, call_id = rates.get(kind), len(payload), call.call_id
+            if rate is None or not n or n & 1 or '"' in call_id:
+                append(general(call, t, d, message, level))
+                continue
+            # The same line as line() makes, without its call.
+            shown = "null" if level is None else repr(level)
+            append(
+                f'{{"t": {round(t, 6)!r}, "conn": {call.conn}, "call": "{call_id}", '
+                f'"dir": "{d}", "kind": "audio", "type": {kind}, "len": {n}, '
+                f'"rate": {rate}, "level_dbfs": {shown}}}\n'
+            )
+        self._batch_done()
 
     def event(self, call: CallInfo, event: Event) -> None:
         self._write(json.dumps(event_record(call, event), default=str) + "\n")
@@ -380,6 +398,7 @@ class Output:
             getattr(s, "batch", True) for s in self._message_sinks if s.needs_level
         )
         self._pending: list[Gathered] = []
+        self._echoes = False  # an ECHOED entry is among those gathered
         # Until when tick() has nothing to do: set by tick, undone (0) by whatever
         # gives it work (the first message gathered, lines handed to a sink).
         self._tick_at = 0.0
@@ -427,6 +446,7 @@ class Output:
         if not pending:
             self._tick_at = 0.0
         pending.append((call, t, ECHOED, message))
+        self._echoes = True
         if len(pending) >= self.BATCH or time.monotonic() - self._drained >= FLUSH_INTERVAL:
             self._drain()
 
@@ -440,15 +460,21 @@ class Output:
                 return
             rates = AUDIO_RATES
             levels = levels_dbfs([m[1] if m[0] in rates else b"" for _, _, _, m in pending])
+            echoes, self._echoes = self._echoes, False
+            expanded: tuple[list[Gathered], list[float | None]] | None = None
             for sink in list(self._message_sinks):
+                batch, batch_levels = pending, levels
+                if echoes and not getattr(sink, "takes_echoes", False):
+                    if expanded is None:
+                        expanded = _expand_echoes(pending, levels)
+                    batch, batch_levels = expanded
                 try:
                     many = getattr(sink, "messages", None)
                     if many is not None:
-                        many(pending, levels)
+                        many(batch, batch_levels)
                     else:
-                        for (call, t, d, m), level in zip(pending, levels, strict=True):
-                            for one in ECHO_DIRECTIONS if d == ECHOED else (d,):
-                                sink.message(call, t, one, m, level)
+                        for (call, t, d, m), level in zip(batch, batch_levels, strict=True):
+                            sink.message(call, t, d, m, level)
                 except BrokenPipeError:
                     self._stdout_gone(sink)
 
@@ -547,6 +573,23 @@ class Output:
     def note(self, text: str) -> None:
         """A line for the user on stderr, outside any call."""
         noter(self.stderr)(text)
+
+
+def _expand_echoes(
+    batch: list[Gathered], levels: list[float | None]
+) -> tuple[list[Gathered], list[float | None]]:
+    """A batch with each ECHOED entry as the two it stands for, `>` then `<`."""
+    out: list[Gathered] = []
+    out_levels: list[float | None] = []
+    for item, level in zip(batch, levels, strict=True):
+        call, t, d, message = item
+        if d == ECHOED:
+            out += ((call, t, ">", message), (call, t, "<", message))
+            out_levels += (level, level)
+        else:
+            out.append(item)
+            out_levels.append(level)
+    return out, out_levels
 
 
 def noter(stream: TextIO) -> Callable[[str], None]:
