@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import math
+import select
 import selectors
 import signal
 import socket
@@ -39,9 +41,19 @@ class Timer:
         self.cancelled = True
 
 
+if hasattr(select, "epoll"):
+    _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
+else:  # the selectors fallback (not Linux) reports in the same bits
+    _IN, _OUT = 1, 4
+
+
 class Reactor:
     def __init__(self) -> None:
-        self.selector = selectors.DefaultSelector()
+        # epoll itself where there is one: selectors' wrapping costs a share of
+        # each message's time at hundreds of calls.
+        self._epoll = select.epoll() if hasattr(select, "epoll") else None
+        self._selector = selectors.DefaultSelector() if self._epoll is None else None
+        self._masks: dict[int, int] = {}  # fd: the events it is watched for
         self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._readers: dict[int, Callback] = {}
@@ -67,20 +79,56 @@ class Reactor:
 
     def _update(self, sock: socket.socket) -> None:
         fd = sock.fileno()
-        events = (selectors.EVENT_READ if fd in self._readers else 0) | (
-            selectors.EVENT_WRITE if fd in self._writers else 0
+        events = (_IN if fd in self._readers else 0) | (_OUT if fd in self._writers else 0)
+        before = self._masks.get(fd, 0)
+        if events == before:
+            return
+        if events:
+            self._masks[fd] = events
+        else:
+            del self._masks[fd]
+        if self._epoll is not None:
+            if not before:
+                self._epoll.register(fd, events)
+            elif not events:
+                self._epoll.unregister(fd)
+            else:
+                self._epoll.modify(fd, events)
+            return
+        assert self._selector is not None
+        wanted = (selectors.EVENT_READ if events & _IN else 0) | (
+            selectors.EVENT_WRITE if events & _OUT else 0
         )
-        try:
-            key = self.selector.get_key(sock)
-        except (KeyError, ValueError):
-            key = None
-        if key is None:
-            if events:
-                self.selector.register(sock, events)
+        if not before:
+            self._selector.register(fd, wanted)
         elif not events:
-            self.selector.unregister(sock)
-        elif key.events != events:
-            self.selector.modify(sock, events)
+            self._selector.unregister(fd)
+        else:
+            self._selector.modify(fd, wanted)
+
+    def _poll(self, timeout: float | None) -> list[tuple[int, int]]:
+        """(fd, events) of the ready sockets, waiting at most `timeout` seconds."""
+        if timeout is None:
+            timeout = -1
+        elif timeout > 0:
+            # Whole milliseconds, rounded up: epoll would wake early, and spin, on less.
+            timeout = math.ceil(timeout * 1e3) * 1e-3
+        else:
+            timeout = 0
+        if self._epoll is not None:
+            try:
+                return self._epoll.poll(timeout)
+            except InterruptedError:
+                return []
+        assert self._selector is not None
+        return [
+            (
+                key.fd,
+                (_IN if e & selectors.EVENT_READ else 0)
+                | (_OUT if e & selectors.EVENT_WRITE else 0),
+            )
+            for key, e in self._selector.select(None if timeout < 0 else timeout)
+        ]
 
     def add_reader(self, sock: socket.socket, callback: Callback) -> None:
         self._readers[sock.fileno()] = callback
@@ -105,10 +153,14 @@ class Reactor:
             return
         self._readers.pop(fd, None)
         self._writers.pop(fd, None)
-        try:
-            self.selector.unregister(sock)
-        except (KeyError, ValueError):
-            pass
+        if self._masks.pop(fd, 0):
+            try:
+                if self._epoll is not None:
+                    self._epoll.unregister(fd)
+                elif self._selector is not None:
+                    self._selector.unregister(fd)
+            except (KeyError, ValueError, OSError):
+                pass
 
     # The loop
 
@@ -178,15 +230,15 @@ class Reactor:
                 timeout = None if self._readers or self._writers else 0.05
             if again is not None and (timeout is None or again < timeout):
                 timeout = again
-            if not self.selector.get_map():
-                # Nothing to watch: select() with no fds, sleep instead.
+            if not self._masks:
+                # Nothing to watch: sleep instead.
                 time.sleep(timeout if timeout is not None else 0.05)
                 continue
-            for key, events in self.selector.select(timeout):
-                fd = key.fd
-                if events & selectors.EVENT_WRITE and fd in writers:
+            for fd, events in self._poll(timeout):
+                # As selectors reads them: an error or hang-up wakes both sides.
+                if events & ~_IN and fd in writers:
                     writers[fd]()
-                if events & selectors.EVENT_READ and fd in readers:
+                if events & ~_OUT and fd in readers:
                     readers[fd]()
                 if self.stopped:
                     return
@@ -194,4 +246,7 @@ class Reactor:
                 again = self.after_turn()
 
     def close(self) -> None:
-        self.selector.close()
+        if self._epoll is not None:
+            self._epoll.close()
+        if self._selector is not None:
+            self._selector.close()

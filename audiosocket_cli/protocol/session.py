@@ -36,6 +36,7 @@ from audiosocket_cli.protocol.wire import (
     Kind,
     Message,
     TruncatedMessage,
+    new_message,
 )
 
 PAYLOAD_WINDOW = 0.005  # s Asterisk waits for a payload after its header
@@ -110,7 +111,7 @@ def describe_message(message: Message) -> str:
     elif name == "audio" and not size:
         what = "an empty audio message"
     else:
-        what = f"{'an' if name in ('audio', 'error', 'uuid') else 'a'} {name} message"
+        what = f"{'an' if name in ('audio', 'error') else 'a'} {name} message"
     detail = f"kind 0x{kind:02x}, {size} byte{'' if size == 1 else 's'}"
     if message.code is not None:
         detail += f", code 0x{message.code:02x}"
@@ -119,6 +120,17 @@ def describe_message(message: Message) -> str:
     elif name == "dtmf" and message.digit:
         detail += f", digit {message.digit}"
     return f"{what} ({detail})"
+
+
+def looks_like_tls(head: bytes) -> bool:
+    """A TLS record header: a handshake (a client's or server's hello) or the alert a
+    TLS server answers plain bytes with. Its first byte, 0x16 or 0x15, is also an
+    audio kind (48 and 44.1 kHz), so the rest of the header must fit too."""
+    if len(head) < 3 or head[1] != 0x03 or head[2] > 0x04:
+        return False
+    if head[0] == 0x16:  # handshake: then a hello (type 1 or 2) once it is there
+        return len(head) < 6 or head[5] in (0x01, 0x02)
+    return head[0] == 0x15 and head[3:5] == b"\x00\x02"  # an alert is 2 bytes long
 
 
 def describe_garbage(data: bytes, strict: bool = True) -> str | None:
@@ -130,7 +142,7 @@ def describe_garbage(data: bytes, strict: bool = True) -> str | None:
         return f"not AudioSocket: the peer speaks HTTP ({line!r})"
     if head.startswith(b"SSH-"):
         return "not AudioSocket: the peer is an SSH server"
-    if head.startswith(b"\x16\x03"):
+    if looks_like_tls(head):
         return "not AudioSocket: the peer speaks TLS"
     printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head)
     if len(head) >= 4 and printable == len(head):
@@ -181,7 +193,7 @@ class Session:
         t = now - self.started
         if self._first_byte:
             self._first_byte = False
-            if data[0] not in KIND_NAMES:
+            if data[0] not in KIND_NAMES or looks_like_tls(data[:6]):
                 # Asterisk's first byte is always a UUID message's; an application's
                 # unassigned kind is only garbage when it is plainly another protocol.
                 why = describe_garbage(data, strict=self.role is Role.APPLICATION)
@@ -195,8 +207,8 @@ class Session:
             out.append(Received(t, message))
             self.messages_received += 1
             self._judge(t, now, message, out)
-            if self.ended is not None:
-                return out
+            if self.ended is not None and self.rules.mode is not Mode.OBSERVE:
+                return out  # an observer takes what follows, as from a later read
         if decoder.buffered:
             if messages or self._partial_since is None:
                 self._partial_since, self._header_at = now, None
@@ -219,14 +231,14 @@ class Session:
             and n > 3
             and data[0] in AUDIO_RATES
             and (data[1] << 8 | data[2]) == n - 3
+            and not self._first_byte  # the first read is judged: it may be garbage
             and not self._first_message
             and self.ended is None
             and not self.decoder.buffered
         ):
             self._last_rx = self._last_activity = now
-            self._first_byte = False
             self.messages_received += 1
-            return Message(data[0], bytes(data[3:]))
+            return new_message(Message, (data[0], bytes(data[3:])))
         return None
 
     def reset(self, now: float, reason: str = "connection reset by peer") -> list[SessionEvent]:
@@ -408,7 +420,8 @@ class Session:
                             t,
                             "first-not-uuid",
                             f"first message is {message.name} (kind 0x{kind:02x}, "
-                            f"{len(message.payload)} bytes), not a uuid: Asterisk always "
+                            f"{len(message.payload)} byte{'' if len(message.payload) == 1 else 's'}"
+                            "), not a uuid: Asterisk always "
                             "sends the UUID first",
                             violation=True,
                         )
