@@ -118,6 +118,11 @@ class Call:
         self.ended = False
         self.closed = False
         self.echoing = self.config.echo  # until the socket closes
+        # What every read uses, looked up once.
+        self._recv_into = sock.recv_into
+        self._recv_buffer, self._recv_view = server.recv_buffer, server.recv_view
+        self._whole_audio = self.session.whole_audio
+        self._started = info.started
         self.unsent = bytearray()
         self.batch: list[bytes] | None = None
         self.timers: list[Timer] = []  # the injections'
@@ -177,39 +182,35 @@ class Call:
         every message, and a wrapper's call is a share of its cost."""
         try:
             try:
-                n = self.sock.recv_into(self.server.recv_buffer)
+                n = self._recv_into(self._recv_buffer)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 self.take(self.session.reset(time.monotonic(), _os_reason(exc)))
                 return
             now = time.monotonic()
-            data = bytes(self.server.recv_view[:n])
+            data = bytes(self._recv_view[:n])
             if self.pcap is not None:
                 self.pcap.received(data)
-            session = self.session
-            message = session.whole_audio(data, now)
-            if message is None:
-                self.take(session.receive(data, now))
-            elif data[0] != self.kind_in:
-                self.take([Received(now - self.info.started, message)])
-            else:
+            message = self._whole_audio(data, now)
+            if message is not None and data[0] == self.kind_in:
                 # The usual read, 50 times a second per call: one whole audio message
                 # at the call's rate, and nothing else (so no timer to move, and the
                 # read's bytes are that message's encoding).
-                t = now - self.info.started
+                t = now - self._started
                 if self.echoing:
                     # Straight back, shown and counted both ways in one go.
                     self.report.echoed(t, message)
-                    if self.unsent or self.batch is not None:
-                        self.write(data)
-                    else:
-                        self.send_now(data)
+                    self.write(data)
                 else:
                     self.report.message(t, ">", message)
                 if self.server.monitor is not None:
                     self.monitor(t, message)
                 return
+            if message is None:
+                self.take(self.session.receive(data, now))
+            else:
+                self.take([Received(now - self._started, message)])
             if not self.ended:
                 self.clock.arm()
         except (BrokenPipeError, KeyboardInterrupt, Terminated):
@@ -304,10 +305,6 @@ class Call:
             if len(self.unsent) > MAX_UNSENT:
                 self.end("app-close", f"the caller reads nothing: {len(self.unsent)} bytes unsent")
             return
-        self.send_now(data)
-
-    def send_now(self, data: bytes) -> None:
-        """write() when nothing waits to go before `data`."""
         try:
             sent = self.sock.send(data)
         except (BlockingIOError, InterruptedError):
