@@ -158,6 +158,27 @@ def describe_garbage(data: bytes, strict: bool = True) -> str | None:
 class Session:
     """One call from one side: feed it what happens, act on what it returns."""
 
+    __slots__ = (
+        "role",
+        "rules",
+        "started",
+        "decoder",
+        "ended",
+        "violations",
+        "uuid",
+        "messages_received",
+        "_peer",
+        "_peer_words",
+        "_first_byte",
+        "_first_message",
+        "_partial_since",
+        "_header_at",
+        "_stall_reported",
+        "_last_rx",
+        "_last_activity",
+        "_reported",
+    )
+
     def __init__(self, role: Role, rules: Rules | None = None, *, started: float) -> None:
         self.role = role
         self.rules = rules or Rules()
