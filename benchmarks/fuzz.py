@@ -15,6 +15,12 @@ Targets (and the only exceptions each may raise; anything else is a bug):
   a pcap or pcapng magic; TraceFormatError and ProtocolError. The records must
   also be well formed: each connection's are a call-start, its messages, one
   call-end.
+- `session`: protocol.session.Session, either role, each mode, fed arbitrary
+  bytes in arbitrary splits at arbitrary times, through whole_audio() (as
+  listen reads) or receive(), ticked when its deadline passes, then ended by
+  a close or a reset; it may raise nothing. The messages it takes must be the
+  stream's own, in order; every event must be well formed and timed within
+  the call; a call that is over must stay over.
 - `inject`: protocol.inject.parse_inject (`--inject SPEC`); ValueError.
 - `address`: net.address.parse_address (ADDRESS); ValueError.
 
@@ -237,6 +243,76 @@ def load_pcap() -> tuple[Run, tuple[type[BaseException], ...]]:
     return run, (TraceFormatError, ProtocolError)
 
 
+def load_session() -> tuple[Run, tuple[type[BaseException], ...]]:
+    from audiosocket_cli.protocol.events import ENDINGS
+    from audiosocket_cli.protocol.session import (
+        Ended,
+        Mode,
+        Problem,
+        Received,
+        Role,
+        Rules,
+        Session,
+    )
+    from audiosocket_cli.protocol.wire import Decoder
+
+    started = 100.0
+
+    def run(data: bytes) -> None:
+        # Byte 0 picks the role and mode; bytes 1-4 seed the splits, the times, the
+        # ticks and the path (whole_audio first, as listen reads, or receive alone).
+        if len(data) < 5:
+            return
+        role = Role.APPLICATION if data[0] & 1 else Role.ASTERISK
+        mode = (Mode.STRICT, Mode.LENIENT, Mode.OBSERVE)[(data[0] >> 1) % 3]
+        rules = Rules(
+            mode=mode,
+            inactivity=2.0 if role is Role.ASTERISK else None,
+            idle_timeout=30.0 if data[0] & 8 else None,
+        )
+        rng = random.Random(data[1:5])
+        stream = data[5:]
+        session = Session(role, rules, started=started)
+        events: list[Any] = []
+        now, fed = started, 0
+        while fed < len(stream):
+            size = rng.randint(1, 8) if rng.random() < 0.5 else rng.randint(1, len(stream) - fed)
+            chunk = stream[fed : fed + size]
+            fed += size
+            now += rng.choice((0.0, 0.001, 0.02, 0.5, 3.0, 10.0))
+            deadline = session.deadline
+            assert deadline is None or deadline >= started, deadline
+            if deadline is not None and now >= deadline and rng.random() < 0.5:
+                events += session.tick(now)
+            message = session.whole_audio(chunk, now) if rng.random() < 0.5 else None
+            if message is not None:
+                events.append(Received(now - started, message))
+            else:
+                events += session.receive(chunk, now)
+        events += session.reset(now) if rng.random() < 0.2 else session.receive(b"", now)
+        received = [e.message for e in events if type(e) is Received]
+        # What the session took is the stream's messages, in order, none skipped.
+        decoder = Decoder()
+        decoder.feed(stream)
+        assert received == decoder.messages()[: len(received)], "messages differ from the stream's"
+        assert session.messages_received == len(received)
+        endings = [e for e in events if isinstance(e, Ended)]
+        for event in events:
+            assert isinstance(event, (Received, Problem, Ended)), event
+            assert 0.0 <= event.t <= now - started + 1e-9, (event, now)
+            if isinstance(event, Ended):
+                assert event.ended in ENDINGS, event
+            if isinstance(event, Problem):
+                assert event.code and event.text, event
+        if mode is not Mode.OBSERVE:
+            assert len(endings) <= 1, endings  # an observer may be told again
+            if endings:
+                assert session.receive(b"\x10\x00\x02\x00\x00", now) == []  # over is over
+        assert session.ended is not None, "the stream ended and the call did not"
+
+    return run, ()
+
+
 def load_inject() -> tuple[Run, tuple[type[BaseException], ...]]:
     from audiosocket_cli.protocol.inject import parse_inject
     from audiosocket_cli.protocol.wire import decode_all
@@ -303,6 +379,22 @@ TARGETS: dict[str, Target] = {
             ),
         ),
         Target("pcap", load_pcap, 32768, ("audiosocket_cli", "dpkt")),
+        Target(
+            "session",
+            load_session,
+            4096,
+            ("audiosocket_cli",),
+            tokens=(
+                b"\x01\x00\x10",
+                b"\x10\x01\x40",
+                b"\x00\x00\x00",
+                b"\x16\x03\x01",
+                b"\x15\x03\x03\x00\x02",
+                b"GET ",
+                b"SSH-",
+                b"\xff\x00\x01",
+            ),
+        ),
         Target(
             "inject",
             load_inject,
@@ -618,6 +710,24 @@ def seed_inputs() -> dict[str, dict[str, bytes]]:
             "trace-cut": b"\x03" + b"".join(trace_lines[:6]) + trace_lines[6][:40],
         },
         "pcap": _captures(),
+        "session": {
+            # byte 0: bit 0 the role (1: we are the application), bits 1-2 the mode,
+            # bit 3 an idle timeout; bytes 1-4: the seed.
+            "app-call": b"\x01\x00\x00\x00\x00" + call + HANGUP_MSG,
+            "app-cut": b"\x03\x01\x02\x03\x04" + call[:-7],
+            "app-observe": b"\x05\x05\x06\x07\x08" + call + HANGUP_MSG + _audio(9),
+            "app-tls": b"\x09\x00\x00\x00\x01" + bytes.fromhex("16030100f5010000f10303"),
+            "app-http": b"\x01\x00\x00\x00\x02" + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            "asterisk-echo": b"\x00\x00\x00\x00\x03" + b"".join(_audio(n) for n in range(8)),
+            "asterisk-refused": b"\x02\x00\x00\x00\x04"
+            + _audio(1)
+            + UUID_MSG
+            + _message(0x03, b"1")
+            + _message(0xFF, b"\x02")
+            + _message(0x10, b""),
+            "asterisk-observe-alert": b"\x04\x00\x00\x00\x05" + bytes.fromhex("15030300020228"),
+            "asterisk-odd": b"\x00\x01\x01\x01\x01" + _message(0x10, b"\x01\x02\x03") + _audio(2),
+        },
         "inject": {
             name: spec.encode()
             for name, spec in {

@@ -584,6 +584,18 @@ def test_any_split_gives_the_same_events(
         assert state(two) == state(one)
 
 
+@pytest.mark.parametrize(
+    "garbage", [TLS_CLIENT_HELLO, b"GET / HTTP/1.1\r\n\r\n", b"SSH-2.0-OpenSSH_9.6\r\n"]
+)
+def test_an_observer_finds_no_messages_after_garbage(garbage: bytes) -> None:
+    # Another protocol's bytes have no message boundaries: what follows them is not
+    # decoded as if a message began there.
+    session = Session(Role.APPLICATION, Rules(mode=Mode.OBSERVE), started=STARTED)
+    assert ending(session.receive(garbage, at(0.1))).ended == "garbage"
+    assert session.receive(FRAME + UUID_MSG, at(0.2)) == []
+    assert session.messages_received == 0
+
+
 @pytest.mark.parametrize("role", list(Role))
 def test_an_observer_takes_what_follows_a_hangup_in_the_same_read(role: Role) -> None:
     # A proxy forwards what comes after an end; how TCP split the bytes must not matter.

@@ -203,8 +203,11 @@ class Session:
 
     def receive(self, data: bytes, now: float) -> list[SessionEvent]:
         """Bytes from the peer; b"" is the end of its stream."""
-        if self.ended is not None and self.rules.mode is not Mode.OBSERVE:
-            return []  # an observer decodes on: a proxy forwards what comes after
+        ended = self.ended
+        if ended is not None and (self.rules.mode is not Mode.OBSERVE or ended.ended == "garbage"):
+            # An observer decodes on (a proxy forwards what comes after), but not
+            # another protocol's bytes: they have no messages to find.
+            return []
         if not data:
             return self._end_of_stream(now)
         message = self.whole_audio(data, now)
