@@ -12,6 +12,7 @@ import threading
 import time
 import uuid as uuid_lib
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -970,21 +971,25 @@ def test_a_line_gathered_before_the_uuid_keeps_the_call_number() -> None:
     ]
 
 
-def test_tick_says_when_to_come_back() -> None:
+def test_tick_says_when_to_come_back(monkeypatch: pytest.MonkeyPatch) -> None:
     """tick(): how long until it has work (a finite number), or None when nothing
     waits, also on the turns where it returns at once."""
+    now = [1000.0]
+    monkeypatch.setattr(sinks_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
     stream = io.StringIO()
     output = Output([PlainSink(stream, batch=True)], io.StringIO())
     assert output.tick() is None
     assert output.tick() is None  # the quick answer: still nothing
     output.echoed(call_with_uuid(), 0.02, Message.audio(sine(1000)))
-    first = output.tick()
-    assert first is not None and 0 < first <= sinks_module.FLUSH_INTERVAL
-    again = output.tick()
-    assert again is not None and 0 <= again <= first
-    output.flush()
+    assert output.tick() == pytest.approx(sinks_module.FLUSH_INTERVAL / 2)  # gathered: drain soon
+    now[0] += 0.01
+    assert output.tick() == pytest.approx(sinks_module.FLUSH_INTERVAL / 2 - 0.01)  # at once
+    now[0] += 0.05
+    assert output.tick() == pytest.approx(sinks_module.FLUSH_INTERVAL - 0.06)  # handed to the sink
+    assert stream.getvalue() == ""  # ... which writes it once it has waited 100 ms
+    now[0] += sinks_module.FLUSH_INTERVAL
+    assert output.tick() is None  # written: nothing waits
     assert stream.getvalue().count("\n") == 2
-    assert output.tick() is None  # all written: nothing waits
 
 
 def test_batched_lines_are_the_lines_one_at_a_time() -> None:
