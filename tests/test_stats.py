@@ -19,7 +19,9 @@ from audiosocket_cli.analysis.levels import level_dbfs, levels_dbfs
 from audiosocket_cli.analysis.stats import (
     BURST_AUDIO,
     BURST_WINDOW,
+    ENCODING_BACKOFF,
     ENCODING_MAX_FRAMES,
+    ENCODING_SAMPLE_EVERY,
     ENCODING_SETTLED,
     SUMMARY_ROWS,
     DirectionStats,
@@ -296,16 +298,17 @@ def test_pacing_text() -> None:
     assert stats.gaps() == "mean 20.0ms worst 20.4ms"
 
 
-def test_the_encoding_analysis_keeps_its_schedule() -> None:
-    """One audio message in five (shifted by encoding_offset) is offered to the gate,
-    whichever path it takes; a closed gate skips it."""
+def offered_to(gate_says: bool) -> tuple[list[int], DirectionStats]:
+    """Which audio messages (by count) a DirectionStats offers to its encoding gate,
+    over 120 messages with a run change in the middle, when the gate always says
+    `gate_says`."""
     pcm = hello_pcm()
     offered: list[int] = []
     stats: DirectionStats
 
     def gate() -> bool:
         offered.append(stats.audio_messages)
-        return len(offered) % 2 == 0
+        return gate_says
 
     stats = DirectionStats(encoding_offset=3, encoding_gate=gate)
     t = 0.0
@@ -315,8 +318,34 @@ def test_the_encoding_analysis_keeps_its_schedule() -> None:
         stats.add(t, Message(kind, pcm[i * 320 : i * 320 + size]))
         stats.add(t, Message(Kind.DTMF, b"1"))
         t += 0.02
-    assert offered == [n for n in range(1, 121) if (n + 3) % 5 == 1]
-    assert stats._encoding_tries == len(offered) // 2
+    return offered, stats
+
+
+def test_the_encoding_analysis_keeps_its_schedule() -> None:
+    """One audio message in five (shifted by encoding_offset) is offered to the gate,
+    whichever path it takes."""
+    offered, stats = offered_to(True)
+    schedule = [n for n in range(1, 121) if (n + 3) % 5 == 1]
+    assert offered == schedule[: len(offered)]
+    assert stats._encoding_tries == len(offered)
+    # ... until ENCODING_SETTLED frames agree.
+    assert dict(stats.encoding_votes) == {"s16le": ENCODING_SETTLED}
+    assert len(offered) < len(schedule)
+
+
+def test_a_closed_gate_is_asked_again_later() -> None:
+    """When the gate says no (the budget of many calls is spent), the next message
+    offered is ENCODING_BACKOFF samples later, on the same schedule; a run change
+    starts the schedule again."""
+    offered, stats = offered_to(False)
+    step = ENCODING_SAMPLE_EVERY * ENCODING_BACKOFF
+    # Runs: messages 1-40, 41-47 (640 bytes), 48-120. 3 is refused, so the next would
+    # be 53, but the run ends at 40; the 640-byte run starts its schedule again (43);
+    # 48 comes on the general path (a run's first message), 53 starts the last run's
+    # schedule, and after its refusal comes 53 + 50.
+    assert step == 50
+    assert offered == [3, 43, 48, 53, 103]
+    assert stats._encoding_tries == 0
 
 
 # levels_dbfs

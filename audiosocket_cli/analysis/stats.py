@@ -22,6 +22,7 @@ from audiosocket_cli.protocol.wire import AUDIO_RATES, Kind, Message, frame_byte
 BURST_WINDOW = 0.020  # seconds
 BURST_AUDIO = 0.100  # more audio than this within the window is a burst
 ENCODING_SAMPLE_EVERY = 5  # analyse one audio frame in five
+ENCODING_BACKOFF = 10  # ... and after a closed gate, one in fifty
 ENCODING_MAX_FRAMES = 60
 ENCODING_MAX_TRIES = 600  # a silent caller gives no verdict; stop trying after this many
 ENCODING_MIN_FRAMES = 8
@@ -415,9 +416,14 @@ class DirectionStats:
         return self._may_try() and (self.encoding_gate is None or self.encoding_gate())
 
     def _sample(self, payload: bytes) -> None:
+        run = self._run
         if self.encoding_gate is None or self.encoding_gate():
             self._analyse(payload)
-        self._enc_next = self._next_sample(self._run)
+        else:
+            # The shared budget is spent (many calls at once): this call looks again
+            # ENCODING_BACKOFF samples later, rather than asking at every one.
+            run += ENCODING_SAMPLE_EVERY * (ENCODING_BACKOFF - 1)
+        self._enc_next = self._next_sample(run)
 
     def _analyse(self, payload: bytes) -> None:
         self._encoding_tries += 1
