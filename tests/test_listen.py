@@ -631,3 +631,60 @@ def test_when_stdout_goes_away_the_calls_and_recordings_go_on(tmp_path):
     assert err.count("output stopped: stdout was closed") == 1 and "Traceback" not in err
     assert wav_bytes(tmp_path / f"{first}.wav") == (first_pcm, 8000)
     assert wav_bytes(tmp_path / f"{second}.wav") == (pcm, 8000)
+
+
+def test_a_bug_on_the_read_path_ends_that_call_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read path is guarded inline (no wrapper): an exception in it ends its call
+    `internal-error`, and the other calls are served on."""
+    import io
+
+    from audiosocket_cli.engines import listen as listen_engine
+    from audiosocket_cli.engines.call import CallReport
+    from audiosocket_cli.output.sinks import Output, PlainSink
+    from audiosocket_cli.protocol.events import CallInfo
+
+    stream = io.StringIO()
+    output = Output([PlainSink(stream)], io.StringIO())
+    listener = socket.create_server(("127.0.0.1", 0))
+    server = listen_engine.Server(listener, output, listen_engine.ListenConfig(echo=True))
+    pairs = []
+    for conn in (1, 2):
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        call = listen_engine.Call(server, ours, CallInfo(conn=conn, peer="test"))
+        server.calls[conn] = call
+        call.start()
+        pairs.append((call, theirs))
+    broken = pairs[0][0].report
+    real_echoed = CallReport.echoed
+
+    def echoed(report: CallReport, t: float, message: Message) -> None:
+        if report is broken:
+            raise ValueError("a bug")
+        real_echoed(report, t, message)
+
+    monkeypatch.setattr(CallReport, "echoed", echoed)
+    frame = Message.audio(bytes(320)).encode()
+    for call, theirs in pairs:
+        theirs.sendall(Message.for_uuid(uuid_lib.uuid4()).encode())
+        call.on_readable()
+        for _ in range(2):  # the first audio message takes the general path, then the usual
+            theirs.sendall(frame)
+            call.on_readable()
+    (bad, bad_peer), (good, good_peer) = pairs
+    assert bad.ended and bad.closed and not good.ended
+    bad_peer.settimeout(5)
+    got = b""
+    while chunk := bad_peer.recv(65536):
+        got += chunk
+    assert got == frame  # the first frame's echo (the general path), then its socket closed
+    good_peer.settimeout(5)
+    echoed_back = b""
+    while len(echoed_back) < 2 * len(frame):
+        echoed_back += good_peer.recv(65536)
+    assert echoed_back == 2 * frame
+    ends = [line for line in stream.getvalue().splitlines() if " call-end " in line]
+    assert len(ends) == 1 and "internal-error" in ends[0] and "ValueError: a bug" in ends[0]
+    server.close()
+    for _, theirs in pairs:
+        theirs.close()
