@@ -398,7 +398,6 @@ class Output:
             getattr(s, "batch", True) for s in self._message_sinks if s.needs_level
         )
         self._pending: list[Gathered] = []
-        self._echoes = False  # an ECHOED entry is among those gathered
         # Until when tick() has nothing to do: set by tick, undone (0) by whatever
         # gives it work (the first message gathered, lines handed to a sink).
         self._tick_at = 0.0
@@ -446,27 +445,31 @@ class Output:
         if not pending:
             self._tick_at = 0.0
         pending.append((call, t, ECHOED, message))
-        self._echoes = True
         if len(pending) >= self.BATCH or time.monotonic() - self._drained >= FLUSH_INTERVAL:
             self._drain()
 
     def _drain(self) -> None:
         """The gathered messages, with their levels, to the sinks."""
         with self._lock:
-            pending, self._pending = self._pending, []
+            # Taken from the one list, never swapped for another: a message gathered by
+            # the other thread meanwhile stays for the next drain instead of landing in
+            # a list already written.
+            gathered = self._pending
+            pending = gathered[:]
+            del gathered[: len(pending)]
             self._drained = time.monotonic()
             self._tick_at = 0.0
             if not pending:
                 return
             rates = AUDIO_RATES
             levels = levels_dbfs([m[1] if m[0] in rates else b"" for _, _, _, m in pending])
-            echoes, self._echoes = self._echoes, False
             expanded: tuple[list[Gathered], list[float | None]] | None = None
             for sink in list(self._message_sinks):
                 batch, batch_levels = pending, levels
-                if echoes and not getattr(sink, "takes_echoes", False):
+                if not getattr(sink, "takes_echoes", False):
                     if expanded is None:
-                        expanded = _expand_echoes(pending, levels)
+                        echoes = any(d == ECHOED for _, _, d, _ in pending)
+                        expanded = _expand_echoes(pending, levels) if echoes else (pending, levels)
                     batch, batch_levels = expanded
                 try:
                     many = getattr(sink, "messages", None)
