@@ -174,6 +174,13 @@ class Pipe:
 
     def decode(self, t: float, data: bytes | None) -> None:
         call = self.call
+        if data:
+            message = self.session.whole_audio(data, t)
+            if message is not None:
+                # The usual chunk: one whole audio message, no rule to apply, no timer
+                # to move (and not the call's first message, which names it).
+                call.report.message(t - call.info.started, self.direction, message)
+                return
         events = self.session.receive(data or b"", t)
         report = call.report
         for event in events:
