@@ -6,6 +6,7 @@ a benchmark runs with `--self-test`:
     python benchmarks/_client.py echo-server 127.0.0.1:0     # like listen --echo
     python benchmarks/_client.py play-server 127.0.0.1:0 F   # like listen --play F
     python benchmarks/_client.py dial-client HOST:PORT F     # like dial HOST:PORT --play F
+    python benchmarks/_client.py proxy-server 127.0.0.1:0 UP # like capture --upstream UP -q
 
 Each prints `listening on HOST:PORT` first on stderr where it listens, as the
 real commands do, so a benchmark drives them the same way. Everything here
@@ -265,6 +266,67 @@ def echo_server(address: str) -> None:
             sock.setblocking(False)
 
 
+def proxy_server(address: str, upstream: str) -> None:
+    """Every byte on to the other side, both ways, from one selector loop: the least a
+    proxy can do (no decoding, no output). Each caller gets its own connection to
+    `upstream`; when either side ends or fails, both are closed."""
+    server = _listening_socket(address)
+    server.setblocking(False)
+    up_host, _, up_port = upstream.rpartition(":")
+    selector = selectors.DefaultSelector()
+    selector.register(server, selectors.EVENT_READ)
+    peers: dict[socket.socket, socket.socket] = {}
+
+    def close_pair(sock: socket.socket) -> None:
+        for one in (sock, peers.get(sock)):
+            if one is not None and one in peers:
+                del peers[one]
+                selector.unregister(one)
+                one.close()
+
+    while True:
+        for key, _ in selector.select():
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            if sock is server:
+                try:
+                    conn, _ = server.accept()
+                except BlockingIOError:
+                    continue
+                try:
+                    # A blocking connect: the benchmark's upstream answers at once.
+                    up = socket.create_connection((up_host or "127.0.0.1", int(up_port)), 5)
+                except OSError:
+                    conn.close()
+                    continue
+                for one in (conn, up):
+                    one.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    one.setblocking(False)
+                    selector.register(one, selectors.EVENT_READ)
+                peers[conn], peers[up] = up, conn
+                continue
+            other = peers.get(sock)
+            if other is None:
+                continue  # closed earlier in this batch of events
+            try:
+                data = sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                data = b""
+            if data:
+                # Paced traffic: the other side's buffer never fills, so block if it does.
+                other.setblocking(True)
+                try:
+                    other.sendall(data)
+                except OSError:
+                    data = b""
+                else:
+                    other.setblocking(False)
+            if not data:
+                close_pair(sock)
+
+
 def paced_send(sock: socket.socket, pcm: bytes, rate: int = 8000) -> int:
     """pcm as 20 ms audio messages, the k-th at start + k x 20 ms; the count sent."""
     from audiosocket_cli.net.pacing import Pacer
@@ -317,7 +379,7 @@ def dial_client(address: str, path: str) -> None:
 def main(argv: Sequence[str]) -> int:
     usage = (
         "usage: _client.py echo-server ADDRESS | play-server ADDRESS FILE"
-        " | dial-client ADDRESS FILE"
+        " | dial-client ADDRESS FILE | proxy-server ADDRESS UPSTREAM"
     )
     try:
         if argv[0] == "echo-server" and len(argv) == 2:
@@ -326,6 +388,8 @@ def main(argv: Sequence[str]) -> int:
             play_server(argv[1], argv[2])
         elif argv[0] == "dial-client" and len(argv) == 3:
             dial_client(argv[1], argv[2])
+        elif argv[0] == "proxy-server" and len(argv) == 3:
+            proxy_server(argv[1], argv[2])
         else:
             print(usage, file=sys.stderr)
             return 2

@@ -16,8 +16,31 @@ difference; the target (issue 5) is under 1 ms median and under 5 ms p99
 added. Loopback only; every process is ended in `finally`. Exits non-zero only
 when the benchmark could not run.
 
+`--floor` runs a trivial selector proxy (`_client.py proxy-server`: every byte
+on to the other side with recv and sendall, no decoding, no output: the
+syscalls alone) and then capture with every line in plain form to a file, at
+the same N and placed alike, and prints capture's CPU over the send window as
+a ratio of the trivial proxy's, with both latencies. The pair runs three times
+(`--repeat`), alternating, and the figure is the median ratio: a shared
+machine moves single runs by tens of percent. The ratio has no target: it is
+informational (the guide's aim is that capture costs little more than a
+trivial proxy).
+
+Placement matters as much as the code (see bench_listen_echo.py), so
+`--placement` pins both proxies alike, and the caller and the application
+with them: `shared` (caller, application and proxy all on CPU 0: the proxy's
+own cost, with no cross-core wake-ups; but the three share that core, and a
+saturated core makes messages wait and arrive in batches, cheaper per message
+for any proxy, so the `CPU 0 busy` and `caller sends late` figures say whether
+the ratio is a fair one), `split` (caller and application on CPU 0, the proxy
+on CPU 1, a core of its own, as beside Asterisk and an application: every
+message wakes it across cores, in both runs alike), or `free` (the OS decides;
+a ratio then says as much about the scheduler as about the proxy). `--floor`
+runs shared and split by default; without it the placement is free, as before.
+
     python benchmarks/bench_proxy_latency.py                  # 1 and 200 calls, 5 s each
     python benchmarks/bench_proxy_latency.py --calls 1,50,200 --seconds 10
+    python benchmarks/bench_proxy_latency.py --floor --calls 400 --seconds 5
 """
 
 from __future__ import annotations
@@ -26,6 +49,7 @@ import argparse
 import math
 import multiprocessing
 import multiprocessing.connection
+import os
 import selectors
 import socket
 import struct
@@ -34,6 +58,8 @@ import time
 import uuid
 from array import array
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import _client
 
@@ -85,10 +111,14 @@ def _take(data: bytes, decoder: object, result: Latencies, arrived: float, skip:
     return seen
 
 
-def application(pipe: multiprocessing.connection.Connection, skip: int) -> None:
+def application(
+    pipe: multiprocessing.connection.Connection, skip: int, cpus: set[int] | None = None
+) -> None:
     """Accept calls; time each message's arrival; send it straight back, stamped anew."""
     from audiosocket_cli.protocol.wire import Decoder
 
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
     result = Latencies()
     server = socket.create_server(("127.0.0.1", 0), backlog=4096)
     server.setblocking(False)
@@ -138,11 +168,18 @@ def application(pipe: multiprocessing.connection.Connection, skip: int) -> None:
 
 
 def caller(
-    pipe: multiprocessing.connection.Connection, port: int, calls: int, seconds: float, skip: int
+    pipe: multiprocessing.connection.Connection,
+    port: int,
+    calls: int,
+    seconds: float,
+    skip: int,
+    cpus: set[int] | None = None,
 ) -> None:
     """Connect the calls, then send every call's messages on time and time the replies."""
     from audiosocket_cli.protocol.wire import Decoder, Message
 
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
     result = Latencies()
     lateness = array("d")
     socks: list[socket.socket] = []
@@ -228,13 +265,77 @@ def _percentiles(samples: array) -> tuple[float, float, float]:
     return at(0.50), at(0.99), ordered[-1]
 
 
-def run(calls: int, seconds: float, through_proxy: bool) -> dict:
-    """One measurement: latencies each way, lateness of the caller, proxy CPU."""
+# Where the proxy and the two ends (caller and application) run. The kernel's placement
+# changes a proxy's CPU cost: woken on the core of the end that wrote, it pays no
+# cross-core wake-ups; on the other core, it pays them for every message, and the
+# scheduler moves a busier process more readily than a light one. A same-run ratio is
+# only fair with both proxies placed alike.
+PLACEMENTS = {
+    # name: (caller and application CPUs, proxy CPUs), or None for the OS's choice
+    "shared": ({0}, {0}),  # one core for all three: the proxy's own cost, no wake-up IPIs
+    "split": ({0}, {1}),  # the proxy on a core of its own, the two ends on the other
+    "free": None,  # wherever the scheduler puts them: varies from run to run
+}
+
+
+def placement_cpus(name: str) -> tuple[set[int] | None, set[int] | None]:
+    """(caller and application CPUs, proxy CPUs), or (None, None) for the OS's choice."""
+    chosen = PLACEMENTS[name]
+    if chosen is None:
+        return None, None
+    return chosen
+
+
+def describe_placement(name: str) -> str:
+    ends, proxy = placement_cpus(name)
+    if ends is None or proxy is None:
+        return "free: the OS places the proxy, the caller and the application"
+    where = "the same core" if ends == proxy else "a core each"
+    return (
+        f"{name}: caller and application on CPU {','.join(map(str, sorted(ends)))}, proxy on"
+        f" CPU {','.join(map(str, sorted(proxy)))} ({where})"
+    )
+
+
+def proxy_argv(kind: str, upstream: int, calls: int, output: Any) -> list[str]:
+    """capture (-q, or every line when `output` takes its stdout), or the trivial proxy."""
+    if kind == "trivial":
+        return [
+            sys.executable,
+            str(Path(_client.__file__)),
+            "proxy-server",
+            "127.0.0.1:0",
+            f"127.0.0.1:{upstream}",
+        ]
+    quiet = [] if output is not None else ["-q"]
+    return _client.cli_command(
+        "capture",
+        *quiet,
+        "--upstream",
+        f"127.0.0.1:{upstream}",
+        "--max-concurrent",
+        str(calls + 10),
+        "127.0.0.1:0",
+    )
+
+
+def run(
+    calls: int,
+    seconds: float,
+    proxy_kind: str | None,
+    placement: str = "free",
+    output: Any = None,
+) -> dict:
+    """One measurement: latencies each way, lateness of the caller, proxy CPU.
+
+    `proxy_kind`: None (the caller straight to the application), "capture" or
+    "trivial"; `output`: capture's stdout (every line), or None for -q."""
+    ends_cpus, proxy_cpus = placement_cpus(placement)
     ctx = multiprocessing.get_context("fork")
     skip = round(WARMUP / FRAME)
     app_pipe, app_end = ctx.Pipe()
     call_pipe, call_end = ctx.Pipe()
-    app = ctx.Process(target=application, args=(app_end, skip), daemon=True)
+    app = ctx.Process(target=application, args=(app_end, skip, ends_cpus), daemon=True)
     proxy = None
     processes = [app]
     try:
@@ -242,23 +343,13 @@ def run(calls: int, seconds: float, through_proxy: bool) -> dict:
         if not app_pipe.poll(TIMEOUT):
             raise RuntimeError("the application did not start")
         port = app_pipe.recv()
-        if through_proxy:
-            quiet = [] if FULL_OUTPUT.file is not None else ["-q"]
+        if proxy_kind is not None:
             proxy = _client.ServerProcess(
-                _client.cli_command(
-                    "capture",
-                    *quiet,
-                    "--upstream",
-                    f"127.0.0.1:{port}",
-                    "--max-concurrent",
-                    str(calls + 10),
-                    "127.0.0.1:0",
-                ),
-                stdout=FULL_OUTPUT.file,
+                proxy_argv(proxy_kind, port, calls, output), stdout=output, cpus=proxy_cpus
             )
             port = proxy.port
         dialer = ctx.Process(
-            target=caller, args=(call_end, port, calls, seconds, skip), daemon=True
+            target=caller, args=(call_end, port, calls, seconds, skip, ends_cpus), daemon=True
         )
         processes.append(dialer)
         dialer.start()
@@ -266,8 +357,19 @@ def run(calls: int, seconds: float, through_proxy: bool) -> dict:
             raise RuntimeError("the caller did not connect")
         time.sleep(0.3)  # every call's UUID through, before the clock starts
         cpu_before = proxy.cpu_seconds() if proxy else (0.0, 0.0)
-        call_pipe.send(time.monotonic() + 0.2)
-        if not call_pipe.poll(seconds + DRAIN + TIMEOUT):
+        start = time.monotonic() + 0.2
+        call_pipe.send(start)
+        # The send window too, from the first message due to the end of the last
+        # frame: the proxy's CPU and the two ends', without the calls' set-up and ends.
+        # (Per process, not /proc/stat per core: that samples busy time on timer ticks,
+        # and misses most of a core that keeps waking briefly from idle.)
+        time.sleep(max(0.0, start - time.monotonic()))
+        window_before = proxy.cpu_seconds() if proxy else (0.0, 0.0)
+        ends_before = _ends_cpu(app, dialer)
+        time.sleep(max(0.0, start + round(seconds / FRAME) * FRAME - time.monotonic()))
+        window_after = proxy.cpu_seconds() if proxy else (0.0, 0.0)
+        ends_after = _ends_cpu(app, dialer)
+        if not call_pipe.poll(DRAIN + TIMEOUT):
             raise RuntimeError("the caller did not finish")
         back, lateness = call_pipe.recv()
         cpu_after = proxy.cpu_seconds() if proxy else (0.0, 0.0)
@@ -284,6 +386,8 @@ def run(calls: int, seconds: float, through_proxy: bool) -> dict:
             "lateness": lateness,
             "sent": calls * round(seconds / FRAME),
             "proxy_cpu": sum(cpu_after) - sum(cpu_before),
+            "window_cpu": sum(window_after) - sum(window_before),
+            "ends_cpu": ends_after - ends_before,
             "proxy_notes": proxy.notable[:5] if proxy else [],
         }
     finally:
@@ -296,14 +400,28 @@ def run(calls: int, seconds: float, through_proxy: bool) -> dict:
                 process.join(2.0)
 
 
+def _ends_cpu(*processes: Any) -> float:
+    """CPU seconds (user + sys) of the caller and the application so far."""
+    return sum(sum(_client.process_cpu(process.pid)) for process in processes)
+
+
 def _ms(value: float) -> str:
     return f"{value * 1000:6.3f}"
 
 
-def measure(calls: int, seconds: float, through_proxy: bool) -> tuple[float, float, float]:
-    """One run, printed; (median, p99, max) of both directions together."""
-    label = "capture" if through_proxy else "direct"
-    result = run(calls, seconds, through_proxy)
+def measure(
+    calls: int,
+    seconds: float,
+    proxy_kind: str | None,
+    placement: str = "free",
+    output: Any = None,
+    window: bool = False,
+) -> dict:
+    """One run, printed; its figures: "latency" (median, p99, max) of both directions
+    together, "cpu" (the proxy's), "lost". `window`: the proxy's CPU over the send
+    window only (as --floor compares), rather than from set-up to the caller's end."""
+    label = proxy_kind or "direct"
+    result = run(calls, seconds, proxy_kind, placement, output)
     both = result["forth"].samples + result["back"].samples
     figures = _percentiles(both)
     lost = 2 * result["sent"] - result["forth"].received - result["back"].received
@@ -317,13 +435,26 @@ def measure(calls: int, seconds: float, through_proxy: bool) -> tuple[float, flo
         print(f"        {name}  median {_ms(p50)} ms  p99 {_ms(p99)} ms  max {_ms(worst)} ms")
     late = _percentiles(result["lateness"])
     extra = f"caller sends late by p99 {_ms(late[1])} ms, max {_ms(late[2])} ms"
-    if through_proxy:
-        cpu = result["proxy_cpu"]
-        extra += f"; capture CPU {cpu:.2f} s = {100 * cpu / seconds:.0f}% of one core"
+    cpu = result["window_cpu"] if window else result["proxy_cpu"]
+    if proxy_kind is not None:
+        over = " in the send window" if window else ""
+        extra += f"; {label} CPU {cpu:.2f} s{over} = {100 * cpu / seconds:.0f}% of one core"
     print(f"        {extra}")
+    if window or placement != "free":
+        ends = result["ends_cpu"]
+        load = f"caller and application CPU {ends:.2f} s in the send window"
+        ends_cpus, proxy_cpus = placement_cpus(placement)
+        if ends_cpus is not None:
+            where = ",".join(map(str, sorted(ends_cpus)))
+            if proxy_kind is not None and ends_cpus == proxy_cpus:
+                ends += result["window_cpu"]
+                load += f"; CPU {where} busy {100 * ends / seconds:.0f}% with the proxy"
+            else:
+                load += f" = CPU {where} busy {100 * ends / seconds:.0f}%"
+        print(f"        {load}")
     for note in result["proxy_notes"]:
-        print(f"        capture said: {note}")
-    return figures
+        print(f"        {label} said: {note}")
+    return {"latency": figures, "cpu": cpu, "lost": lost + corrupted}
 
 
 class FULL_OUTPUT:  # noqa: N801 - a setting of this run
@@ -332,37 +463,164 @@ class FULL_OUTPUT:  # noqa: N801 - a setting of this run
     file: object = None
 
 
-def main() -> int:
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def floor_run(args: argparse.Namespace) -> int:
+    """The trivial proxy, then capture with its full plain output to a file, at the
+    same N and placed alike: capture's CPU as a ratio of the trivial proxy's, measured
+    in this run, for each call count and placement asked for. With --repeat, the pairs
+    run that many times, alternating, and the figure is the median ratio (a shared
+    machine moves single runs by tens of percent). Informational: no target."""
+    import tempfile
+
+    verdicts = []
+    for calls in args.counts:
+        for placement in args.placements:
+            print(f"placement      {describe_placement(placement)}")
+            print()
+            pairs = []
+            for round_ in range(1, args.repeat + 1):
+                of = f", round {round_} of {args.repeat}" if args.repeat > 1 else ""
+                print(f"== trivial proxy, {placement}{of}: recv and sendall, nothing else ==")
+                floor = measure(calls, args.seconds, "trivial", placement, window=True)
+                print()
+                print(f"== audiosocket capture, {placement}{of}: every line to a file ==")
+                with tempfile.TemporaryFile(mode="w") as out:
+                    capture = measure(calls, args.seconds, "capture", placement, out, window=True)
+                    out.flush()
+                    capture["bytes"] = os.fstat(out.fileno()).st_size
+                print()
+                ratio = capture["cpu"] / floor["cpu"] if floor["cpu"] else float("inf")
+                pairs.append((ratio, floor, capture))
+                print(
+                    f"pair           {placement}: capture CPU {capture['cpu']:.2f} s ="
+                    f" {ratio:.2f}x the trivial proxy's {floor['cpu']:.2f} s"
+                )
+                print()
+            pairs.sort(key=lambda pair: pair[0])
+            cpu_ratio, floor, capture = pairs[len(pairs) // 2]
+            spread = (
+                f" (each: {', '.join(f'{r:.2f}x' for r, _, _ in pairs)})" if len(pairs) > 1 else ""
+            )
+            capture_p50 = _median([pair[2]["latency"][0] for pair in pairs])
+            capture_p99 = _median([pair[2]["latency"][1] for pair in pairs])
+            floor_p50 = _median([pair[1]["latency"][0] for pair in pairs])
+            floor_p99 = _median([pair[1]["latency"][1] for pair in pairs])
+            lost = sum(pair[2]["lost"] for pair in pairs)
+            floor_lost = sum(pair[1]["lost"] for pair in pairs)
+            written = _median([pair[2]["bytes"] for pair in pairs])
+            median = "median " if len(pairs) > 1 else ""
+            verdicts.append(
+                f"ratio          {placement}: {median}capture CPU {capture['cpu']:.2f} s ="
+                f" {cpu_ratio:.2f}x the trivial proxy's {floor['cpu']:.2f} s{spread}"
+                f" at {calls} calls (informational, no target); {median}latency through"
+                f" capture median {_ms(capture_p50).strip()} ms, p99 {_ms(capture_p99).strip()}"
+                f" ms, through the trivial proxy median {_ms(floor_p50).strip()} ms, p99"
+                f" {_ms(floor_p99).strip()} ms; lost {lost} (trivial proxy {floor_lost});"
+                f" capture wrote {written / 1e6:.1f} MB of plain lines a run"
+            )
+            print(verdicts[-1])
+            print()
+    print(f"load after: {_client.loadavg()}")
+    print("\n".join(verdicts))
+    return 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--calls", default="1,200", help="call counts, comma-separated")
+    parser.add_argument(
+        "--calls", default=None, help="call counts, comma-separated (1,200; with --floor 400)"
+    )
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each call")
     parser.add_argument(
         "--rounds",
         type=int,
         default=1,
         help="direct/capture pairs per call count; the median round is the result "
-        "(other work on the machine makes single runs noisy)",
+        "(other work on the machine makes single runs noisy). Not with --floor: see --repeat",
     )
     parser.add_argument(
         "--output",
         choices=["quiet", "file"],
         default="quiet",
-        help="capture with -q (quiet, the default) or every line in plain form to a file",
+        help="capture with -q (quiet, the default) or every line in plain form to a file"
+        " (always a file with --floor)",
     )
-    args = parser.parse_args()
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="run a trivial proxy, then capture with full plain output to a file, and print"
+        " capture's CPU as a ratio of the trivial proxy's, with both latencies",
+    )
+    parser.add_argument(
+        "--placement",
+        default=None,
+        help="where the proxy and the caller and application run, comma-separated for several"
+        " runs (with --floor): shared (one core for all three), split (the proxy on a core of"
+        " its own), free (the OS decides; the ratio then varies with the scheduler)."
+        " Default: shared,split with --floor, else free",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="with --floor: run each placement's pair this many times, alternating, and"
+        " take the median ratio (default 3)",
+    )
+    args = parser.parse_args(argv)
+    args.repeat = args.repeat if args.repeat is not None else (3 if args.floor else 1)
+    if not 1 <= args.repeat <= 20:
+        parser.error("--repeat must be 1..20")
+    wanted = args.placement or ("shared,split" if args.floor else "free")
+    args.placements = [p.strip() for p in wanted.split(",") if p.strip()]
+    unknown = [p for p in args.placements if p not in PLACEMENTS]
+    if unknown or not args.placements:
+        parser.error(f"--placement: choose from {', '.join(PLACEMENTS)}")
+    if len(args.placements) > 1 and not args.floor:
+        parser.error("--placement: several placements only with --floor")
+    if not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2:
+        # No pinning here (or one core): the OS decides, and says so in the output.
+        args.placements = ["free"]
+    args.placement = args.placements[0]
+    try:
+        args.counts = [
+            int(c) for c in (args.calls or ("400" if args.floor else "1,200")).split(",")
+        ]
+    except ValueError:
+        parser.error("--calls: call counts, comma-separated")
+    if not all(1 <= c <= 10000 for c in args.counts):
+        parser.error("--calls: each 1..10000")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    print(f"load before: {_client.loadavg()} (/proc/loadavg); 8 kHz, 20 ms, {args.seconds:g} s")
+    if args.floor:
+        try:
+            return floor_run(args)
+        except (RuntimeError, OSError) as exc:
+            print(f"bench_proxy_latency: could not run: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
     if args.output == "file":
         import tempfile
 
         FULL_OUTPUT.file = tempfile.TemporaryFile(mode="w")  # noqa: SIM115 - for the run
-    counts = [int(c) for c in args.calls.split(",")]
-    print(f"load before: {_client.loadavg()} (/proc/loadavg); 8 kHz, 20 ms, {args.seconds:g} s")
+    if args.placement != "free":
+        print(f"placement: {describe_placement(args.placement)}")
     summary = []
-    for calls in counts:
+    for calls in args.counts:
         added = []
         for _ in range(args.rounds):
             try:
-                direct = measure(calls, args.seconds, through_proxy=False)
-                proxied = measure(calls, args.seconds, through_proxy=True)
+                direct = measure(calls, args.seconds, None, args.placement)["latency"]
+                proxied = measure(calls, args.seconds, "capture", args.placement, FULL_OUTPUT.file)[
+                    "latency"
+                ]
             except RuntimeError as exc:
                 print(f"{calls} calls: could not run: {exc}", file=sys.stderr)
                 return 1
