@@ -179,7 +179,11 @@ def _descendants(pid: int) -> list[int]:
 
 
 def machine_busy() -> float:
-    """CPU seconds all cores have spent busy since boot (/proc/stat), to diff."""
+    """CPU seconds all cores have spent busy since boot (/proc/stat), to diff.
+
+    Where the kernel counts busy time on timer ticks only (some VMs, Firecracker
+    among them), it reads low for a light load that wakes and sleeps in bursts:
+    a rough figure; the per-process times above are the ones to compare."""
     with open("/proc/stat") as fh:
         fields = [int(x) for x in fh.readline().split()[1:]]
     # user nice system idle iowait irq softirq steal: all but idle and iowait.
