@@ -1,0 +1,209 @@
+"""net.reactor.Reactor: sockets, timers and signals on one loop, on epoll and on the
+selectors fallback (what the loop uses where there is no epoll)."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from audiosocket_cli.net.reactor import Reactor
+from audiosocket_cli.status import Terminated
+
+
+@pytest.fixture(params=["epoll", "selectors"])
+def reactor(request: pytest.FixtureRequest) -> Iterator[Reactor]:
+    made = Reactor()
+    if request.param == "selectors":
+        if made._epoll is not None:
+            made._epoll.close()
+        made._epoll = None
+        made._selector = selectors.DefaultSelector()
+    elif made._epoll is None:
+        pytest.skip("no epoll here")
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    yield ours, theirs
+    for sock in (ours, theirs):
+        sock.close()
+
+
+def test_a_reader_is_called_when_bytes_come(
+    reactor: Reactor, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    ours, theirs = pair
+    got: list[bytes] = []
+
+    def readable() -> None:
+        got.append(ours.recv(100))
+        if len(got) == 2:
+            reactor.stop()
+        else:
+            theirs.sendall(b"two")
+
+    reactor.add_reader(ours, readable)
+    theirs.sendall(b"one")
+    reactor.call_later(5.0, reactor.stop)  # a bound, should it hang
+    reactor.run()
+    assert got == [b"one", b"two"]
+
+
+def test_a_removed_reader_is_not_called(
+    reactor: Reactor, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    ours, theirs = pair
+    called: list[str] = []
+    reactor.add_reader(ours, lambda: called.append("read"))
+    reactor.remove_reader(ours)
+    theirs.sendall(b"x")
+    reactor.call_later(0.05, reactor.stop)
+    reactor.run()
+    assert called == []
+    assert reactor._masks == {}
+
+
+def test_a_writer_is_called_when_the_socket_takes_bytes(
+    reactor: Reactor, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    ours, theirs = pair
+    order: list[str] = []
+
+    def writable() -> None:
+        order.append("write")
+        reactor.remove_writer(ours)
+        ours.send(b"ping")
+
+    def readable() -> None:
+        order.append(ours.recv(100).decode())
+        reactor.stop()
+
+    reactor.add_reader(ours, readable)
+    reactor.add_writer(ours, writable)  # both on one socket: one registration
+    assert len(reactor._masks) == 1
+    reactor.call_later(0.01, lambda: theirs.sendall(theirs.recv(100)))  # echo it back
+    reactor.call_later(5.0, reactor.stop)
+    reactor.run()
+    assert order == ["write", "ping"]
+
+
+def test_a_peer_that_closes_wakes_the_reader(
+    reactor: Reactor, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    ours, theirs = pair
+    got: list[bytes] = []
+
+    def readable() -> None:
+        got.append(ours.recv(100))
+        reactor.forget(ours)
+        reactor.stop()
+
+    reactor.add_reader(ours, readable)
+    theirs.close()
+    reactor.call_later(5.0, reactor.stop)
+    reactor.run()
+    assert got == [b""]
+
+
+def test_timers_fire_in_order_not_before_their_time(reactor: Reactor) -> None:
+    start = time.monotonic()
+    fired: list[tuple[str, float]] = []
+
+    def mark(name: str) -> None:
+        fired.append((name, time.monotonic()))
+
+    reactor.call_at(start + 0.03, lambda: mark("c"))
+    reactor.call_at(start + 0.01, lambda: mark("a"))
+    cancelled = reactor.call_at(start + 0.02, lambda: mark("never"))
+    reactor.call_at(start + 0.02, lambda: mark("b"))
+    cancelled.cancel()
+    reactor.call_at(start + 0.04, reactor.stop)
+    reactor.run()
+    assert [name for name, _ in fired] == ["a", "b", "c"]
+    for (name, at), due in zip(fired, (0.01, 0.02, 0.03), strict=True):
+        assert at >= start + due, name
+
+
+def test_after_turn_says_when_to_come_back(
+    reactor: Reactor, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    """after_turn runs after each pass over the ready sockets; with sockets watched
+    and no timer, only its answer wakes the loop again."""
+    ours, theirs = pair
+
+    def readable() -> None:
+        ours.recv(100)
+
+    reactor.add_reader(ours, readable)
+    theirs.sendall(b"x")  # the first pass
+    turns: list[float] = []
+
+    def after_turn() -> float | None:
+        turns.append(time.monotonic())
+        if len(turns) == 3:
+            reactor.stop()
+        return 0.01
+
+    reactor.after_turn = after_turn
+    reactor.run()
+    assert len(turns) == 3
+    assert turns[2] - turns[0] >= 0.02
+
+
+def test_a_socket_forgotten_and_closed_leaves_its_number_free(reactor: Reactor) -> None:
+    """The kernel gives a closed socket's number to the next one: it must be watched
+    anew, not taken for the old one."""
+    first, peer = socket.socketpair()
+    reactor.add_reader(first, lambda: None)
+    number = first.fileno()
+    reactor.forget(first)
+    first.close()
+    peer.close()
+    a, b = socket.socketpair()
+    try:
+        # The kernel gives out the lowest free number: one of the two has the old one.
+        second, peer = (a, b) if a.fileno() == number else (b, a)
+        assert second.fileno() == number
+        second.setblocking(False)
+        got: list[bytes] = []
+
+        def readable() -> None:
+            got.append(second.recv(100))
+            reactor.stop()
+
+        reactor.add_reader(second, readable)
+        peer.sendall(b"new")
+        reactor.call_later(5.0, reactor.stop)
+        reactor.run()
+        assert got == [b"new"]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_sigterm_stops_the_loop_between_callbacks(reactor: Reactor) -> None:
+    """SIGTERM ends run() with Terminated, after the callback it came in, and the
+    handler the process had is back."""
+    before = signal.getsignal(signal.SIGTERM)
+    ran: list[str] = []
+
+    def kill_then_finish() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        ran.append("finished")  # the callback is not cut short
+
+    reactor.call_later(0.01, kill_then_finish)
+    reactor.call_later(5.0, lambda: ran.append("too late"))
+    with pytest.raises(Terminated):
+        reactor.run()
+    assert ran == ["finished"]
+    assert signal.getsignal(signal.SIGTERM) is before
