@@ -15,6 +15,7 @@ talks only to the addresses it is given (127.0.0.1 in the benchmarks).
 
 from __future__ import annotations
 
+import argparse
 import collections
 import os
 import re
@@ -197,6 +198,76 @@ def loadavg() -> str:
             return " ".join(fh.read().split()[:3])
     except OSError:
         return "unknown"
+
+
+# Where the process under test and its clients run. The kernel's placement changes a
+# server's CPU cost twofold: woken on its client's core, it pays no cross-core
+# wake-ups; moved to the other core, it pays them on every message, and the scheduler
+# moves a busier process more readily than a light one. A same-run ratio against a
+# floor is only fair with both placed alike.
+PLACEMENTS: dict[str, tuple[set[int], set[int]] | None] = {
+    # name: (the clients' CPUs, the CPUs of the process under test), None: the OS's choice
+    "shared": ({0}, {0}),  # one core for all: the server's own cost, no wake-up IPIs
+    "split": ({0}, {1}),  # the server on a core of its own, as a real peer would be
+    "free": None,  # wherever the scheduler puts them: varies from run to run
+}
+
+
+def placement_cpus(name: str) -> tuple[set[int] | None, set[int] | None]:
+    """(the clients' CPUs, the CPUs of the process under test), or (None, None)."""
+    chosen = PLACEMENTS[name]
+    if chosen is None:
+        return None, None
+    return chosen
+
+
+def describe_placement(name: str, clients: str, server: str) -> str:
+    """`split: client on CPU 0, server on CPU 1 (a core each)`."""
+    ends, under_test = placement_cpus(name)
+    if ends is None or under_test is None:
+        return f"free: the OS places the {server} and the {clients}"
+    where = "the same core" if ends == under_test else "a core each"
+    return (
+        f"{name}: {clients} on CPU {','.join(map(str, sorted(ends)))}, {server} on CPU"
+        f" {','.join(map(str, sorted(under_test)))} ({where})"
+    )
+
+
+def add_placement_arguments(parser: argparse.ArgumentParser, clients: str, server: str) -> None:
+    """--placement and --repeat, for a benchmark with a --floor; see placement_arguments."""
+    parser.add_argument(
+        "--placement",
+        default=None,
+        help=f"where the {server} and the {clients} run, comma-separated for several runs"
+        f" (with --floor): shared (one core for all), split (the {server} on a core of its"
+        " own), free (the OS decides; the ratio then varies with the scheduler)."
+        " Default: shared,split with --floor, else free",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="with --floor: run each placement's pair this many times, alternating, and"
+        " judge the median ratio (default 3)",
+    )
+
+
+def placement_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Checks --placement and --repeat and sets args.placements (the list), args.placement
+    (the first) and args.repeat; exits with a usage error on a bad value."""
+    args.repeat = args.repeat if args.repeat is not None else (3 if args.floor else 1)
+    if not 1 <= args.repeat <= 20:
+        parser.error("--repeat must be 1..20")
+    wanted = args.placement or ("shared,split" if args.floor else "free")
+    args.placements = [p.strip() for p in wanted.split(",") if p.strip()]
+    if not args.placements or any(p not in PLACEMENTS for p in args.placements):
+        parser.error(f"--placement: choose from {', '.join(PLACEMENTS)}")
+    if len(args.placements) > 1 and not args.floor:
+        parser.error("--placement: several placements only with --floor")
+    if not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2:
+        # No pinning here (or one core): the OS decides, and says so in the output.
+        args.placements = ["free"]
+    args.placement = args.placements[0]
 
 
 def met(ok: bool) -> str:

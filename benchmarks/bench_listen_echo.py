@@ -303,38 +303,6 @@ def run_calls(
     result.lateness = lateness.tobytes()
 
 
-# Where the server and the client run. The kernel's placement changes the server's
-# CPU cost twofold: woken on the client's core, a server pays no cross-core wake-ups;
-# moved to the other core, it pays them on every message, and the scheduler moves a
-# busier process more readily than the floor. A same-run ratio is only fair with
-# both servers placed alike.
-PLACEMENTS = {
-    # name: (client CPUs, server CPUs), or None for the OS's choice
-    "shared": ({0}, {0}),  # one core for both: the server's own cost, no wake-up IPIs
-    "split": ({0}, {1}),  # a core each, as Asterisk and an application would be
-    "free": None,  # wherever the scheduler puts them: varies from run to run
-}
-
-
-def placement_cpus(name: str) -> tuple[set[int] | None, set[int] | None]:
-    """(client CPUs, server CPUs) for a placement, or (None, None) for the OS's choice."""
-    chosen = PLACEMENTS[name]
-    if chosen is None:
-        return None, None
-    return chosen
-
-
-def describe_placement(name: str) -> str:
-    client, server = placement_cpus(name)
-    if client is None or server is None:
-        return "free: the OS places the server and the client"
-    where = "the same core" if client == server else "a core each"
-    return (
-        f"{name}: client on CPU {','.join(map(str, sorted(client)))}, server on CPU"
-        f" {','.join(map(str, sorted(server)))} ({where})"
-    )
-
-
 def worker(
     port: int,
     indexes: list[int],
@@ -388,7 +356,7 @@ def report(
     client_cpu = client_user + client_sys
     server_user, server_sys = info["server_cpu"]
     print(f"server         {info['server']}")
-    print(f"placement      {describe_placement(args.placement)}")
+    print(f"placement      {_client.describe_placement(args.placement, 'client', 'server')}")
     print(f"calls          {args.calls} simultaneous, 8 kHz, 20 ms messages of 320 bytes")
     print(f"seconds        {seconds:g} per call (send window)")
     print(f"client         {args.procs} process(es), one selector loop each")
@@ -511,7 +479,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         import tempfile
 
         out = tempfile.TemporaryFile(mode="w")  # noqa: SIM115 - closed below
-    client_cpus, server_cpus = placement_cpus(args.placement)
+    client_cpus, server_cpus = _client.placement_cpus(args.placement)
     server = _client.ServerProcess(server_argv(args), stdout=out, cpus=server_cpus)
     context = multiprocessing.get_context("spawn")
     procs: list[Any] = []
@@ -674,33 +642,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="run against a trivial echo server instead of listen, to check the client",
     )
-    parser.add_argument(
-        "--placement",
-        default=None,
-        help="where server and client run, comma-separated for several runs: shared (one"
-        " core for both), split (a core each), free (the OS decides; the ratio then"
-        " varies with the scheduler). Default: shared,split with --floor, else free",
-    )
-    parser.add_argument(
-        "--repeat",
-        type=int,
-        default=None,
-        help="with --floor: run each placement's pair this many times, alternating, and"
-        " judge the median ratio (default 3)",
-    )
+    _client.add_placement_arguments(parser, clients="client", server="server")
     args = parser.parse_args(argv)
-    args.repeat = args.repeat if args.repeat is not None else (3 if args.floor else 1)
-    if not 1 <= args.repeat <= 20:
-        parser.error("--repeat must be 1..20")
-    wanted = args.placement or ("shared,split" if args.floor else "free")
-    args.placements = [p.strip() for p in wanted.split(",") if p.strip()]
-    unknown = [p for p in args.placements if p not in PLACEMENTS]
-    if unknown or not args.placements:
-        parser.error(f"--placement: choose from {', '.join(PLACEMENTS)}")
-    if not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2:
-        # No pinning here (or one core): the OS decides, and says so in the output.
-        args.placements = ["free"]
-    args.placement = args.placements[0]
+    _client.placement_arguments(parser, args)
     if not 1 <= args.calls <= 10000:
         parser.error("--calls must be 1..10000")
     if not 0.1 <= args.seconds <= 600:

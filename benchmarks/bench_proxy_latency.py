@@ -265,36 +265,8 @@ def _percentiles(samples: array) -> tuple[float, float, float]:
     return at(0.50), at(0.99), ordered[-1]
 
 
-# Where the proxy and the two ends (caller and application) run. The kernel's placement
-# changes a proxy's CPU cost: woken on the core of the end that wrote, it pays no
-# cross-core wake-ups; on the other core, it pays them for every message, and the
-# scheduler moves a busier process more readily than a light one. A same-run ratio is
-# only fair with both proxies placed alike.
-PLACEMENTS = {
-    # name: (caller and application CPUs, proxy CPUs), or None for the OS's choice
-    "shared": ({0}, {0}),  # one core for all three: the proxy's own cost, no wake-up IPIs
-    "split": ({0}, {1}),  # the proxy on a core of its own, the two ends on the other
-    "free": None,  # wherever the scheduler puts them: varies from run to run
-}
-
-
-def placement_cpus(name: str) -> tuple[set[int] | None, set[int] | None]:
-    """(caller and application CPUs, proxy CPUs), or (None, None) for the OS's choice."""
-    chosen = PLACEMENTS[name]
-    if chosen is None:
-        return None, None
-    return chosen
-
-
-def describe_placement(name: str) -> str:
-    ends, proxy = placement_cpus(name)
-    if ends is None or proxy is None:
-        return "free: the OS places the proxy, the caller and the application"
-    where = "the same core" if ends == proxy else "a core each"
-    return (
-        f"{name}: caller and application on CPU {','.join(map(str, sorted(ends)))}, proxy on"
-        f" CPU {','.join(map(str, sorted(proxy)))} ({where})"
-    )
+def where(placement: str) -> str:
+    return _client.describe_placement(placement, "caller and application", "proxy")
 
 
 def proxy_argv(kind: str, upstream: int, calls: int, output: Any) -> list[str]:
@@ -330,7 +302,7 @@ def run(
 
     `proxy_kind`: None (the caller straight to the application), "capture" or
     "trivial"; `output`: capture's stdout (every line), or None for -q."""
-    ends_cpus, proxy_cpus = placement_cpus(placement)
+    ends_cpus, proxy_cpus = _client.placement_cpus(placement)
     ctx = multiprocessing.get_context("fork")
     skip = round(WARMUP / FRAME)
     app_pipe, app_end = ctx.Pipe()
@@ -443,7 +415,7 @@ def measure(
     if window or placement != "free":
         ends = result["ends_cpu"]
         load = f"caller and application CPU {ends:.2f} s in the send window"
-        ends_cpus, proxy_cpus = placement_cpus(placement)
+        ends_cpus, proxy_cpus = _client.placement_cpus(placement)
         if ends_cpus is not None:
             where = ",".join(map(str, sorted(ends_cpus)))
             if proxy_kind is not None and ends_cpus == proxy_cpus:
@@ -478,7 +450,7 @@ def floor_run(args: argparse.Namespace) -> int:
     verdicts = []
     for calls in args.counts:
         for placement in args.placements:
-            print(f"placement      {describe_placement(placement)}")
+            print(f"placement      {where(placement)}")
             print()
             pairs = []
             for round_ in range(1, args.repeat + 1):
@@ -554,36 +526,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run a trivial proxy, then capture with full plain output to a file, and print"
         " capture's CPU as a ratio of the trivial proxy's, with both latencies",
     )
-    parser.add_argument(
-        "--placement",
-        default=None,
-        help="where the proxy and the caller and application run, comma-separated for several"
-        " runs (with --floor): shared (one core for all three), split (the proxy on a core of"
-        " its own), free (the OS decides; the ratio then varies with the scheduler)."
-        " Default: shared,split with --floor, else free",
-    )
-    parser.add_argument(
-        "--repeat",
-        type=int,
-        default=None,
-        help="with --floor: run each placement's pair this many times, alternating, and"
-        " take the median ratio (default 3)",
-    )
+    _client.add_placement_arguments(parser, clients="caller and application", server="proxy")
     args = parser.parse_args(argv)
-    args.repeat = args.repeat if args.repeat is not None else (3 if args.floor else 1)
-    if not 1 <= args.repeat <= 20:
-        parser.error("--repeat must be 1..20")
-    wanted = args.placement or ("shared,split" if args.floor else "free")
-    args.placements = [p.strip() for p in wanted.split(",") if p.strip()]
-    unknown = [p for p in args.placements if p not in PLACEMENTS]
-    if unknown or not args.placements:
-        parser.error(f"--placement: choose from {', '.join(PLACEMENTS)}")
-    if len(args.placements) > 1 and not args.floor:
-        parser.error("--placement: several placements only with --floor")
-    if not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2:
-        # No pinning here (or one core): the OS decides, and says so in the output.
-        args.placements = ["free"]
-    args.placement = args.placements[0]
+    _client.placement_arguments(parser, args)
     try:
         args.counts = [
             int(c) for c in (args.calls or ("400" if args.floor else "1,200")).split(",")
@@ -611,7 +556,7 @@ def main() -> int:
 
         FULL_OUTPUT.file = tempfile.TemporaryFile(mode="w")  # noqa: SIM115 - for the run
     if args.placement != "free":
-        print(f"placement: {describe_placement(args.placement)}")
+        print(f"placement: {where(args.placement)}")
     summary = []
     for calls in args.counts:
         added = []
