@@ -434,19 +434,13 @@ class Output:
             self._drain()
 
     def echoed(self, call: CallInfo, t: float, message: Message) -> None:
-        """message() for `>` then `<`: one received and sent straight back."""
-        if not self._gather:
+        """message() for `>` then `<`: one received and sent straight back, gathered
+        as one entry (ECHOED) that stands for both."""
+        if self._gather:
+            self.message(call, t, ECHOED, message)
+        else:
             self.message(call, t, ">", message)
             self.message(call, t, "<", message)
-            return
-        if call.uuid is None:
-            call = copy.copy(call)
-        pending = self._pending
-        if not pending:
-            self._tick_at = 0.0
-        pending.append((call, t, ECHOED, message))
-        if len(pending) >= self.BATCH or time.monotonic() - self._drained >= FLUSH_INTERVAL:
-            self._drain()
 
     def _drain(self) -> None:
         """The gathered messages, with their levels, to the sinks."""
