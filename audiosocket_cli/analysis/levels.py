@@ -31,10 +31,10 @@ def levels_dbfs(payloads: list[bytes]) -> list[float | None]:
     """
     count = len(payloads)
     sizes = list(map(len, payloads))
-    size = sizes[0] if sizes else 0
-    if count >= BATCH_MIN and size >= 2 and not size & 1 and sizes.count(size) == count:
+    first = sizes[0] if sizes else 0
+    if count >= BATCH_MIN and first >= 2 and not first & 1 and sizes.count(first) == count:
         # One length for every payload, the usual batch: no sorting by length.
-        return _levels_of_rows(b"".join(payloads), count, size // 2)
+        return _levels_of_rows(b"".join(payloads), count, first // 2)
     levels: list[float | None] = [None] * count
     by_length: dict[int, list[int]] = {}
     for i, size in enumerate(sizes):
@@ -45,8 +45,8 @@ def levels_dbfs(payloads: list[bytes]) -> list[float | None]:
             for i in where:
                 levels[i] = level_dbfs(payloads[i])
             continue
-        size = 2 * samples
-        joined = b"".join(payloads[i] if sizes[i] == size else payloads[i][:size] for i in where)
+        even = 2 * samples  # an odd payload's last byte is left out
+        joined = b"".join(payloads[i] if sizes[i] == even else payloads[i][:even] for i in where)
         for i, level in zip(where, _levels_of_rows(joined, len(where), samples), strict=True):
             levels[i] = level
     return levels
