@@ -66,26 +66,61 @@ def caller(seconds: float, rate: int = 8000, frame_ms: float = 20) -> DirectionS
 # Pacing: slow, burst, echoed frames.
 
 
+def paced_app() -> DirectionStats:
+    """The application's side, as every engine that diagnoses it counts it."""
+    return DirectionStats(analyse_pacing=True)
+
+
 def test_audio_slower_than_real_time_is_diagnosed() -> None:
     """A pacer that loses ~0.9 ms a frame: 20.9 ms between 20 ms frames."""
-    app = DirectionStats()
+    app = paced_app()
     feed(app, bytes(320) * 350, 320, every=0.0209)  # 7 s of audio
     found = diagnose_application(app, caller(7.3))
     assert codes(found) == ["slow"]
-    assert "0.96x real time" in text(found, "slow")
-    assert "median gap 20.9 ms for 20 ms frames" in text(found, "slow")
+    assert "0.957x real time over 4.0 s of audio from 3.13s" in text(found, "slow")
+    assert "a steady slow clock (a message every 20.9 ms for 20.0 ms of audio)" in text(
+        found, "slow"
+    )
     assert app.pacing().startswith("0.96x real time, jitter p99 1.0ms, worst gap 20.9ms")
 
 
-def test_slow_needs_five_seconds_of_audio() -> None:
-    app = DirectionStats()
-    feed(app, bytes(320) * 200, 320, every=0.0209)  # 4 s
-    assert codes(diagnose_application(app, caller(4))) == []
+def test_slow_needs_three_seconds_of_audio() -> None:
+    app = paced_app()
+    feed(app, bytes(320) * 145, 320, every=0.0209)  # 2.9 s
+    assert codes(diagnose_application(app, caller(3))) == []
+    app = paced_app()
+    feed(app, bytes(320) * 225, 320, every=0.0209)  # a 4.5 s prompt: one block and the rest
+    found = diagnose_application(app, caller(4.5))
+    assert codes(found) == ["slow"]
+    assert "over 4.5 s of audio" in text(found, "slow")
+
+
+def test_synthesis_stalls_are_named() -> None:
+    """Real-time frames, but 120 ms lost every second: a TTS engine that stalls."""
+    app = paced_app()
+    t = 0.0
+    for k in range(300):
+        app.add(t, Message(Kind.AUDIO_8K, bytes(320)))
+        t += 0.02 + (0.12 if k % 50 == 49 else 0.0)
+    found = diagnose_application(app, caller(6))
+    assert codes(found) == ["slow"]
+    assert (
+        "0.893x real time over 3.0 s of audio from 3.24s to 6.60s: "
+        "synthesis stalls (3 gaps, 360 ms of silence in all)" in text(found, "slow")
+    )
+
+
+def test_a_steady_fast_clock_is_pacing() -> None:
+    app = paced_app()
+    feed(app, bytes(320) * 200, 320, every=0.0194)  # 3% fast: no burst, still too fast
+    found = diagnose_application(app, caller(4))
+    assert codes(found) == ["pacing"]
+    assert "a steady fast clock" in text(found, "pacing")
 
 
 def test_pauses_between_utterances_are_not_slow() -> None:
     """Paced audio with a 3 s pause: the ratio over the span drops, the pacing is right."""
-    app = DirectionStats()
+    app = paced_app()
     t = feed(app, bytes(320) * 200, 320)
     feed(app, bytes(320) * 200, 320, start=t + 3.0)
     assert app.realtime_ratio is not None and app.realtime_ratio < 0.75
@@ -93,7 +128,7 @@ def test_pauses_between_utterances_are_not_slow() -> None:
 
 
 def test_real_time_audio_is_not_slow() -> None:
-    app = DirectionStats()
+    app = paced_app()
     feed(app, bytes(320) * 500, 320, every=0.0201)  # 0.5% slow: within what clocks do
     assert codes(diagnose_application(app, caller(10))) == []
     assert app.as_dict()["realtime_ratio"] == pytest.approx(0.995, abs=0.001)
@@ -307,11 +342,11 @@ def test_one_way_audio_and_refused() -> None:
 
 
 def test_audio_faster_than_real_time_is_pacing() -> None:
-    app = DirectionStats()
+    app = paced_app()
     feed(app, bytes(320) * 200, 320, every=0.012)  # 1.7x, never 100 ms within 20 ms
     found = diagnose_application(app, caller(4))
     assert codes(found) == ["pacing"]
-    assert "1.7x real time" in text(found, "pacing")
+    assert "1.661x real time" in text(found, "pacing")
 
 
 def test_smaller_frames_in_bursts_to_a_large_frame_caller_are_a_burst() -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from audiosocket_cli.analysis.pacing import PACE_TOLERANCE, PaceTracker
 from audiosocket_cli.protocol.session import Ended
 from audiosocket_cli.protocol.wire import AUDIO_RATES, Kind, Message, frame_bytes
 
@@ -45,8 +46,6 @@ JITTER_ZERO = JITTER_BINS // 2  # the bin of jitter 0..0.1 ms
 JITTER_LIMIT = JITTER_ZERO * JITTER_BIN  # 25.6 ms
 JITTER_LOG_STEP = math.log(1.1)
 JITTER_LOG_BINS = 64  # 25.6 ms x 1.1^63: 10 s; beyond goes into the last
-SLOW_MIN_AUDIO = 5.0  # seconds of audio before `slow` is judged
-SLOW_RATIO = 0.98
 HANGUP_AFTER_DTMF = 1.0  # seconds
 APP_ENDINGS = ("app-hangup", "app-close", "app-reset")
 NO_RUN = -1  # no kind byte is -1: the next audio message takes the general path
@@ -101,6 +100,8 @@ class DirectionStats:
         "_max_window_units",
         "_jitter",
         "_jitter_log",
+        "pace",
+        "_run_seconds",
     )
 
     def __init__(
@@ -108,7 +109,10 @@ class DirectionStats:
         analyse_encoding: bool = True,
         encoding_offset: int = 0,
         encoding_gate: Callable[[], bool] | None = None,
+        analyse_pacing: bool = False,
     ) -> None:
+        # Pacing judged block by block (analysis.pacing), where someone diagnoses it.
+        self.pace = PaceTracker() if analyse_pacing else None
         # False skips the encoding analysis (numpy, the costly part of add()) where
         # nobody reads likely_encoding, e.g. what a server sends itself.
         self.analyse_encoding = analyse_encoding
@@ -148,6 +152,7 @@ class DirectionStats:
         self._rate = 0
         self._run = 0
         self._run_units = 0
+        self._run_seconds = 0.0
         self._run_jitter_base = 0.0
         self._run_pair = 0  # two of the run's messages, in units
         self._enc_next = 0  # the run's message to analyse next; 0: none
@@ -195,6 +200,8 @@ class DirectionStats:
                 self._window_open = self._in_burst = False
             self._before_last = last
             self.last_audio = t
+            if self.pace is not None:
+                self.pace.add(t, self._run_seconds)
             if run == self._enc_next:
                 self._sample(payload)
             return
@@ -254,6 +261,8 @@ class DirectionStats:
         self._before_last_units = self._last_units
         self.last_audio = t
         self._last_units = units
+        if self.pace is not None and size:
+            self.pace.add(t, units / UNITS_PER_SECOND)
         if (
             self.analyse_encoding
             and (self._audio + self.encoding_offset) % ENCODING_SAMPLE_EVERY == 1
@@ -268,6 +277,7 @@ class DirectionStats:
             self._size = size
             self._rate = rate
             self._run_units = units
+            self._run_seconds = units / UNITS_PER_SECOND
             self._run_pair = 2 * units
             # b = floor(jitter / JITTER_BIN) + JITTER_ZERO = int(gap * 10000 - base)
             self._run_jitter_base = units / UNITS_PER_SECOND * 10000.0 - JITTER_ZERO
@@ -711,7 +721,6 @@ def diagnose_application(
     the caller's last DTMF digit (`hangup-after-dtmf`).
     """
     found: list[Diagnosis] = []
-    ratio = app.realtime_ratio
     caller_frame, app_frame = asterisk.frame_seconds, app.frame_seconds
     # An echo of the caller's frames comes as the caller sent them: a 1 s frame
     # echoed is 1 s of audio at once, the caller's framing, not the application's
@@ -723,7 +732,6 @@ def diagnose_application(
         and abs(app_frame - caller_frame) <= 0.001 * caller_frame
         and app.max_window_audio <= caller_frame * 1.001
     )
-    paced = app.paced_ratio
     if app.bursts and not echoed:
         found.append(
             Diagnosis(
@@ -734,33 +742,8 @@ def diagnose_application(
                 "(send one 20 ms frame every 20 ms)",
             )
         )
-    elif ratio is not None and ratio > 1.25:
-        found.append(
-            Diagnosis(
-                "pacing",
-                f"application audio came at {ratio:.1f}x real time: Asterisk does not "
-                "buffer it (send one 20 ms frame every 20 ms)",
-            )
-        )
-    elif (
-        ratio is not None
-        and ratio < SLOW_RATIO
-        and app.audio_seconds >= SLOW_MIN_AUDIO
-        and paced is not None
-        and paced < SLOW_RATIO
-        and app_frame is not None
-    ):
-        # Both figures: the ratio alone also drops for pauses between utterances.
-        gap = app_frame / paced
-        found.append(
-            Diagnosis(
-                "slow",
-                f"application audio came at {ratio:.2f}x real time (median gap "
-                f"{gap * 1000:.1f} ms for {app_frame * 1000:g} ms frames): Asterisk runs "
-                "short of audio and the caller hears gaps (time each frame from the "
-                "start, start + n x 20 ms, rather than sleeping 20 ms after each send)",
-            )
-        )
+    else:
+        found.extend(_pace_diagnoses(app))
     if asterisk.audio_messages and not app.audio_messages:
         found.append(
             Diagnosis(
@@ -805,6 +788,31 @@ def diagnose_application(
             )
         )
     return found
+
+
+def _pace_diagnoses(app: DirectionStats) -> list[Diagnosis]:
+    """`slow` or `pacing`: off real time by more than PACE_TOLERANCE over a block of
+    audio (analysis.pacing), named by its pattern."""
+    block = app.pace.worst() if app.pace is not None else None
+    if block is None:
+        return []
+    if block.slow:
+        return [
+            Diagnosis(
+                "slow",
+                f"application audio came at {block.describe()}: Asterisk runs short of "
+                "audio and the caller hears gaps (time each frame from the start, start + "
+                "n x 20 ms, and render ahead of the send)",
+            )
+        ]
+    return [
+        Diagnosis(
+            "pacing",
+            f"application audio came at {block.describe()}: Asterisk does not buffer, "
+            f"so audio faster than real time by more than {PACE_TOLERANCE:.0%} is choppy "
+            "or lost (send one 20 ms frame every 20 ms)",
+        )
+    ]
 
 
 def _frame_size_diagnoses(app: DirectionStats, frame_ms: float) -> list[Diagnosis]:

@@ -50,6 +50,7 @@ class CallReport:
                 analyse_encoding=direction in self.diagnose,
                 encoding_offset=info.conn,
                 encoding_gate=encoding_gate,
+                analyse_pacing=direction == "<" and "<" in self.diagnose,
             )
             for direction in (">", "<")
         }
