@@ -1,0 +1,98 @@
+"""A load run's periods shown: one key=value line each, or a live table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Lines and the dashboard.
+
+
+def plain_line(row: dict[str, Any]) -> str:
+    """`t=3.0 active=100 started=10 up=10 ended=10 failed=0 ...`: one period, key=value."""
+
+    def f(value: Any) -> str:
+        return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+    def counts(values: dict[str, int]) -> str:
+        return ",".join(f"{k}:{n}" for k, n in values.items()) or "-"
+
+    return (
+        f"{row['type']} t={row['t']:.1f} active={row['active']} "
+        f"started={row['started']}/{row['total_started']} up={row['up']}/{row['total_up']} "
+        f"ended={row['ended']}/{row['total_ended']} failed={row['failed']}/{row['total_failed']} "
+        f"violations={row['violations']}/{row['total_violations']} "
+        f"out={row['msgs_out_per_s']:g}msg/s,{row['bytes_out_per_s']:g}B/s "
+        f"in={row['msgs_in_per_s']:g}msg/s,{row['bytes_in_per_s']:g}B/s "
+        f"late_ms={f(row['send_late_p50_ms'])}/{f(row['send_late_p99_ms'])}/"
+        f"{f(row['send_late_max_ms'])} "
+        f"ttfa_ms={f(row['ttfa_p50_ms'])}/{f(row['ttfa_p99_ms'])} "
+        f"rt={f(row['realtime_ratio'])} jitter_p99_ms={f(row['jitter_p99_ms'])} "
+        f"bursts={row['bursts']}/{row['total_bursts']} gaps={row['gaps']}/{row['total_gaps']} "
+        f"echo_ms={f(row['echo_p50_ms'])}/{f(row['echo_p99_ms'])} "
+        f"failed_by={counts(row['total_failed_by'])} "
+        f"diagnoses={counts(row['total_diagnoses'])}"
+    )
+
+
+class Dashboard:
+    """A live rich table on a terminal (rich imported only here, only then)."""
+
+    def __init__(self, stream: Any) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console = Console(file=stream)
+        self.live = Live(console=self.console, refresh_per_second=4, transient=False)
+        self.live.start()
+
+    def update(self, row: dict[str, Any]) -> None:
+        from rich.table import Table
+
+        def f(value: Any, unit: str = "") -> str:
+            return "-" if value is None else f"{value:g}{unit}"
+
+        table = Table(title=f"audiosocket load  t={row['t']:.1f}s", show_header=True)
+        table.add_column("")
+        table.add_column("this period", justify="right")
+        table.add_column("total", justify="right")
+        table.add_row("active / connecting", f"{row['active']} / {row['connecting']}", "")
+        for name in ("started", "up", "ended", "failed", "violations"):
+            table.add_row(name, str(row[name]), str(row[f"total_{name}"]))
+        table.add_row(
+            "messages out / in per s",
+            f"{row['msgs_out_per_s']:g} / {row['msgs_in_per_s']:g}",
+            "",
+        )
+        table.add_row(
+            "bytes out / in per s", f"{row['bytes_out_per_s']:g} / {row['bytes_in_per_s']:g}", ""
+        )
+        late = (
+            f"{f(row['send_late_p50_ms'])} / {f(row['send_late_p99_ms'])} / "
+            f"{f(row['send_late_max_ms'])} ms"
+        )
+        if row["generator_late"]:
+            late = f"[red]{late}[/]"
+        table.add_row(
+            "our send lateness p50/p99/max", late, f(row["total_send_late_p99_ms"], " ms")
+        )
+        table.add_row(
+            "time to first audio p50/p99",
+            f"{f(row['ttfa_p50_ms'])} / {f(row['ttfa_p99_ms'])} ms",
+            f"{f(row['total_ttfa_p50_ms'])} / {f(row['total_ttfa_p99_ms'])} ms",
+        )
+        table.add_row("real-time ratio", f(row["realtime_ratio"]), "")
+        table.add_row("jitter p99", f(row["jitter_p99_ms"], " ms"), "")
+        table.add_row("bursts / gaps", f"{row['bursts']} / {row['gaps']}", "")
+        table.add_row(
+            "echo round trip p50/p99",
+            f"{f(row['echo_p50_ms'])} / {f(row['echo_p99_ms'])} ms",
+            f"{f(row['total_echo_p50_ms'])} / {f(row['total_echo_p99_ms'])} ms",
+        )
+        for reason, n in row["total_failed_by"].items():
+            table.add_row(f"failed: {reason}", str(row["failed_by"].get(reason, 0)), str(n))
+        for code, n in row["total_diagnoses"].items():
+            table.add_row(f"diagnosis: {code}", str(row["diagnoses"].get(code, 0)), str(n))
+        self.live.update(table, refresh=True)
+
+    def close(self) -> None:
+        self.live.stop()

@@ -1,0 +1,322 @@
+"""Per-period statistics of a load run: mergeable histograms, counters, rows, CSV."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from audiosocket_cli.net.transport import CONNECT_TIMEOUT
+from audiosocket_cli.protocol.events import ENDINGS
+
+LATE_WARNING = 0.005  # s: our p99 send lateness above this means the generator is the limit
+# How a call may end and still be a normal call: our --duration, the end of the
+# file, or the application's hangup or close.
+NORMAL_ENDINGS = frozenset({"caller-close", "caller-hangup", "app-hangup", "app-close"})
+# A call stopped by Ctrl-C or SIGTERM is neither normal nor failed.
+STOPPED_ENDINGS = frozenset({"interrupted", "terminated"})
+CONNECT_FAILURES = {
+    "connect-refused": "the application refused the connection",
+    "connect-timeout": f"the connection did not complete within {CONNECT_TIMEOUT:g} s",
+    "connect-failed": "the connection failed otherwise (unreachable, no route...)",
+}
+# Every failure reason: the ENDINGS that are not normal, then the connect failures.
+FAILURE_REASONS = [
+    *(token for token in ENDINGS if token not in NORMAL_ENDINGS | STOPPED_ENDINGS),
+    *CONNECT_FAILURES,
+]
+DIAGNOSES = ["burst", "pacing", "one-way-audio", "ulaw", "byte-order", "frame-size", "refused"]
+
+
+# Mergeable percentiles.
+
+
+class Histogram:
+    """Durations in log buckets 1% wide: cheap to add, exact to merge across workers."""
+
+    LOG_BASE = math.log(1.01)
+    __slots__ = ("counts", "n", "max")
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.n = 0
+        self.max = 0.0
+
+    def add(self, seconds: float) -> None:
+        us = seconds * 1e6
+        i = int(math.log1p(us) / self.LOG_BASE) if us > 0 else 0
+        counts = self.counts
+        counts[i] = counts.get(i, 0) + 1
+        self.n += 1
+        if seconds > self.max:
+            self.max = seconds
+
+    def state(self) -> tuple[dict[int, int], int, float]:
+        return dict(self.counts), self.n, self.max
+
+    def merge(self, state: tuple[dict[int, int], int, float]) -> None:
+        counts, n, peak = state
+        mine = self.counts
+        for i, k in counts.items():
+            mine[i] = mine.get(i, 0) + k
+        self.n += n
+        if peak > self.max:
+            self.max = peak
+
+    def percentile(self, p: float) -> float | None:
+        """Seconds, to 0.5%; None when empty."""
+        if not self.n:
+            return None
+        rank = max(1, math.ceil(self.n * p / 100))
+        seen = 0
+        for i in sorted(self.counts):
+            seen += self.counts[i]
+            if seen >= rank:
+                value = math.expm1((i + 0.5) * self.LOG_BASE) / 1e6
+                return min(value, self.max)
+        return self.max
+
+
+HISTOGRAMS = ("late", "ttfa", "jitter", "echo")
+
+
+class PeriodStats:
+    """What one worker saw in one period: counters and histograms."""
+
+    COUNTERS = (
+        "started",
+        "up",
+        "ended",
+        "violations",
+        "stopped",
+        "msgs_out",
+        "bytes_out",
+        "msgs_in",
+        "bytes_in",
+        "bursts",
+        "gaps",
+    )
+
+    def __init__(self) -> None:
+        self.started = self.up = self.ended = self.violations = self.stopped = 0
+        self.msgs_out = self.bytes_out = self.msgs_in = self.bytes_in = 0
+        self.bursts = self.gaps = 0
+        self.audio_s = 0.0  # seconds of application audio received
+        self.talk_s = 0.0  # seconds of calls' time since their first application audio
+        self.failed: Counter[str] = Counter()
+        self.diagnoses: Counter[str] = Counter()
+        self.late = Histogram()
+        self.ttfa = Histogram()
+        self.jitter = Histogram()
+        self.echo = Histogram()
+
+    def record(self) -> dict[str, Any]:
+        out: dict[str, Any] = {name: getattr(self, name) for name in self.COUNTERS}
+        out["audio_s"] = self.audio_s
+        out["talk_s"] = self.talk_s
+        out["failed"] = dict(self.failed)
+        out["diagnoses"] = dict(self.diagnoses)
+        for name in HISTOGRAMS:
+            out[name] = getattr(self, name).state()
+        return out
+
+    def merge(self, record: dict[str, Any]) -> None:
+        for name in self.COUNTERS:
+            setattr(self, name, getattr(self, name) + record[name])
+        self.audio_s += record["audio_s"]
+        self.talk_s += record["talk_s"]
+        self.failed.update(record["failed"])
+        self.diagnoses.update(record["diagnoses"])
+        for name in HISTOGRAMS:
+            getattr(self, name).merge(record[name])
+
+
+# The controller: merging the workers' periods.
+
+
+@dataclass
+class PeriodRow:
+    """One period of the whole run, and the totals so far."""
+
+    index: int
+    t: float  # seconds since the run started, at the period's end
+    seconds: float  # the period's length (the last may be short)
+    period: PeriodStats
+    totals: PeriodStats
+    active: int
+    connecting: int
+    final: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON line and the CSV row (docs/load.md lists the fields)."""
+        p, tot, s = self.period, self.totals, max(self.seconds, 1e-9)
+
+        def ms(h: Histogram, q: float) -> float | None:
+            value = h.percentile(q)
+            return None if value is None else round(value * 1000, 3)
+
+        ratio = round(p.audio_s / p.talk_s, 3) if p.talk_s > 0 else None
+        failed = sum(p.failed.values())
+        return {
+            "type": "total" if self.final else "period",
+            "period": self.index,
+            "t": round(self.t, 3),
+            "seconds": round(self.seconds, 3),
+            "active": self.active,
+            "connecting": self.connecting,
+            "started": p.started,
+            "up": p.up,
+            "ended": p.ended,
+            "failed": failed,
+            "violations": p.violations,
+            "total_started": tot.started,
+            "total_up": tot.up,
+            "total_ended": tot.ended,
+            "total_failed": sum(tot.failed.values()),
+            "total_violations": tot.violations,
+            "total_stopped": tot.stopped,
+            "total_msgs_out": tot.msgs_out,
+            "total_msgs_in": tot.msgs_in,
+            "msgs_out_per_s": round(p.msgs_out / s, 1),
+            "bytes_out_per_s": round(p.bytes_out / s, 1),
+            "msgs_in_per_s": round(p.msgs_in / s, 1),
+            "bytes_in_per_s": round(p.bytes_in / s, 1),
+            "send_late_p50_ms": ms(p.late, 50),
+            "send_late_p99_ms": ms(p.late, 99),
+            "send_late_max_ms": round(p.late.max * 1000, 3) if p.late.n else None,
+            "generator_late": bool(p.late.n and (p.late.percentile(99) or 0.0) > LATE_WARNING),
+            "ttfa_p50_ms": ms(p.ttfa, 50),
+            "ttfa_p99_ms": ms(p.ttfa, 99),
+            "total_ttfa_p50_ms": ms(tot.ttfa, 50),
+            "total_ttfa_p99_ms": ms(tot.ttfa, 99),
+            "realtime_ratio": ratio,
+            "jitter_p99_ms": ms(p.jitter, 99),
+            "bursts": p.bursts,
+            "gaps": p.gaps,
+            "total_bursts": tot.bursts,
+            "total_gaps": tot.gaps,
+            "echo_p50_ms": ms(p.echo, 50),
+            "echo_p99_ms": ms(p.echo, 99),
+            "echo_frames": p.echo.n,
+            "total_echo_p50_ms": ms(tot.echo, 50),
+            "total_echo_p99_ms": ms(tot.echo, 99),
+            "total_send_late_p99_ms": ms(tot.late, 99),
+            "total_send_late_max_ms": round(tot.late.max * 1000, 3) if tot.late.n else None,
+            "failed_by": dict(sorted(p.failed.items())),
+            "total_failed_by": dict(sorted(tot.failed.items())),
+            "diagnoses": dict(sorted(p.diagnoses.items())),
+            "total_diagnoses": dict(sorted(tot.diagnoses.items())),
+        }
+
+
+CSV_COLUMNS = [
+    "period",
+    "t",
+    "seconds",
+    "active",
+    "connecting",
+    "started",
+    "up",
+    "ended",
+    "failed",
+    "violations",
+    "total_started",
+    "total_up",
+    "total_ended",
+    "total_failed",
+    "total_violations",
+    "msgs_out_per_s",
+    "bytes_out_per_s",
+    "msgs_in_per_s",
+    "bytes_in_per_s",
+    "send_late_p50_ms",
+    "send_late_p99_ms",
+    "send_late_max_ms",
+    "ttfa_p50_ms",
+    "ttfa_p99_ms",
+    "realtime_ratio",
+    "jitter_p99_ms",
+    "bursts",
+    "gaps",
+    "echo_p50_ms",
+    "echo_p99_ms",
+    "echo_frames",
+    *(f"failed_{reason}" for reason in FAILURE_REASONS),
+    *(f"diag_{code}" for code in DIAGNOSES),
+]
+
+
+def csv_row(row: dict[str, Any]) -> list[Any]:
+    """A period's dict as the CSV columns: empty for no figure, 0 for no count."""
+    out: list[Any] = []
+    for column in CSV_COLUMNS:
+        if column.startswith("failed_"):
+            out.append(row["failed_by"].get(column[7:], 0))
+        elif column.startswith("diag_"):
+            out.append(row["diagnoses"].get(column[5:], 0))
+        else:
+            value = row[column]
+            out.append("" if value is None else value)
+    return out
+
+
+class Aggregator:
+    """Merges the workers' period records into rows, in order, as they complete."""
+
+    def __init__(self, workers: int, epoch: float, on_row: Callable[[PeriodRow], None]) -> None:
+        self.workers = workers
+        self.epoch = epoch
+        self.on_row = on_row
+        self.totals = PeriodStats()
+        self.pending: dict[int, list[dict[str, Any]]] = {}
+        self.done: dict[int, int] = {}  # worker -> its final period
+        self.next_index = 0
+        self.last_at = epoch
+        self.rows = 0
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.pending.setdefault(record["period"], []).append(record)
+        if record["final"]:
+            self.done[record["worker"]] = record["period"]
+        self._drain()
+
+    @property
+    def finished(self) -> bool:
+        return len(self.done) == self.workers
+
+    def _expected(self, index: int) -> int:
+        return self.workers - sum(1 for final in self.done.values() if final < index)
+
+    def _drain(self) -> None:
+        while True:
+            index = self.next_index
+            expected = self._expected(index)
+            records = self.pending.get(index, [])
+            if expected == 0 or len(records) < expected:
+                return
+            del self.pending[index]
+            self.next_index += 1
+            period = PeriodStats()
+            for record in records:
+                period.merge(record)
+            self.totals.merge(period.record())
+            at = max((r["at"] for r in records), default=self.last_at)
+            seconds, self.last_at = at - self.last_at, at
+            final = self.finished and index >= max(self.done.values())
+            self.rows += 1
+            self.on_row(
+                PeriodRow(
+                    index=index,
+                    t=at - self.epoch,
+                    seconds=seconds,
+                    period=period,
+                    totals=self.totals,
+                    active=sum(r["active"] for r in records),
+                    connecting=sum(r["connecting"] for r in records),
+                    final=final,
+                )
+            )
+            if final:
+                return

@@ -1,0 +1,623 @@
+"""A share of a load run's calls on one reactor: launching, pacing, reading, ending."""
+
+from __future__ import annotations
+
+import errno
+import math
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from audiosocket_cli.analysis.stats import AnalysisBudget
+from audiosocket_cli.engines.call import CallReport, SessionClock
+from audiosocket_cli.engines.load.periods import NORMAL_ENDINGS, STOPPED_ENDINGS, PeriodStats
+from audiosocket_cli.engines.load.plan import FRAME_MS, LoadPlan, make_uuid
+from audiosocket_cli.media.recorder import Recording, call_recording
+from audiosocket_cli.net.reactor import Reactor, Timer
+from audiosocket_cli.net.transport import CONNECT_TIMEOUT, set_nodelay
+from audiosocket_cli.output.sinks import Output
+from audiosocket_cli.protocol.events import CallEnd, CallInfo
+from audiosocket_cli.protocol.session import Ended, Problem, Received, Role, Session
+from audiosocket_cli.protocol.wire import AUDIO_RATES, RATE_KINDS, Message
+from audiosocket_cli.status import Terminated
+
+SLOT_SECONDS = 0.001  # calls starting within the same millisecond of the grid share a tick
+RECV_SIZE = 65536  # a load call's read; small enough never to need a fresh mmap
+GAP = 0.200  # s without audio, once the application had been talking, is a gap
+ECHO_WINDOW = 100  # frames (2 s) remembered per call for matching echoes
+
+
+# What each call sends.
+
+
+def frames_for(plan: LoadPlan) -> list[bytes]:
+    """The payloads a call cycles through (silence, tone), or sends once (a file)."""
+    samples = plan.frame_samples
+    if plan.source == "none":
+        return []
+    if plan.source == "file":
+        size = samples * 2
+        pcm = plan.pcm
+        return [pcm[i : i + size] for i in range(0, len(pcm), size)]
+    if plan.source == "tone":
+        from audiosocket_cli.media.audio import ToneSource
+
+        tone = ToneSource(plan.tone_hz)
+        # One second of tone: seamless when looped for a whole number of hertz.
+        count = max(1, round(1.0 / plan.frame_seconds))
+        return [tone.next_frame(plan.sample_rate, samples) or b"" for _ in range(count)]
+    return [bytes(samples * 2)]
+
+
+def mark(payload: bytes, k: int) -> bytes:
+    """The payload with frame number k (mod 4096) in the low nibbles of its first three
+    little-endian samples: at most 15 LSB, and every frame of a call distinct."""
+    if len(payload) < 6:
+        return payload
+    b = bytearray(payload)
+    b[0] = (b[0] & 0xF0) | (k & 0xF)
+    b[2] = (b[2] & 0xF0) | (k >> 4 & 0xF)
+    b[4] = (b[4] & 0xF0) | (k >> 8 & 0xF)
+    return bytes(b)
+
+
+# One call.
+
+
+class _Call:
+    __slots__ = (
+        "n",
+        "uuid",
+        "sock",
+        "state",
+        "connect_timer",
+        "launched",
+        "up_at",
+        "info",
+        "session",
+        "report",
+        "clock",
+        "slot",
+        "k",
+        "dtmf_i",
+        "outbox",
+        "sent",
+        "first_audio",
+        "last_audio",
+        "last_dur",
+        "acct_at",
+        "ours",
+        "max_late",
+    )
+
+    def __init__(self, n: int, uuid: str, sock: socket.socket, now: float) -> None:
+        self.n = n
+        self.uuid = uuid
+        self.sock = sock
+        self.state = "connecting"
+        self.connect_timer: Timer | None = None
+        self.launched = now
+        self.up_at = now
+        self.info: CallInfo | None = None
+        self.session: Session | None = None
+        self.report: CallReport | None = None
+        self.clock: SessionClock | None = None
+        self.slot: _Slot | None = None
+        self.k = 0
+        self.dtmf_i = 0
+        self.outbox = bytearray()
+        self.sent: dict[int, float] = {}  # hash of a payload sent -> when
+        self.first_audio: float | None = None
+        self.last_audio = 0.0
+        self.last_dur = 0.0
+        self.acct_at = 0.0
+        self.ours: Callable[[float, Message], None] = _ignore
+        self.max_late = 0.0
+
+
+def _ignore(t: float, message: Message) -> None:
+    pass
+
+
+class _Slot:
+    """The calls whose frames are due on the same millisecond of the 20 ms grid."""
+
+    __slots__ = ("calls", "timer", "due")
+
+    def __init__(self) -> None:
+        self.calls: dict[int, _Call] = {}
+        self.timer: Timer | None = None
+        self.due = 0.0
+
+
+# A worker: a share of the calls on one loop.
+
+OnPeriod = Callable[[dict[str, Any]], None]
+OnCallEnd = Callable[[CallEnd | None, str, float], None]  # (end, reason, call seconds)
+
+
+class Worker:
+    """A share of the calls, on one reactor; reports each period through `on_period`.
+
+    Worker `index` of `count` launches calls number index+1, index+1+count, ...
+    at rate/count per second (offset so that the workers interleave), at most
+    ceil-share of `calls` at once, and its share of `total`.
+    """
+
+    def __init__(
+        self,
+        plan: LoadPlan,
+        *,
+        index: int = 0,
+        count: int = 1,
+        epoch: float | None = None,
+        on_period: OnPeriod | None = None,
+        on_call_end: OnCallEnd | None = None,
+        on_ttfa: Callable[[float], None] | None = None,
+        control: Any = None,
+    ) -> None:
+        self.plan = plan
+        self.index = index
+        self.count = count
+        self.epoch = time.monotonic() if epoch is None else epoch
+        self.on_period = on_period
+        self.on_call_end = on_call_end
+        self.on_ttfa = on_ttfa
+        self.control = control  # a multiprocessing connection: "stop" arrives on it
+        self.max_calls = plan.calls // count + (index < plan.calls % count)
+        self.total = (
+            None if plan.total is None else plan.total // count + (index < plan.total % count)
+        )
+        self.interval = count / plan.rate if plan.rate > 0 else 0.0
+        self.reactor = Reactor()
+        self.output = Output([])  # per-call events are not shown: the periods are the output
+        self.budget = AnalysisBudget(per_second=200.0)
+        self.frames = frames_for(plan)
+        self.finite = plan.source == "file"
+        self.kind = RATE_KINDS[plan.sample_rate]
+        self.frame_s = plan.frame_seconds
+        self.slot_count = max(1, round(self.frame_s / SLOT_SECONDS))
+        self.slots = [_Slot() for _ in range(self.slot_count)]
+        self.calls: dict[int, _Call] = {}
+        self.launched = 0
+        self.next_launch = self.epoch + index * (1.0 / plan.rate if plan.rate > 0 else 0.0)
+        self.launch_timer: Timer | None = None
+        self.stats = PeriodStats()
+        self.period_index = 0
+        self.stopping = ""  # "interrupted" or "terminated" once asked to stop
+        self.finished = False
+        self._sockaddr: tuple[int, Any] | None = None
+
+    # Running.
+
+    def run(self) -> str:
+        """Run every call; returns "" when done, or "interrupted"/"terminated"."""
+        plan = self.plan
+        infos = socket.getaddrinfo(plan.address.host, plan.address.port, type=socket.SOCK_STREAM)
+        family, _, _, _, sockaddr = infos[0]
+        self._sockaddr = (family, sockaddr)
+        reactor = self.reactor
+        if self.control is not None:
+            reactor.add_reader(self.control, self._control)
+        self._schedule_launch(self.next_launch)
+        reactor.call_at(self.epoch + plan.period, self._period)
+        try:
+            reactor.run()
+        except KeyboardInterrupt:
+            self.stop("interrupted")
+        except Terminated:
+            self.stop("terminated")
+        if not self.finished:
+            self._finish()
+        return self.stopping
+
+    def stop(self, how: str = "interrupted") -> None:
+        """End every call now (cleanly, as Ctrl-C does) and report the last period."""
+        if not self.stopping:
+            self.stopping = how
+        if self.launch_timer is not None:
+            self.launch_timer.cancel()
+        for call in list(self.calls.values()):
+            if call.session is None:
+                self._connect_ended(call, None)
+            else:
+                assert call.session is not None
+                self._end(call, call.session.close(how, "stopped", time.monotonic()))
+        self._finish()
+
+    def _control(self) -> None:
+        try:
+            message = self.control.recv()
+        except (EOFError, OSError):
+            message = "stop"  # the controller is gone: stop
+        if message == "stop":
+            self.stop("interrupted")
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._emit(final=True)
+        self.reactor.stop()
+        if self.control is not None:
+            self.reactor.forget(self.control)
+
+    def _period(self) -> None:
+        if self.finished:
+            return
+        self._emit(final=False)
+        self.period_index += 1
+        self.reactor.call_at(self.epoch + (self.period_index + 1) * self.plan.period, self._period)
+
+    def _emit(self, final: bool) -> None:
+        now = time.monotonic()
+        stats = self.stats
+        for call in self.calls.values():
+            if call.first_audio is not None:
+                stats.talk_s += now - call.acct_at
+                call.acct_at = now
+        record = stats.record()
+        record.update(
+            worker=self.index,
+            period=self.period_index,
+            final=final,
+            at=now,
+            active=sum(1 for c in self.calls.values() if c.state == "up"),
+            connecting=sum(1 for c in self.calls.values() if c.state == "connecting"),
+        )
+        self.stats = PeriodStats()
+        if self.on_period is not None:
+            self.on_period(record)
+
+    # Launching calls.
+
+    def _schedule_launch(self, when: float) -> None:
+        if self.launch_timer is not None:
+            self.launch_timer.cancel()
+        self.launch_timer = self.reactor.call_at(when, self._launch_due)
+
+    def _launch_due(self) -> None:
+        self.launch_timer = None
+        if self.stopping:
+            return
+        if self.total is not None and self.launched >= self.total:
+            self._maybe_done()
+            return
+        if len(self.calls) >= self.max_calls:
+            return  # a call's end launches the next
+        now = time.monotonic()
+        self._launch(now)
+        # A rate the loop could not keep is not made up for with a burst later.
+        self.next_launch = max(self.next_launch + self.interval, now - self.interval)
+        self._schedule_launch(self.next_launch)
+
+    def _launch(self, now: float) -> None:
+        assert self._sockaddr is not None
+        family, sockaddr = self._sockaddr
+        n = self.index + self.launched * self.count + 1
+        self.launched += 1
+        self.stats.started += 1
+        uuid = make_uuid(self.plan.uuid_pattern, n)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        set_nodelay(sock)
+        call = _Call(n, uuid, sock, now)
+        self.calls[n] = call
+        err = sock.connect_ex(sockaddr)
+        if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+            self._connect_ended(call, _connect_reason(err))
+            return
+        self.reactor.add_writer(sock, lambda: self._connected(call))
+        call.connect_timer = self.reactor.call_at(
+            now + CONNECT_TIMEOUT, lambda: self._connect_ended(call, "connect-timeout")
+        )
+
+    def _connect_ended(self, call: _Call, reason: str | None) -> None:
+        """A call that never came up: failed with `reason`, or stopped (None)."""
+        if call.state == "done":
+            return
+        call.state = "done"
+        if call.connect_timer is not None:
+            call.connect_timer.cancel()
+        self.reactor.forget(call.sock)
+        call.sock.close()
+        self.calls.pop(call.n, None)
+        if reason is None:
+            self.stats.stopped += 1
+        else:
+            self.stats.failed[reason] += 1
+        if self.on_call_end is not None:
+            self.on_call_end(None, reason or self.stopping or "interrupted", 0.0)
+        self._after_end()
+
+    def _connected(self, call: _Call) -> None:
+        err = call.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self.reactor.remove_writer(call.sock)
+        if err:
+            self._connect_ended(call, _connect_reason(err))
+            return
+        if call.connect_timer is not None:
+            call.connect_timer.cancel()
+            call.connect_timer = None
+        now = time.monotonic()
+        plan = self.plan
+        call.state = "up"
+        call.up_at = now
+        self.stats.up += 1
+        info = call.info = CallInfo(conn=call.n, uuid=call.uuid, peer=plan.address)
+        info.started = now
+        session = call.session = Session(Role.ASTERISK, plan.rules, started=now)
+        recordings: dict[str, Recording] = {}
+        if plan.record_dir is not None:
+            uuid = call.uuid
+            recordings["<"] = call_recording(plan.record_dir, lambda: uuid)
+        call.report = CallReport(
+            self.output,
+            info,
+            recordings=recordings,
+            diagnose=("<",),
+            encoding_gate=self.budget,
+            frame_ms=FRAME_MS,
+        )
+        call.clock = SessionClock(self.reactor, session, lambda: self._check(call))
+        self.reactor.add_reader(call.sock, lambda: self._readable(call))
+        call.ours = call.report.stats[">"].add
+        uuid_message = Message.for_uuid(call.uuid)
+        self._send(call, uuid_message.encode(), now)
+        session.sent(uuid_message, now)
+        call.ours(0.0, uuid_message)
+        if call.state != "up":
+            return
+        # The first frame goes on the next millisecond of the grid; the call's media
+        # clock starts there, and its slot's tick sends it every 20 ms after.
+        step = math.ceil((now - self.epoch) / SLOT_SECONDS)
+        slot = self.slots[step % self.slot_count]
+        call.slot = slot
+        slot.calls[call.n] = call
+        if slot.timer is None:
+            slot.due = self.epoch + step * SLOT_SECONDS
+            slot.timer = self.reactor.call_at(slot.due, lambda: self._tick(slot))
+        call.clock.arm()
+
+    # Sending: one pass over a slot's calls per tick.
+
+    def _tick(self, slot: _Slot) -> None:
+        due = slot.due
+        stats = self.stats
+        late_add = stats.late.add
+        plan = self.plan
+        frames, nframes, finite = self.frames, len(self.frames), self.finite
+        frame_s, duration = self.frame_s, plan.duration
+        header_kind = self.kind
+        monotonic = time.monotonic
+        for call in list(slot.calls.values()):
+            media = call.k * frame_s
+            if media >= duration - 1e-9:
+                assert call.session is not None
+                self._end(
+                    call,
+                    call.session.close("caller-close", f"--duration {duration:g} passed", due),
+                )
+                continue
+            if call.dtmf_i < len(plan.dtmf) and plan.dtmf[call.dtmf_i][0] <= media + 1e-9:
+                self._send_dtmf(call, media)
+                if call.state != "up":
+                    continue
+            k = call.k
+            call.k = k + 1
+            if not nframes or (finite and k >= nframes):
+                continue
+            payload = mark(frames[k % nframes], k)
+            size = len(payload)
+            now = monotonic()
+            late = now - due
+            late_add(late if late > 0 else 0.0)
+            if late > call.max_late:
+                call.max_late = late
+            sent = call.sent
+            sent[hash(payload)] = now
+            if len(sent) > ECHO_WINDOW:
+                del sent[next(iter(sent))]
+            self._send(call, bytes((header_kind, size >> 8, size & 0xFF)) + payload, now)
+            if not k:
+                # Only our first frame goes into the call's '>' statistics: load shows
+                # no per-call counts, and the diagnoses need only know we sent audio
+                # (one-way audio). A DirectionStats.add per frame would be the
+                # hot path's largest cost after the send itself.
+                call.ours(now - call.up_at, Message(header_kind, payload))
+        if slot.calls:
+            slot.due = due + frame_s
+            slot.timer = self.reactor.call_at(slot.due, lambda: self._tick(slot))
+        else:
+            slot.timer = None
+
+    def _send_dtmf(self, call: _Call, media: float) -> None:
+        plan = self.plan
+        assert call.session is not None
+        while call.dtmf_i < len(plan.dtmf) and plan.dtmf[call.dtmf_i][0] <= media + 1e-9:
+            for message in plan.dtmf[call.dtmf_i][1]:
+                now = time.monotonic()
+                self._send(call, message.encode(), now)
+                if call.state != "up":
+                    return
+                call.session.sent(message, now)
+                call.ours(now - call.up_at, message)
+            call.dtmf_i += 1
+
+    def _send(self, call: _Call, data: bytes, now: float) -> None:
+        """Write one whole message; what the socket does not take waits in the outbox."""
+        stats = self.stats
+        stats.msgs_out += 1
+        stats.bytes_out += len(data)
+        if call.outbox:
+            call.outbox += data
+            return
+        try:
+            n = call.sock.send(data)
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            self._write_failed(call, exc)
+            return
+        if n < len(data):
+            call.outbox += data[n:]
+            self.reactor.add_writer(call.sock, lambda: self._flush(call))
+
+    def _flush(self, call: _Call) -> None:
+        try:
+            n = call.sock.send(call.outbox)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._write_failed(call, exc)
+            return
+        del call.outbox[:n]
+        if not call.outbox:
+            self.reactor.remove_writer(call.sock)
+
+    def _write_failed(self, call: _Call, exc: OSError) -> None:
+        # Its close or reset is in the socket: reading tells the truer story.
+        self._readable(call)
+        if call.state == "up" and call.session is not None:
+            now = time.monotonic()
+            events = call.session.reset(now, str(exc))
+            ended = next((e for e in events if isinstance(e, Ended)), None)
+            self._end(call, ended or call.session.close("app-reset", str(exc), now))
+
+    # Receiving.
+
+    def _readable(self, call: _Call) -> None:
+        if call.state != "up":
+            return
+        session = call.session
+        assert session is not None
+        try:
+            data: bytes | None = call.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except ConnectionResetError:
+            data = None
+        except OSError as exc:
+            events = session.reset(time.monotonic(), str(exc))
+            self._handle(call, events)
+            return
+        now = time.monotonic()
+        events = session.reset(now) if data is None else session.receive(data, now)
+        self._handle(call, events)
+
+    def _check(self, call: _Call) -> None:
+        """The session's deadline passed: read what came first, then tick."""
+        if call.state != "up":
+            return
+        self._readable(call)
+        if call.state == "up" and call.session is not None:
+            self._handle(call, call.session.tick(time.monotonic()))
+
+    def _handle(self, call: _Call, events: list[Any]) -> None:
+        report, stats = call.report, self.stats
+        assert report is not None
+        app = report.stats["<"]
+        ended = None
+        for event in events:
+            if type(event) is Received:
+                message = event.message
+                kind, payload = message
+                size = len(payload)
+                stats.msgs_in += 1
+                stats.bytes_in += size + 3
+                rate = AUDIO_RATES.get(kind)
+                if rate is not None and size:
+                    now = call.up_at + event.t
+                    duration = size / (2 * rate)
+                    stats.audio_s += duration
+                    if call.first_audio is None:
+                        call.first_audio = call.acct_at = now
+                        stats.ttfa.add(now - call.up_at)
+                        if self.on_ttfa is not None:
+                            self.on_ttfa(now - call.up_at)
+                    else:
+                        gap = now - call.last_audio
+                        stats.jitter.add(abs(gap - call.last_dur))
+                        if gap > GAP:
+                            stats.gaps += 1
+                    call.last_audio, call.last_dur = now, duration
+                    at = call.sent.pop(hash(payload), None)
+                    if at is not None:
+                        stats.echo.add(now - at)
+                    bursts = app.bursts
+                    report.message(event.t, "<", message)
+                    if app.bursts != bursts:
+                        stats.bursts += 1
+                else:
+                    report.message(event.t, "<", message)
+            elif isinstance(event, Problem):
+                report.problem(event, "<")
+            elif isinstance(event, Ended):
+                ended = event
+        if ended is not None:
+            self._end(call, ended)
+        elif call.clock is not None:
+            call.clock.arm()
+
+    # Ending.
+
+    def _end(self, call: _Call, ended: Ended) -> None:
+        if call.state != "up":
+            return
+        call.state = "done"
+        session, report = call.session, call.report
+        assert session is not None and report is not None
+        if call.slot is not None:
+            call.slot.calls.pop(call.n, None)
+        if call.clock is not None:
+            call.clock.cancel()
+        self.reactor.forget(call.sock)
+        try:
+            call.sock.close()  # as Asterisk ends a call: no hangup message
+        except OSError:
+            pass
+        self.calls.pop(call.n, None)
+        now = time.monotonic()
+        stats = self.stats
+        if call.first_audio is not None:
+            stats.talk_s += now - call.acct_at
+        end = report.finish(
+            ended,
+            session.violations,
+            drop=("refused",) if ended.ended in ("refused", "stall") else (),
+            max_send_lag_ms=round(call.max_late * 1000, 3),
+        )
+        stats.diagnoses.update(end.diagnoses)
+        if end.broke_protocol:
+            stats.violations += 1
+        reason = end.ended
+        if reason in STOPPED_ENDINGS:
+            stats.stopped += 1
+        elif reason in NORMAL_ENDINGS:
+            stats.ended += 1
+        else:
+            stats.failed[reason] += 1
+        if self.on_call_end is not None:
+            self.on_call_end(end, reason, end.t)
+        self._after_end()
+
+    def _after_end(self) -> None:
+        if self.stopping:
+            return
+        if self.total is not None and self.launched >= self.total:
+            self._maybe_done()
+        elif self.launch_timer is None:
+            self._schedule_launch(max(self.next_launch, time.monotonic()))
+
+    def _maybe_done(self) -> None:
+        if not self.calls and self.total is not None and self.launched >= self.total:
+            self._finish()
+
+
+def _connect_reason(err: int) -> str:
+    if err == errno.ECONNREFUSED:
+        return "connect-refused"
+    if err == errno.ETIMEDOUT:
+        return "connect-timeout"
+    return "connect-failed"
