@@ -22,6 +22,8 @@ from audiosocket_cli.commands.options import (
     Failure,
     ProtocolFailure,
     asterisk_rules,
+    call_uuids,
+    placing_options,
 )
 from audiosocket_cli.protocol.inject import Injection
 from audiosocket_cli.status import ExitStatus
@@ -102,12 +104,7 @@ class MaxFailedType(click.ParamType):
     show_default=True,
     help="Audio sample rate: 8000 (kind 0x10) ... 192000 (0x18).",
 )
-@click.option(
-    "--uuid-pattern",
-    metavar="PATTERN",
-    help="Each call's UUID from its number n (1, 2, ...), as a Python format string: "
-    "00000000-0000-4000-8000-{n:012d} [default: random UUIDs].",
-)
+@placing_options
 @click.option(
     "--lenient",
     is_flag=True,
@@ -161,7 +158,9 @@ def load(
     no_audio: bool,
     dtmf: tuple[Injection, ...],
     sample_rate: int,
+    call_uuid: str | None,
     uuid_pattern: str | None,
+    before_call: str | None,
     lenient: bool,
     period: float,
     json_lines: bool,
@@ -200,7 +199,6 @@ def load(
     """
     from audiosocket_cli.engines.load import (
         LoadPlan,
-        check_uuid_pattern,
         default_workers,
         dtmf_schedule,
     )
@@ -221,10 +219,7 @@ def load(
         raise click.BadParameter(
             f"{tone:g} Hz cannot be sent at {sample_rate} Hz", param_hint="--tone"
         )
-    if uuid_pattern is not None:
-        problem = check_uuid_pattern(uuid_pattern)
-        if problem:
-            raise click.BadParameter(problem, param_hint="--uuid-pattern")
+    uuids = call_uuids(call_uuid, uuid_pattern)
     pcm = b""
     source, source_name = "silence", "silence"
     if no_audio:
@@ -261,7 +256,9 @@ def load(
         pcm=pcm,
         source_name=source_name,
         dtmf=dtmf_schedule(dtmf),
-        uuid_pattern=uuid_pattern,
+        uuid_pattern=uuids.pattern,
+        uuid=uuids.uuid,
+        before_call=before_call,
         rules=asterisk_rules(lenient=lenient),
         period=period,
         record_dir=record,

@@ -130,6 +130,52 @@ def output_options(func: Callable) -> Callable:
     return func
 
 
+def placing_options(func: Callable) -> Callable:
+    """--uuid, --uuid-pattern, --before-call: the calls' UUIDs, as the application
+    expects them, and the step a dialplan takes before AudioSocket connects."""
+    for decorator in reversed(
+        [
+            click.option(
+                "--uuid",
+                "call_uuid",
+                type=UUID,
+                metavar="UUID",
+                help="Every call's UUID [default: a random UUID per call].",
+            ),
+            click.option(
+                "--uuid-pattern",
+                metavar="PATTERN",
+                help="Each call's UUID from its number n (1, 2, ...), as a Python format "
+                "string: 00000000-0000-4000-8000-{n:012d}.",
+            ),
+            click.option(
+                "--before-call",
+                metavar="CMD",
+                help="A shell command run before each call, with the call's UUID in "
+                "$AUDIOSOCKET_UUID (and $AUDIOSOCKET_CALL, $AUDIOSOCKET_ADDRESS): the call "
+                "is placed only if it exits 0 within 10 s. For applications that need the "
+                "call registered first, as a dialplan does over HTTP or ARI.",
+            ),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+def call_uuids(call_uuid: str | None, uuid_pattern: str | None) -> Any:
+    """The --uuid / --uuid-pattern choice as an engines.before_call.CallUUIDs; a usage
+    error if both are given or the pattern does not make UUIDs."""
+    from audiosocket_cli.engines.before_call import CallUUIDs, check_uuid_pattern
+
+    if call_uuid is not None and uuid_pattern is not None:
+        raise click.UsageError("--uuid and --uuid-pattern cannot go together: choose one")
+    if uuid_pattern is not None:
+        problem = check_uuid_pattern(uuid_pattern)
+        if problem:
+            raise click.BadParameter(problem, param_hint="--uuid-pattern")
+    return CallUUIDs(call_uuid, uuid_pattern)
+
+
 def input_options(func: Callable) -> Callable:
     """--dir and --port: how `trace` and `report` read what they are given."""
     func = click.option(

@@ -23,8 +23,16 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from audiosocket_cli.status import Terminated
+
+
+class Pollable(Protocol):
+    """A socket, or a pipe: anything with a file descriptor to wait on."""
+
+    def fileno(self) -> int: ...
+
 
 Callback = Callable[[], None]
 
@@ -77,7 +85,7 @@ class Reactor:
 
     # Sockets
 
-    def _update(self, sock: socket.socket) -> None:
+    def _update(self, sock: Pollable) -> None:
         fd = sock.fileno()
         events = (_IN if fd in self._readers else 0) | (_OUT if fd in self._writers else 0)
         before = self._masks.get(fd, 0)
@@ -130,23 +138,23 @@ class Reactor:
             for key, e in self._selector.select(None if timeout < 0 else timeout)
         ]
 
-    def add_reader(self, sock: socket.socket, callback: Callback) -> None:
+    def add_reader(self, sock: Pollable, callback: Callback) -> None:
         self._readers[sock.fileno()] = callback
         self._update(sock)
 
-    def remove_reader(self, sock: socket.socket) -> None:
+    def remove_reader(self, sock: Pollable) -> None:
         if sock.fileno() >= 0 and self._readers.pop(sock.fileno(), None) is not None:
             self._update(sock)
 
-    def add_writer(self, sock: socket.socket, callback: Callback) -> None:
+    def add_writer(self, sock: Pollable, callback: Callback) -> None:
         self._writers[sock.fileno()] = callback
         self._update(sock)
 
-    def remove_writer(self, sock: socket.socket) -> None:
+    def remove_writer(self, sock: Pollable) -> None:
         if sock.fileno() >= 0 and self._writers.pop(sock.fileno(), None) is not None:
             self._update(sock)
 
-    def forget(self, sock: socket.socket) -> None:
+    def forget(self, sock: Pollable) -> None:
         """Drop a socket before it is closed."""
         fd = sock.fileno()
         if fd < 0:

@@ -397,6 +397,13 @@ class Session:
             return [self._we_sent_refused(now - self.started, message, why)]
         return []
 
+    def sent_audio(self, now: float) -> None:
+        """We sent audio at `now` that the engine does not hand over message by message
+        (load's frames): it counts as activity, as the caller's audio keeps Asterisk's
+        dialplan application from hanging up."""
+        if now > self._last_activity:
+            self._last_activity = now
+
     def sent_raw(
         self, data: bytes, now: float, why: str = ""
     ) -> tuple[list[Message], list[Problem]]:

@@ -21,6 +21,8 @@ def plain_line(row: dict[str, Any]) -> str:
         f"started={row['started']}/{row['total_started']} up={row['up']}/{row['total_up']} "
         f"ended={row['ended']}/{row['total_ended']} failed={row['failed']}/{row['total_failed']} "
         f"violations={row['violations']}/{row['total_violations']} "
+        f"unserved={row['unserved']}/{row['total_unserved']} "
+        f"left_open={row['left_open']}/{row['total_left_open']} "
         f"out={row['msgs_out_per_s']:g}msg/s,{row['bytes_out_per_s']:g}B/s "
         f"in={row['msgs_in_per_s']:g}msg/s,{row['bytes_in_per_s']:g}B/s "
         f"late_ms={f(row['send_late_p50_ms'])}/{f(row['send_late_p99_ms'])}/"
@@ -56,7 +58,7 @@ class Dashboard:
         table.add_column("this period", justify="right")
         table.add_column("total", justify="right")
         table.add_row("active / connecting", f"{row['active']} / {row['connecting']}", "")
-        for name in ("started", "up", "ended", "failed", "violations"):
+        for name in ("started", "up", "ended", "failed", "violations", "unserved", "left_open"):
             table.add_row(name, str(row[name]), str(row[f"total_{name}"]))
         table.add_row(
             "messages out / in per s",

@@ -21,13 +21,24 @@ CONNECT_FAILURES = {
     "connect-refused": "the application refused the connection",
     "connect-timeout": f"the connection did not complete within {CONNECT_TIMEOUT:g} s",
     "connect-failed": "the connection failed otherwise (unreachable, no route...)",
+    "before-call-failed": "--before-call did not exit 0 in time: the call was not placed",
 }
 # Every failure reason: the ENDINGS that are not normal, then the connect failures.
 FAILURE_REASONS = [
     *(token for token in ENDINGS if token not in NORMAL_ENDINGS | STOPPED_ENDINGS),
     *CONNECT_FAILURES,
 ]
-DIAGNOSES = ["burst", "pacing", "one-way-audio", "ulaw", "byte-order", "frame-size", "refused"]
+DIAGNOSES = [
+    "burst",
+    "pacing",
+    "slow",
+    "rate-mismatch",
+    "one-way-audio",
+    "ulaw",
+    "byte-order",
+    "frame-size",
+    "refused",
+]
 
 
 # Mergeable percentiles.
@@ -97,12 +108,16 @@ class PeriodStats:
         "bytes_in",
         "bursts",
         "gaps",
+        "unserved",
+        "left_open",
     )
 
     def __init__(self) -> None:
         self.started = self.up = self.ended = self.violations = self.stopped = 0
         self.msgs_out = self.bytes_out = self.msgs_in = self.bytes_in = 0
         self.bursts = self.gaps = 0
+        self.unserved = 0  # calls the application accepted but never served (nor closed)
+        self.left_open = 0  # calls whose socket it left open after our close (CLOSE-WAIT)
         self.audio_s = 0.0  # seconds of application audio received
         self.talk_s = 0.0  # seconds of calls' time since their first application audio
         self.failed: Counter[str] = Counter()
@@ -176,6 +191,10 @@ class PeriodRow:
             "total_ended": tot.ended,
             "total_failed": sum(tot.failed.values()),
             "total_violations": tot.violations,
+            "unserved": p.unserved,
+            "left_open": p.left_open,
+            "total_unserved": tot.unserved,
+            "total_left_open": tot.left_open,
             "total_stopped": tot.stopped,
             "total_msgs_out": tot.msgs_out,
             "total_msgs_in": tot.msgs_in,
@@ -227,6 +246,8 @@ CSV_COLUMNS = [
     "total_ended",
     "total_failed",
     "total_violations",
+    "unserved",
+    "left_open",
     "msgs_out_per_s",
     "bytes_out_per_s",
     "msgs_in_per_s",

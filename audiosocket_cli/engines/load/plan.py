@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import uuid as uuid_lib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from audiosocket_cli.engines.before_call import CallUUIDs, check_uuid_pattern
 from audiosocket_cli.net.address import Address
 from audiosocket_cli.protocol.session import Rules
 from audiosocket_cli.protocol.wire import Message, frame_bytes
 
 FRAME_MS = 20.0
+
+__all__ = ["FRAME_MS", "LoadPlan", "check_uuid_pattern", "dtmf_schedule", "make_uuid"]
 
 
 # The plan.
@@ -34,6 +36,8 @@ class LoadPlan:
     source_name: str = "silence"
     dtmf: list[tuple[float, list[Message]]] = field(default_factory=list)  # (at, messages)
     uuid_pattern: str | None = None
+    uuid: str | None = None  # every call's, if given
+    before_call: str | None = None  # a shell command each call waits for (engines.before_call)
     rules: Rules = field(default_factory=Rules)
     period: float = 1.0
     record_dir: Path | None = None
@@ -47,24 +51,9 @@ class LoadPlan:
         return self.frame_samples / self.sample_rate
 
 
-def check_uuid_pattern(pattern: str) -> str | None:
-    """Why `pattern` does not make a UUID for every call number, or None."""
-    for n in (0, 1, 999_999):
-        try:
-            text = pattern.format(n=n)
-        except (KeyError, IndexError, ValueError) as exc:
-            return f"{pattern!r}: {exc!r} (the one field is {{n}}, e.g. {{n:012d}})"
-        try:
-            uuid_lib.UUID(text)
-        except ValueError:
-            return f"{pattern!r} gives {text!r} for call {n}, which is not a UUID"
-    return None
-
-
-def make_uuid(pattern: str | None, n: int) -> str:
-    if pattern is None:
-        return str(uuid_lib.uuid4())
-    return str(uuid_lib.UUID(pattern.format(n=n)))
+def make_uuid(plan: LoadPlan, n: int) -> str:
+    """Call number n's UUID: --uuid for every call, --uuid-pattern, or a random one."""
+    return CallUUIDs(plan.uuid, plan.uuid_pattern)(n)
 
 
 def dtmf_schedule(injections: Iterable[Any]) -> list[tuple[float, list[Message]]]:

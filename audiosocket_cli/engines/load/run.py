@@ -31,7 +31,8 @@ class LoadResult:
             return ExitStatus.TERMINATED
         if self.totals.violations:
             return ExitStatus.PROTOCOL
-        failed = sum(self.totals.failed.values())
+        # Calls accepted and never served count as failed: the application refused them.
+        failed = sum(self.totals.failed.values()) + self.totals.unserved
         allowed = max_failed or 0
         if max_failed_share is not None:
             allowed = math.floor(self.totals.started * max_failed_share)

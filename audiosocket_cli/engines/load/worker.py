@@ -5,16 +5,19 @@ from __future__ import annotations
 import errno
 import math
 import socket
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from audiosocket_cli.analysis.stats import AnalysisBudget
+from audiosocket_cli.engines.before_call import BeforeCall
 from audiosocket_cli.engines.call import CallReport, SessionClock
 from audiosocket_cli.engines.load.periods import NORMAL_ENDINGS, STOPPED_ENDINGS, PeriodStats
 from audiosocket_cli.engines.load.plan import FRAME_MS, LoadPlan, make_uuid
 from audiosocket_cli.media.recorder import Recording, call_recording
 from audiosocket_cli.net.reactor import Reactor, Timer
+from audiosocket_cli.net.tcpstate import WAITING, connection_states
 from audiosocket_cli.net.transport import CONNECT_TIMEOUT, set_nodelay
 from audiosocket_cli.output.sinks import Output
 from audiosocket_cli.protocol.events import CallEnd, CallInfo
@@ -25,6 +28,7 @@ from audiosocket_cli.status import Terminated
 SLOT_SECONDS = 0.001  # calls starting within the same millisecond of the grid share a tick
 RECV_SIZE = 65536  # a load call's read; small enough never to need a fresh mmap
 GAP = 0.200  # s without audio, once the application had been talking, is a gap
+CLOSE_LIMIT = 1.0  # s the application has to close its side after our close
 ECHO_WINDOW = 100  # frames (2 s) remembered per call for matching echoes
 
 
@@ -50,15 +54,21 @@ def frames_for(plan: LoadPlan) -> list[bytes]:
     return [bytes(samples * 2)]
 
 
-def mark(payload: bytes, k: int) -> bytes:
-    """The payload with frame number k (mod 4096) in the low nibbles of its first three
-    little-endian samples: at most 15 LSB, and every frame of a call distinct."""
-    if len(payload) < 6:
+def mark(payload: bytes, k: int, nonce: int) -> bytes:
+    """The payload with a mark no audio carries by chance: the call's nonce (12 bits, never
+    0) and frame number k (mod 4096) in the low nibbles of its first six little-endian
+    samples (at most 15 LSB, inaudible). Every frame of a call is then distinct, and none
+    is digital silence, so an application that sends silence (or anything but our own
+    frames back) is never taken for an echo."""
+    if len(payload) < 12:
         return payload
     b = bytearray(payload)
     b[0] = (b[0] & 0xF0) | (k & 0xF)
     b[2] = (b[2] & 0xF0) | (k >> 4 & 0xF)
     b[4] = (b[4] & 0xF0) | (k >> 8 & 0xF)
+    b[6] = (b[6] & 0xF0) | (nonce & 0xF)
+    b[8] = (b[8] & 0xF0) | (nonce >> 4 & 0xF)
+    b[10] = (b[10] & 0xF0) | (nonce >> 8 & 0xF)
     return bytes(b)
 
 
@@ -89,12 +99,17 @@ class _Call:
         "acct_at",
         "ours",
         "max_late",
+        "nonce",
+        "last_sent",
+        "before",
+        "local_port",
     )
 
-    def __init__(self, n: int, uuid: str, sock: socket.socket, now: float) -> None:
+    def __init__(self, n: int, uuid: str, sock: socket.socket | None, now: float) -> None:
         self.n = n
         self.uuid = uuid
-        self.sock = sock
+        # None until dialled (after --before-call); typed as it is from then on.
+        self.sock: socket.socket = sock  # type: ignore[assignment]
         self.state = "connecting"
         self.connect_timer: Timer | None = None
         self.launched = now
@@ -114,6 +129,10 @@ class _Call:
         self.acct_at = 0.0
         self.ours: Callable[[float, Message], None] = _ignore
         self.max_late = 0.0
+        self.nonce = n % 4095 + 1  # never 0: see mark()
+        self.last_sent = now
+        self.before: BeforeCall | None = None
+        self.local_port = 0
 
 
 def _ignore(t: float, message: Message) -> None:
@@ -184,6 +203,10 @@ class Worker:
         self.next_launch = self.epoch + index * (1.0 / plan.rate if plan.rate > 0 else 0.0)
         self.launch_timer: Timer | None = None
         self.stats = PeriodStats()
+        # Calls we closed, by local port: (when, whether the application sent anything),
+        # until the kernel shows whether it closed its side within CLOSE_LIMIT.
+        self.closing: dict[int, tuple[float, bool]] = {}
+        self.said_before_call = False
         self.period_index = 0
         self.stopping = ""  # "interrupted" or "terminated" once asked to stop
         self.finished = False
@@ -250,8 +273,29 @@ class Worker:
         self.period_index += 1
         self.reactor.call_at(self.epoch + (self.period_index + 1) * self.plan.period, self._period)
 
+    def _judge_closes(self, now: float, final: bool = False) -> None:
+        """Calls whose close the application never answered within CLOSE_LIMIT: left
+        open (its socket in CLOSE-WAIT), and unserved if it never sent a byte."""
+        if not self.closing:
+            return
+        states = connection_states(self.plan.address.port)
+        if states is None:
+            self.closing.clear()  # no kernel table here: not judged
+            return
+        stats = self.stats
+        for port, (at, served) in list(self.closing.items()):
+            waiting = states.get(port) in WAITING
+            if waiting and now - at >= CLOSE_LIMIT:
+                stats.left_open += 1
+                if not served:
+                    stats.unserved += 1
+            elif waiting and not final:
+                continue
+            del self.closing[port]
+
     def _emit(self, final: bool) -> None:
         now = time.monotonic()
+        self._judge_closes(now, final)
         stats = self.stats
         for call in self.calls.values():
             if call.first_audio is not None:
@@ -264,7 +308,9 @@ class Worker:
             final=final,
             at=now,
             active=sum(1 for c in self.calls.values() if c.state == "up"),
-            connecting=sum(1 for c in self.calls.values() if c.state == "connecting"),
+            connecting=sum(
+                1 for c in self.calls.values() if c.state in ("connecting", "before-call")
+            ),
         )
         self.stats = PeriodStats()
         if self.on_period is not None:
@@ -293,17 +339,58 @@ class Worker:
         self._schedule_launch(self.next_launch)
 
     def _launch(self, now: float) -> None:
-        assert self._sockaddr is not None
-        family, sockaddr = self._sockaddr
         n = self.index + self.launched * self.count + 1
         self.launched += 1
         self.stats.started += 1
-        uuid = make_uuid(self.plan.uuid_pattern, n)
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        call = _Call(n, make_uuid(self.plan, n), None, now)
+        self.calls[n] = call
+        command = self.plan.before_call
+        if command is None:
+            self._dial(call, now)
+            return
+        # The dialplan's step before AudioSocket: the call waits for it, the loop does not.
+        call.state = "before-call"
+        try:
+            before = call.before = BeforeCall(command, call.uuid, n, self.plan.address)
+        except OSError as exc:
+            self._before_call_failed(call, f"--before-call {command!r} could not run: {exc}")
+            return
+        self.reactor.add_reader(before.pipe, lambda: self._before_call_read(call))
+        call.connect_timer = self.reactor.call_at(
+            before.deadline, lambda: self._before_call_failed(call, before.kill())
+        )
+
+    def _before_call_read(self, call: _Call) -> None:
+        before = call.before
+        if before is None or not before.read():
+            return
+        self.reactor.forget(before.pipe)
+        call.before = None
+        if call.connect_timer is not None:
+            call.connect_timer.cancel()
+            call.connect_timer = None
+        why = before.result()
+        if why is not None:
+            self._before_call_failed(call, why)
+        elif call.state == "before-call":
+            call.state = "connecting"
+            self._dial(call, time.monotonic())
+
+    def _before_call_failed(self, call: _Call, why: str) -> None:
+        if call.before is not None:
+            self.reactor.forget(call.before.pipe)
+            call.before = None
+        if not self.said_before_call:
+            self.said_before_call = True  # once: the same command fails the same way
+            print(f"audiosocket: warning: call {call.n}: {why}", file=sys.stderr, flush=True)
+        self._connect_ended(call, "before-call-failed")
+
+    def _dial(self, call: _Call, now: float) -> None:
+        assert self._sockaddr is not None
+        family, sockaddr = self._sockaddr
+        sock = call.sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
         set_nodelay(sock)
-        call = _Call(n, uuid, sock, now)
-        self.calls[n] = call
         err = sock.connect_ex(sockaddr)
         if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
             self._connect_ended(call, _connect_reason(err))
@@ -320,8 +407,13 @@ class Worker:
         call.state = "done"
         if call.connect_timer is not None:
             call.connect_timer.cancel()
-        self.reactor.forget(call.sock)
-        call.sock.close()
+        if call.before is not None:  # stopped while its command ran
+            self.reactor.forget(call.before.pipe)
+            call.before.kill()
+            call.before = None
+        if call.sock is not None:
+            self.reactor.forget(call.sock)
+            call.sock.close()
         self.calls.pop(call.n, None)
         if reason is None:
             self.stats.stopped += 1
@@ -340,6 +432,10 @@ class Worker:
         if call.connect_timer is not None:
             call.connect_timer.cancel()
             call.connect_timer = None
+        try:
+            call.local_port = call.sock.getsockname()[1]
+        except (OSError, IndexError):
+            pass
         now = time.monotonic()
         plan = self.plan
         call.state = "up"
@@ -408,7 +504,7 @@ class Worker:
             call.k = k + 1
             if not nframes or (finite and k >= nframes):
                 continue
-            payload = mark(frames[k % nframes], k)
+            payload = mark(frames[k % nframes], k, call.nonce)
             size = len(payload)
             now = monotonic()
             late = now - due
@@ -419,6 +515,7 @@ class Worker:
             sent[hash(payload)] = now
             if len(sent) > ECHO_WINDOW:
                 del sent[next(iter(sent))]
+            call.last_sent = now
             self._send(call, bytes((header_kind, size >> 8, size & 0xFF)) + payload, now)
             if not k:
                 # Only our first frame goes into the call's '>' statistics: load shows
@@ -512,6 +609,9 @@ class Worker:
             return
         self._readable(call)
         if call.state == "up" and call.session is not None:
+            # Our frames count as activity: the dialplan application's inactivity timer
+            # sees both directions (only the UUID and DTMF go through session.sent()).
+            call.session.sent_audio(call.last_sent)
             self._handle(call, call.session.tick(time.monotonic()))
 
     def _handle(self, call: _Call, events: list[Any]) -> None:
@@ -579,6 +679,10 @@ class Worker:
             pass
         self.calls.pop(call.n, None)
         now = time.monotonic()
+        if not ended.ended.startswith("app-") and call.local_port:
+            # Did the application close its side after ours? The kernel says, later.
+            served = bool(report.stats["<"].messages or session.decoder.buffered)
+            self.closing[call.local_port] = (now, served)
         stats = self.stats
         if call.first_audio is not None:
             stats.talk_s += now - call.acct_at
@@ -612,6 +716,11 @@ class Worker:
 
     def _maybe_done(self) -> None:
         if not self.calls and self.total is not None and self.launched >= self.total:
+            if self.closing and not self.stopping:
+                # Give the last calls' closes their CLOSE_LIMIT before the last word.
+                last = max(at for at, _ in self.closing.values())
+                self.reactor.call_at(last + CLOSE_LIMIT + 0.05, self._finish)
+                return
             self._finish()
 
 
