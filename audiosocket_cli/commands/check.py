@@ -12,7 +12,13 @@ from typing import Any
 
 import click
 
-from audiosocket_cli.commands.options import AddressType, Failure, asterisk_rules
+from audiosocket_cli.commands.options import (
+    AddressType,
+    Failure,
+    asterisk_rules,
+    call_uuids,
+    placing_options,
+)
 from audiosocket_cli.output.sinks import Environment
 from audiosocket_cli.status import ExitStatus
 
@@ -45,6 +51,25 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
     show_default=True,
     help="How long a case may outlive its plan before it is abandoned (and fails).",
 )
+@click.option(
+    "--answer-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="S",
+    default=5.0,
+    show_default=True,
+    help="How long the application may take to answer a call (a greeting, a reply): "
+    "each call goes on, as a caller's would, until it answers or this passes.",
+)
+@click.option(
+    "--parallel",
+    type=click.IntRange(min=1),
+    metavar="N",
+    default=1,
+    show_default=True,
+    help="Run up to N cases of sections 1 and 2 at once (faster, for applications that "
+    "serve many calls); 1 runs one case at a time, checking the application between them.",
+)
+@placing_options
 @click.option("--strict", is_flag=True, help="Count warnings as failures (exit 3).")
 def check(
     address: Any,
@@ -53,17 +78,25 @@ def check(
     json_lines: bool,
     junit_path: str | None,
     timeout: float,
+    answer_timeout: float,
+    parallel: int,
+    call_uuid: str | None,
+    uuid_pattern: str | None,
+    before_call: str | None,
     strict: bool,
 ) -> None:
     """Run numbered conformance cases against the AudioSocket application at ADDRESS.
 
     Each case is one short call placed as Asterisk places it, judged as
     Asterisk judges what the application sends. A case ends pass, warn
-    (legal, but unlike what works well with Asterisk) or fail (Asterisk
+    (legal, but unlike what works well with Asterisk), fail (Asterisk
     would refuse it, the application broke, or its audio would be heard
-    wrong), with a one-line reason and the evidence. Sections: 1 framing,
-    2 a real Asterisk call, 3 what the application sends back, 4 a hostile
-    peer (robustness, counted apart). A full run takes about 30 s.
+    wrong) or skip (the application died or refused calls earlier: said
+    once, at the case where it happened), with a one-line reason and the
+    evidence. Sections: 1 framing, 2 a real Asterisk call, 3 what the
+    application sends back, 4 a hostile peer (robustness, counted apart).
+    Cases run one at a time, the application checked alive between them,
+    so two runs give the same verdicts; a full run takes about 45 s.
 
     \b
     Examples:
@@ -72,6 +105,7 @@ def check(
       audiosocket check 9092 --case 3                  # a whole section
       audiosocket check 9092 --json | jq -c 'select(.verdict != "pass")'
       audiosocket check 9092 --junit check.xml --strict
+      audiosocket check 9092 --before-call 'curl -sf -X POST localhost:8080/calls/$AUDIOSOCKET_UUID'
       audiosocket check --list
 
     On a terminal: a table per section and a summary. Piped: one line per
@@ -95,6 +129,7 @@ def check(
         cases = engine.select_cases(case_ids) if case_ids else list(engine.CASES)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--case'") from None
+    uuids = call_uuids(call_uuid, uuid_pattern)
     if junit_path is not None:
         _check_writable(Path(junit_path))
 
@@ -117,6 +152,10 @@ def check(
             cases,
             rules=asterisk_rules(lenient=True),
             timeout=timeout,
+            answer_timeout=answer_timeout,
+            parallel=parallel,
+            uuids=uuids,
+            before_call=before_call,
             on_result=on_result,
             on_phase=on_phase,
         )
@@ -125,6 +164,8 @@ def check(
     if table:
         engine.print_table(report, out, color=env.color)
     else:
+        if report.halted:
+            click.echo(f"audiosocket: check: {report.halted}", file=env.stderr)
         click.echo(f"audiosocket: check: {report.summary()}", file=env.stderr)
     if junit_path is not None:
         try:
