@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
+import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
+from audiosocket_cli.commands.listen import workers_option
 from audiosocket_cli.commands.options import (
     AddressType,
     Failure,
@@ -18,12 +22,19 @@ from audiosocket_cli.commands.options import (
     pcap_option,
     warm_up,
 )
-from audiosocket_cli.engines.capture import Proxy, resolve
+from audiosocket_cli.engines.capture import Proxy, resolve, worker_proxy
+from audiosocket_cli.engines.workers import Budget, WorkerFailed, serve, unavailable
 from audiosocket_cli.media.recorder import check_writable_folder
 from audiosocket_cli.net.address import Address
 from audiosocket_cli.net.reactor import Reactor
-from audiosocket_cli.net.transport import CONNECT_TIMEOUT, ConnectError, bound_address, listen
-from audiosocket_cli.output.sinks import Environment
+from audiosocket_cli.net.transport import (
+    CONNECT_TIMEOUT,
+    ConnectError,
+    bound_address,
+    listen,
+    listen_reuseport,
+)
+from audiosocket_cli.output.sinks import Environment, Output
 from audiosocket_cli.status import Terminated
 
 DEFAULT_PORT = 9093
@@ -71,6 +82,7 @@ DEFAULT_PORT = 9093
     type=click.FloatRange(0, min_open=True),
     help="End a call when nothing arrives from the caller for SECONDS.",
 )
+@workers_option
 @pcap_option
 @output_options
 def capture(
@@ -81,6 +93,7 @@ def capture(
     max_concurrent: int,
     connect_timeout: float,
     timeout: float | None,
+    workers: int,
     pcap_path: str | None,
     json_lines: bool,
     trace_path: str | None,
@@ -106,6 +119,11 @@ def capture(
     listen or the upstream could not be reached, 2 usage error, 3 a peer
     broke the protocol (forwarded all the same), 130 Ctrl-C, 143 SIGTERM.
 
+    One process forwards every call on one core: past a few hundred calls at
+    once, or when `capture` keeps a core busy, raise --workers (up to one per
+    core). The workers share the port, one output, one --max-calls and
+    --max-concurrent, and one exit status.
+
     \b
     Examples:
       audiosocket capture --upstream 127.0.0.1:9092
@@ -113,8 +131,11 @@ def capture(
       audiosocket capture --upstream 9092 --json | jq 'select(.event)'
       audiosocket capture --upstream 9092 --max-calls 1 -q
       audiosocket capture --upstream 9092 --pcap calls.pcap   # for Wireshark
+      audiosocket capture --upstream 9092 -q --workers 2      # 1000+ calls at once
     """
     ctx = click.get_current_context()
+    if workers > 1 and pcap_path is not None:
+        raise click.UsageError(f"--pcap goes with one worker, not --workers {workers}")
     try:
         addresses = resolve(upstream)
     except OSError as exc:
@@ -136,6 +157,20 @@ def capture(
     # A server outlives a pipe's reader (`listen | grep -m1 ...`): see docs/output.md.
     output.outlive_stdout = True
     warm_up(directory is not None)
+    why = unavailable() if workers > 1 else ""
+    if workers > 1 and not why:
+        settings = dict(
+            upstream=upstream,
+            upstream_addresses=addresses,
+            record_dir=directory,
+            max_concurrent=max_concurrent,
+            max_calls=max_calls,
+            connect_timeout=connect_timeout,
+            caller_rules=application_rules(idle_timeout=timeout, observe=True),
+            app_rules=asterisk_rules(observe=True),
+        )
+        _serve_workers(ctx, output, address, upstream, addresses, workers, settings)
+        return
     reactor = Reactor()
     ending = "interrupted"
     pcap = None
@@ -145,13 +180,12 @@ def capture(
             server = listen(address)
         except ConnectError as exc:
             raise Failure(str(exc)) from None
-        bound = bound_address(server)
-        if any(_same(bound, sockaddr) for _, sockaddr in addresses):
-            server.close()
-            raise click.BadParameter(
-                f"{upstream} is capture's own address: calls would loop", param_hint="--upstream"
+        _refuse_loop(server, upstream, addresses)
+        click.echo(f"listening on {bound_address(server)}", err=True)
+        if why:
+            click.echo(
+                f"audiosocket: warning: --workers {workers}: {why}; running one worker", err=True
             )
-        click.echo(f"listening on {bound}", err=True)
         proxy = Proxy(
             reactor,
             server,
@@ -181,6 +215,42 @@ def capture(
             pcap.close()
         output.close()
     ctx.exit(proxy.exit_status)
+
+
+def _refuse_loop(server: socket.socket, upstream: Address, addresses: list) -> None:
+    """A usage error if the upstream is capture's own address: calls would loop."""
+    bound = bound_address(server)
+    if any(_same(bound, sockaddr) for _, sockaddr in addresses):
+        server.close()
+        raise click.BadParameter(
+            f"{upstream} is capture's own address: calls would loop", param_hint="--upstream"
+        )
+
+
+def _serve_workers(
+    ctx: click.Context,
+    output: Output,
+    address: Address,
+    upstream: Address,
+    addresses: list,
+    workers: int,
+    settings: dict[str, Any],
+) -> None:
+    """`capture --workers N`: N processes on one port, their output merged here."""
+    try:
+        try:
+            server = listen_reuseport(address)
+        except ConnectError as exc:
+            raise Failure(str(exc)) from None
+        _refuse_loop(server, upstream, addresses)
+        budget = Budget(settings["max_calls"], settings["max_concurrent"], shared=True)
+        try:
+            status = serve(server, worker_proxy(**settings), output, budget, workers, sys.stderr)
+        except WorkerFailed as exc:
+            raise Failure(str(exc)) from None
+    finally:
+        output.close()
+    ctx.exit(status)
 
 
 def _same(bound: Address, sockaddr: tuple) -> bool:

@@ -24,12 +24,23 @@ from audiosocket_cli.commands.options import (
     pcap_option,
     warm_up,
 )
-from audiosocket_cli.output.sinks import Environment
+from audiosocket_cli.net.address import Address
+from audiosocket_cli.output.sinks import Environment, Output
 from audiosocket_cli.protocol.inject import Injection
 from audiosocket_cli.protocol.wire import Message
 from audiosocket_cli.status import ExitStatus, Terminated
 
 DEFAULT_ADDRESS = "127.0.0.1:9092"
+
+workers_option = click.option(
+    "--workers",
+    metavar="N",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Processes serving calls on the one port (SO_REUSEPORT), one core each. Raise it "
+    "past a few hundred calls at once, or when one core is saturated.",
+)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -90,6 +101,7 @@ DEFAULT_ADDRESS = "127.0.0.1:9092"
     type=click.FloatRange(0, min_open=True),
     help="End a call when nothing arrives for SECONDS.",
 )
+@workers_option
 @click.option("--monitor", is_flag=True, help="Play the inbound audio on the local sound device.")
 @pcap_option
 @output_options
@@ -106,6 +118,7 @@ def listen(
     max_calls: int | None,
     max_concurrent: int,
     timeout: float | None,
+    workers: int,
     monitor: bool,
     pcap_path: str | None,
     json_lines: bool,
@@ -126,6 +139,12 @@ def listen(
     stalls); 1 if it cannot listen; 130 on Ctrl-C and 143 on SIGTERM, with
     every recording and trace complete.
 
+    One process serves every call on one core. To find out how many calls an
+    Asterisk host carries, `listen` must not be the limit: past a few hundred
+    calls at once, or when `listen` keeps a core busy, raise --workers (up to
+    one per core). The workers share the port (SO_REUSEPORT), one output, one
+    --max-calls and --max-concurrent, and one exit status.
+
     \b
     Examples:
       audiosocket listen                             # show what Asterisk sends
@@ -135,6 +154,7 @@ def listen(
       audiosocket listen --echo --inject error:2@3   # does Asterisk end the call?
       audiosocket listen --monitor --timeout 5       # hear the first call
       audiosocket listen --echo --pcap calls.pcap    # then: wireshark calls.pcap
+      audiosocket listen 0.0.0.0:9092 --echo -q --workers 2   # 1000+ calls at once
 
     \b
     In Asterisk's dialplan (8 kHz):
@@ -143,6 +163,7 @@ def listen(
     or through the channel driver, 16 kHz:
       same => n,Dial(AudioSocket/127.0.0.1:9092/40325ec2-5bd7-4a4e-9a2c-6a4f6d3b1c01/c(slin16))
     """
+    why = ""
     replies = [
         name
         for name, chosen in (
@@ -166,6 +187,10 @@ def listen(
         )
     if hangup_after is not None:
         injections = (*injections, Injection(hangup_after, "hangup", (Message.hangup(),)))
+    if workers > 1:
+        for flag, given in (("--monitor", monitor), ("--pcap", pcap_path is not None)):
+            if given:
+                raise click.UsageError(f"{flag} goes with one worker, not --workers {workers}")
 
     from audiosocket_cli.engines.listen import ListenConfig, Server, signals_deferred
     from audiosocket_cli.net.transport import ConnectError
@@ -190,6 +215,16 @@ def listen(
     )
     # A server outlives a pipe's reader (`listen | grep -m1 ...`): see docs/output.md.
     output.outlive_stdout = True
+    if workers > 1:
+        from audiosocket_cli.engines.workers import unavailable
+
+        why = unavailable()
+        if why:
+            why = f"--workers {workers}: {why}; running one worker"
+            workers = 1  # said once `listening on` is out, the first line on stderr
+        else:
+            _serve_workers(env, output, config, address, workers)  # type: ignore[arg-type]
+            return
     server = None
     status = ExitStatus.OK
     ended, detail = "interrupted", "the tool stopped"
@@ -206,6 +241,8 @@ def listen(
         # Ready means ready: the first call's clock is as exact as the hundredth's.
         warm_up(record_dir is not None)
         env.stderr.write(f"listening on {server.address}\n")  # always the first line
+        if why:
+            env.stderr.write(f"audiosocket: warning: {why}\n")
         if missing:
             env.stderr.write(f"audiosocket: warning: --monitor: {missing}; going on without it\n")
         env.stderr.flush()
@@ -230,6 +267,32 @@ def listen(
                 if config.pcap is not None:
                     config.pcap.close()
                 output.close()
+    if status != ExitStatus.OK:
+        click.get_current_context().exit(status)
+
+
+def _serve_workers(
+    env: Environment, output: Output, config: Any, address: Address, workers: int
+) -> None:
+    """`listen --workers N`: N processes on one port, their output merged here."""
+    from audiosocket_cli.engines.listen import worker_server
+    from audiosocket_cli.engines.workers import Budget, WorkerFailed, serve
+    from audiosocket_cli.net.transport import ConnectError, listen_reuseport, raise_fd_limit
+
+    try:
+        raise_fd_limit()
+        try:
+            listener = listen_reuseport(address)
+        except ConnectError as exc:
+            raise Failure(str(exc)) from None
+        warm_up(config.record_dir is not None)  # once, before the workers are forked
+        budget = Budget(config.max_calls, config.max_concurrent, shared=True)
+        try:
+            status = serve(listener, worker_server(config), output, budget, workers, env.stderr)
+        except WorkerFailed as exc:
+            raise Failure(str(exc)) from None
+    finally:
+        output.close()
     if status != ExitStatus.OK:
         click.get_current_context().exit(status)
 

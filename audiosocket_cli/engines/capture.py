@@ -30,10 +30,16 @@ from typing import Any
 
 from audiosocket_cli.analysis.stats import AnalysisBudget
 from audiosocket_cli.engines.call import CallReport, Refusals, SessionClock, Tally
+from audiosocket_cli.engines.workers import Budget
 from audiosocket_cli.media.recorder import call_recording
 from audiosocket_cli.net.address import Address
 from audiosocket_cli.net.reactor import Reactor, Timer
-from audiosocket_cli.net.transport import CONNECT_TIMEOUT, RECV_SIZE, set_nodelay
+from audiosocket_cli.net.transport import (
+    CONNECT_TIMEOUT,
+    RECV_SIZE,
+    raise_fd_limit,
+    set_nodelay,
+)
 from audiosocket_cli.output.sinks import Output
 from audiosocket_cli.protocol.events import CallEnd, CallInfo
 from audiosocket_cli.protocol.session import Ended, Problem, Received, Role, Rules, Session
@@ -254,10 +260,12 @@ class ProxyCall:
 
     def start(self) -> None:
         proxy = self.proxy
+        worker = {"worker": proxy.worker} if proxy.worker else {}
         self.report.start(
             f"from {self.info.peer} to upstream {proxy.upstream}",
             peer=str(self.info.peer),
             upstream=str(proxy.upstream),
+            **worker,
         )
         # Read the caller at once: its first chunk (the UUID) waits for the upstream.
         proxy.reactor.add_reader(self.caller, self.inbound.on_readable)
@@ -415,8 +423,14 @@ class Proxy:
     connections: int = 0
     ended: int = 0
     tally: Tally = field(default_factory=Tally)
+    # Connection numbers and the call limits; shared by the processes of --workers.
+    budget: Budget | None = None
+    worker: int = 0  # which of the --workers processes this is (1...), 0 without
 
     def __post_init__(self) -> None:
+        if self.budget is None:
+            self.budget = Budget(self.max_calls, self.max_concurrent)
+        self._budget: Budget = self.budget
         self._queue: deque[tuple[Pipe, float, bytes | None]] = deque()
         self.reactor.after_turn = self.output.tick
         self.refusals = Refusals(self.output, self.reactor)
@@ -450,26 +464,29 @@ class Proxy:
                 self.reactor.call_later(ACCEPT_PAUSE, self._resume_accepting)
                 self.output.warning(CallInfo(conn=0), 0.0, f"cannot accept: {_error_text(exc)}")
                 return
-            self.connections += 1
+            self.connections, going, limit = self._budget.admit()
             sock.setblocking(False)
             set_nodelay(sock)
             address = Address(peer[0], peer[1])
-            if len(self.calls) >= self.max_concurrent:
+            if limit:
+                # --max-calls only with --workers: another worker started the last call.
                 info = CallInfo(conn=self.connections, peer=address)
                 sock.close()
-                limit = f"--max-concurrent {self.max_concurrent}"
-                self.refusals.refused(info, len(self.calls), limit)
+                self.refusals.refused(info, going, limit)
+                if self._budget.full:
+                    self._stop_accepting()
+                    return
                 continue
             self.accepted += 1
             call = ProxyCall(self, self.connections, sock, address)
             self.calls[call.info.conn] = call
             call.start()
-            if self.max_calls is not None and self.accepted >= self.max_calls:
+            if self._budget.full:
                 self._stop_accepting()  # no call is started only to be cut off
                 return
 
     def _resume_accepting(self) -> None:
-        if not self.reactor.stopped and (self.max_calls is None or self.accepted < self.max_calls):
+        if not self.reactor.stopped and not self._budget.full:
             self.start()
 
     # Decoding after forwarding, in slices between the reactor's polls, so
@@ -517,7 +534,7 @@ class Proxy:
         self.calls.pop(call.info.conn, None)
         self.ended += 1
         self.tally.add(end)
-        if self.max_calls is not None and self.ended >= self.max_calls:
+        if self._budget.ended():  # --max-calls calls have ended, in every worker
             self.reactor.stop()
 
     def close(self, ended: str = "interrupted", detail: str = "") -> None:
@@ -536,6 +553,23 @@ class Proxy:
                         recording.close()
             self.server.close()
 
+    def run(self) -> ExitStatus:
+        """Serve until --max-calls calls have ended (or a signal); the exit status."""
+        self.start()
+        self.reactor.run()
+        return self.exit_status
+
     @property
     def exit_status(self) -> ExitStatus:
         return self.tally.status
+
+
+def worker_proxy(**settings: Any) -> Callable[[socket.socket, Output, Budget, int], Proxy]:
+    """How each process of `capture --workers N` makes its Proxy (engines.workers):
+    `settings` are Proxy's, but for its reactor, socket, output and budget."""
+
+    def make(listener: socket.socket, output: Output, budget: Budget, worker: int) -> Proxy:
+        raise_fd_limit()
+        return Proxy(Reactor(), listener, output=output, budget=budget, worker=worker, **settings)
+
+    return make

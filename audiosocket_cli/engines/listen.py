@@ -8,21 +8,21 @@ at hundreds of calls under the GIL.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import errno
 import functools
 import gc
-import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from audiosocket_cli.analysis.stats import AnalysisBudget
 from audiosocket_cli.engines.call import CallReport, Refusals, SessionClock, Tally
+from audiosocket_cli.engines.workers import Budget
+from audiosocket_cli.engines.workers import signals_deferred as signals_deferred
 from audiosocket_cli.media.recorder import call_recording
 from audiosocket_cli.net.address import Address
 from audiosocket_cli.net.reactor import Reactor, Timer
@@ -80,21 +80,6 @@ def file_source_factory(template: Any) -> SourceFactory:
     return make
 
 
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM while recordings are being closed; they are
-    delivered (and end the command) right after."""
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    except (AttributeError, ValueError, OSError):
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 class Call:
     """One connection: its session, its report, its replies."""
 
@@ -146,7 +131,8 @@ class Call:
     def start(self) -> None:
         started = self.info.started
         self.reactor.add_reader(self.sock, self.on_readable)
-        self.report.start(f"from {self.info.peer}")
+        worker = self.server.worker
+        self.report.start(f"from {self.info.peer}", **({"worker": worker} if worker else {}))
         for injection in self.config.injections:
             fire = functools.partial(self.inject, injection)
             self.timers.append(self.reactor.call_at(started + injection.at, self.guarded(fire)))
@@ -455,8 +441,14 @@ class Server:
     tally: Tally = field(default_factory=Tally)
     monitor_call: Call | None = None
     draining: set[Call] = field(default_factory=set)
+    # Connection numbers and the call limits; shared by the processes of --workers.
+    budget: Budget | None = None
+    worker: int = 0  # which of the --workers processes this is (1...), 0 without
 
     def __post_init__(self) -> None:
+        if self.budget is None:
+            self.budget = Budget(self.config.max_calls, self.config.max_concurrent)
+        self._budget: Budget = self.budget
         self.recv_buffer = bytearray(RECV_SIZE)
         self.recv_view = memoryview(self.recv_buffer)
         self.monitor = self.config.monitor
@@ -491,21 +483,18 @@ class Server:
                 self.accept_failed(exc)
                 return
             sock.setblocking(False)
-            self.connections += 1
+            self.connections, going, limit = self._budget.admit()
             info = CallInfo(conn=self.connections, peer=peer)
-            max_calls = self.config.max_calls
-            if len(self.calls) >= self.config.max_concurrent:
-                self.refuse(sock, info, f"--max-concurrent {self.config.max_concurrent}")
-            elif max_calls is not None and self.started_calls >= max_calls:
-                self.refuse(sock, info, f"--max-calls {max_calls}")
+            if limit:
+                self.refuse(sock, info, limit, going)
             else:
                 self.started_calls += 1
                 call = self.calls[info.conn] = Call(self, sock, info)
                 call.guarded(call.start)()
 
-    def refuse(self, sock: socket.socket, info: CallInfo, limit: str) -> None:
+    def refuse(self, sock: socket.socket, info: CallInfo, limit: str, going: int) -> None:
         sock.close()
-        self.refusals.refused(info, len(self.calls), limit)
+        self.refusals.refused(info, going, limit)
 
     def accept_failed(self, exc: OSError) -> None:
         # Out of descriptors: the listener stays readable, so pause rather than spin.
@@ -522,8 +511,7 @@ class Server:
         self.tally.add(end)
         if self.monitor_call is call:
             self.monitor_call = None  # the next call whose audio arrives is heard
-        max_calls = self.config.max_calls
-        if max_calls is not None and self.ended_calls >= max_calls:
+        if self._budget.ended():  # --max-calls calls have ended, in every worker
             self.reactor.stop()
 
     def run(self) -> ExitStatus:
@@ -555,3 +543,13 @@ class Server:
         except OSError:
             pass
         self.reactor.close()
+
+
+def worker_server(config: ListenConfig) -> Callable[[socket.socket, Output, Budget, int], Server]:
+    """How each process of `listen --workers N` makes its Server (engines.workers)."""
+
+    def make(listener: socket.socket, output: Output, budget: Budget, worker: int) -> Server:
+        raise_fd_limit()
+        return Server(listener, output, config, budget=budget, worker=worker)
+
+    return make

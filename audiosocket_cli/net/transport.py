@@ -79,6 +79,47 @@ def connect(address: Address, timeout: float = CONNECT_TIMEOUT) -> socket.socket
 
 def listen(address: Address, backlog: int = 1024) -> socket.socket:
     """A listening socket; port 0 picks a free one (see getsockname())."""
+    return _listen(address, backlog, reuseport=False)
+
+
+def reuseport_available() -> bool:
+    """Whether this system lets several listening sockets share a port (SO_REUSEPORT)."""
+    option = getattr(socket, "SO_REUSEPORT", None)
+    if option is None:
+        return False
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, option, 1)
+    except OSError:
+        return False
+    return True
+
+
+def listen_reuseport(address: Address, backlog: int = 1024, join: bool = False) -> socket.socket:
+    """listen() with SO_REUSEPORT: other processes of this user may listen on the same
+    port, and the kernel spreads new connections over them.
+
+    The first socket of such a group (`join` false) wants a free port: it is tried
+    without SO_REUSEPORT first, so that a port another program listens on, even one
+    sharing it the same way, is refused rather than shared. Port 0 picks a free port;
+    the other sockets then join the group on the port number it got (`join` true).
+    """
+    if not join:
+        probe = _listen(address, backlog, reuseport=False, listening=False)
+        port = probe.getsockname()[1]
+        probe.close()
+        try:
+            return _listen(Address(address.host, port), backlog, reuseport=True)
+        except ConnectError:
+            raise ConnectError(
+                f"cannot listen on {address}: the port was taken meanwhile"
+            ) from None
+    return _listen(address, backlog, reuseport=True)
+
+
+def _listen(
+    address: Address, backlog: int, reuseport: bool, listening: bool = True
+) -> socket.socket:
     try:
         infos = socket.getaddrinfo(
             address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -89,8 +130,11 @@ def listen(address: Address, backlog: int = 1024) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(sockaddr)
-        sock.listen(backlog)
+        if listening:
+            sock.listen(backlog)
     except OSError as exc:
         sock.close()
         raise ConnectError(f"cannot listen on {address}: {exc.strerror or exc}") from None

@@ -180,6 +180,12 @@ class _LineSink:
             )
             self._batch_done()
 
+    def lines(self, text: str) -> None:
+        """Whole lines made in another process (`listen --workers`), in order with this
+        sink's own and written as they are."""
+        self._lines.append(text)
+        self._batch_done()
+
     def _batch_done(self) -> None:
         now = time.monotonic()
         if not self.batch or now - self._flushed >= FLUSH_INTERVAL:
@@ -353,6 +359,14 @@ class TraceSink:
                 "it stops here, whole up to the last message written"
             )
 
+    def lines(self, text: str) -> None:
+        """Whole trace lines made in another process (`listen --workers`)."""
+        if not self.failed:
+            self._guard(self._write, text)
+
+    def _write(self, text: str) -> None:
+        self.writer.stream.write(text)
+
     def flush(self) -> None:
         if not self.failed:
             self._guard(self.writer.flush)
@@ -474,6 +488,25 @@ class Output:
                             sink.message(call, t, d, m, level)
                 except BrokenPipeError:
                     self._stdout_gone(sink)
+
+    def lines(self, made: list[tuple[str | None, str | None]]) -> None:
+        """Message lines made in another process (`listen --workers`): for each message,
+        its display line(s) and its trace line(s), each None where not shown."""
+        if self._pending:
+            self._drain()
+        self._tick_at = 0.0
+        with self._lock:
+            for sink in list(self._message_sinks):
+                add = getattr(sink, "lines", None)
+                if add is None:
+                    continue
+                which = 1 if isinstance(sink, TraceSink) else 0
+                text = "".join([pair[which] or "" for pair in made])
+                if text:
+                    try:
+                        add(text)
+                    except BrokenPipeError:
+                        self._stdout_gone(sink)
 
     def emit(self, call: CallInfo, event: Event) -> None:
         if self._pending:
