@@ -109,9 +109,7 @@ def call_with_audio(address: tuple[str, int], seed: int, seconds: float) -> tupl
 
 
 def test_two_workers_share_one_port_and_every_call_is_recorded(tmp_path, listen_procs):
-    proc = listen_procs(
-        "--workers", "2", "--json", "--record", str(tmp_path), "--max-calls", "20"
-    )
+    proc = listen_procs("--workers", "2", "--json", "--record", str(tmp_path), "--max-calls", "20")
     sent = dict(call_with_audio(proc.address, 100 + i, 0.2) for i in range(20))
     assert proc.wait() == 0
     # `listening on` once, the first line, though two processes listen.
