@@ -82,6 +82,7 @@ def closing_case(hangup_first: bool) -> CaseFunc:
         if ended is not None:
             p.close()
             return failed(f"the application ended the call first: {ended}", t=p.gone_at)
+        p.quiet()  # what it sends in answer to our last frames, read: our close is a FIN
         if hangup_first:
             p.send(Message.hangup())
         p.close()  # as Asterisk does: close(), no shutdown; the application's next write resets

@@ -232,6 +232,19 @@ class Probe:
                 return
             k += 1
 
+    def quiet(self, gap: float = 0.1, limit: float = 0.6) -> None:
+        """Wait (at most `limit`) until nothing has come for `gap`: a close with unread
+        data is a reset, and a case about how the application answers a close wants
+        the close itself, a FIN."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline and not self.gone.is_set():
+            with self._lock:
+                last = self.received[-1][0] if self.received else 0.0
+            wait = last + gap - self.now()
+            if wait <= 0:
+                return
+            time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+
     def close(self) -> None:
         """End the call as Asterisk does: close(), no shutdown first. Unread data
         makes it a reset, as the kernel decides."""
