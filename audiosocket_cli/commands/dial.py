@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import sys
-import uuid as uuid_lib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,12 @@ from audiosocket_cli.commands.options import (
     Failure,
     ProtocolFailure,
     asterisk_rules,
+    call_uuids,
     open_output,
     open_pcap,
     output_options,
     pcap_option,
+    placing_options,
 )
 from audiosocket_cli.output.sinks import Environment, Output
 from audiosocket_cli.protocol.events import FAILURE_ENDINGS
@@ -213,6 +214,7 @@ def source_options(func: Callable) -> Callable:
 @click.argument("uuid", required=False, type=UUID)
 @source_options
 @call_options
+@placing_options
 def dial(
     address: Any,
     uuid: str | None,
@@ -250,6 +252,7 @@ def dial(
       audiosocket dial 9092 --no-audio --inject hangup@3 --json
       audiosocket dial 9092 --play hello.wav --speed 0 --linger 2 --trace call.trace
       audiosocket dial 9092 --tone 440 --duration 3 --pcap call.pcap  # for Wireshark
+      audiosocket dial 9092 --before-call 'curl -sf -X POST bot:8080/calls/$AUDIOSOCKET_UUID'
     """
     chosen = [
         name
@@ -273,6 +276,7 @@ def dial(
 @click.argument("address", required=False, default=f"127.0.0.1:{DEFAULT_PORT}", type=ADDRESS)
 @click.argument("uuid", required=False, type=UUID)
 @call_options
+@placing_options
 def play(file: str, address: Any, uuid: str | None, **options: Any) -> None:
     """Be Asterisk and play FILE to the application at ADDRESS: `dial ADDRESS --play FILE`.
 
@@ -421,6 +425,9 @@ def _run_call(
     play_path: str | None,
     tone: float | None,
     command: str,
+    call_uuid: str | None,
+    uuid_pattern: str | None,
+    before_call: str | None,
     rate: int,
     frame_ms: float,
     record_path: str | None,
@@ -443,6 +450,9 @@ def _run_call(
     from audiosocket_cli.net.transport import ConnectError
 
     # Everything that can be wrong with the input is found before connecting.
+    if uuid is not None and call_uuid is not None and uuid != call_uuid:
+        raise click.UsageError(f"two UUIDs: {uuid} and --uuid {call_uuid}: give one")
+    uuids = call_uuids(call_uuid or uuid, uuid_pattern)
     samples = _frame_samples(rate, frame_ms)
     # numpy is needed for levels, statistics and sources as soon as audio flows;
     # importing it then would hold up the first frames by ~100 ms: do it now.
@@ -459,10 +469,18 @@ def _run_call(
         if monitor_device is not None:
             closers.append(monitor_device.close)
         announce: Callable[[], None] | None = None
-        if uuid is None:
-            uuid = str(uuid_lib.uuid4())
+        random_uuid = uuids.uuid is None and uuids.pattern is None
+        uuid = uuids(1)
+        if random_uuid:
             # Once connected, on stderr: stdout stays the call's messages only.
             announce = functools.partial(click.echo, f"uuid {uuid}", err=True)
+        if before_call is not None:
+            from audiosocket_cli.engines.before_call import BeforeCallFailed, run_before_call
+
+            try:
+                run_before_call(before_call, uuid, 1, address)
+            except BeforeCallFailed as exc:
+                raise Failure(f"the call was not placed: {exc}") from None
         env = Environment(stderr=_CurrentStderr())  # type: ignore[arg-type]
         output = open_output(
             env,
