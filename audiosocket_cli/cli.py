@@ -25,6 +25,7 @@ COMMANDS = {
     "trace": ("trace", "Print saved traces, raw dumps and packet captures."),
     "load": ("load", "Many Asterisk calls at once, with per-period statistics."),
     "check": ("check", "Run the conformance suite against an application."),
+    "converse": ("converse", "Hold a scripted conversation with a voice bot and measure it."),
     "report": ("report", "Write an HTML page with plots of each call."),
     "dissector": ("dissector", "Print or install the Wireshark dissector for AudioSocket."),
 }

@@ -1,0 +1,338 @@
+"""`audiosocket converse ADDRESS [SCENARIO]`: hold a scripted conversation with a voice bot.
+
+Flags and the scenario are checked here, before connecting (a bad scenario is
+one line and exit 2); the call, the measures and the verdicts are
+engines.converse's. Exit 3 when an expectation failed or the application
+broke the protocol, 1 when it could not be reached.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+
+from audiosocket_cli.commands.options import (
+    RATE,
+    AddressType,
+    Failure,
+    ProtocolFailure,
+    asterisk_rules,
+    call_uuids,
+    open_output,
+    open_pcap,
+    output_options,
+    pcap_option,
+    placing_options,
+)
+from audiosocket_cli.output.sinks import Environment
+from audiosocket_cli.protocol.events import FAILURE_ENDINGS
+from audiosocket_cli.status import ExitStatus
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class SecondsType(click.ParamType):
+    """S: seconds, as 1.5, 1.5s or 1500ms."""
+
+    name = "S"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s)?\s*", str(value))
+        if not match:
+            self.fail(f"{value!r} is not a duration (1.5, 1.5s or 1500ms)", param, ctx)
+        number = float(match.group(1))
+        return number / 1000 if match.group(2) == "ms" else number
+
+
+SECONDS = SecondsType()
+
+
+class ScenarioProblem(click.ClickException):
+    """A scenario that cannot run (exit 2): one line naming the file, the step, the problem."""
+
+    exit_code = ExitStatus.USAGE
+
+
+def _threshold(name: str, default: float, text: str) -> Any:
+    return click.option(
+        name, type=SECONDS, default=default, show_default=True, metavar="S", help=text
+    )
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("address", required=False, type=AddressType(default_port=9092, client=True))
+@click.argument("scenario", required=False, type=click.Path(dir_okay=False))
+@click.option(
+    "--rate",
+    type=RATE,
+    default=8000,
+    show_default=True,
+    help="The call's audio rate (kind 0x10 at 8000, 0x12 at 16000, ...).",
+)
+@click.option(
+    "--frame-ms",
+    type=click.FloatRange(min=0, min_open=True),
+    default=20.0,
+    show_default=True,
+    metavar="MS",
+    help="Audio frame length.",
+)
+@_threshold(
+    "--max-first-response",
+    3.0,
+    '`expect = "first-response"`: the agent\'s first speech at most this long after the '
+    "connection.",
+)
+@_threshold(
+    "--max-response",
+    1.5,
+    '`expect = "answer"`: the agent\'s reply at most this long after the end of the '
+    "caller's speech.",
+)
+@_threshold(
+    "--max-barge-in-stop",
+    1.0,
+    '`expect = "stop"`: the agent quiet at most this long after the caller barges in.',
+)
+@_threshold(
+    "--dead-air",
+    2.0,
+    "Silence longer than this, while the agent holds the turn, fails no-dead-air (0: not judged).",
+)
+@click.option(
+    "--allow-talk-over",
+    is_flag=True,
+    help="Do not judge the agent starting to speak while the caller speaks (no-talk-over).",
+)
+@click.option(
+    "--record",
+    "record_path",
+    metavar="FILE.wav",
+    type=click.Path(dir_okay=False),
+    help="A stereo WAV of the call on one timeline: the caller left, the agent right.",
+)
+@click.option(
+    "--junit",
+    "junit_path",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="Also write the verdicts as JUnit XML (a testcase per expectation) for CI.",
+)
+@click.option(
+    "--lenient",
+    is_flag=True,
+    help="Report what Asterisk would refuse as a warning and carry on, instead of "
+    "ending the call (exit 3) as Asterisk would.",
+)
+@click.option(
+    "--print-scenario",
+    is_flag=True,
+    help="Print the built-in scenario (a TOML file to start from) and exit.",
+)
+@placing_options
+@pcap_option
+@output_options
+def converse(
+    address: Any,
+    scenario: str | None,
+    rate: int,
+    frame_ms: float,
+    max_first_response: float,
+    max_response: float,
+    max_barge_in_stop: float,
+    dead_air: float,
+    allow_talk_over: bool,
+    record_path: str | None,
+    junit_path: str | None,
+    lenient: bool,
+    print_scenario: bool,
+    call_uuid: str | None,
+    uuid_pattern: str | None,
+    before_call: str | None,
+    pcap_path: str | None,
+    json_lines: bool,
+    trace_path: str | None,
+    verbose: int,
+    quiet: bool,
+) -> None:
+    """Be a caller with a script: hold a conversation with the voice bot at ADDRESS.
+
+    Places one call as Asterisk does (dial's engine: the UUID first, then 20 ms
+    frames on a drift-free clock, silence frames whenever the caller is quiet,
+    Asterisk's rules) and plays SCENARIO, a TOML file of steps: wait for the
+    agent to speak or to go quiet, say an audio file, barge in while the agent
+    speaks, send DTMF, keep quiet, hang up. Without SCENARIO, a built-in one
+    that fits any bot: wait for a greeting, ask a question, barge in on the
+    answer, hang up.
+
+    The agent's speech is found in its audio with a voice activity detector;
+    the caller's is known from what was sent. Measured: time to first
+    response, response latency per turn, barge-in stop time, talk-over, dead
+    air, agent speech per turn. Each expectation of the scenario, and the
+    call's own (no talk-over, no dead air), passes or fails with its evidence:
+    `expectation` lines, after `turn` and `barge-in` lines and before the
+    call's end. docs/converse.md has every step, option and definition.
+
+    \b
+    Exit status: 0 every expectation passed, 1 could not connect, 2 usage
+    error or a bad scenario, 3 an expectation failed or the application
+    broke the protocol, 130 Ctrl-C, 143 SIGTERM.
+
+    \b
+    Examples:
+      audiosocket converse 127.0.0.1:9092                      # the built-in scenario
+      audiosocket converse 9092 booking.toml --record call.wav --junit converse.xml
+      audiosocket converse 9092 --max-response 800ms --rate 16000 --json
+      audiosocket converse --print-scenario > my-scenario.toml
+    """
+    from audiosocket_cli.engines.converse import ScenarioError, load_scenario
+    from audiosocket_cli.engines.converse.scenario import DEFAULT_SCENARIO
+
+    env = Environment()
+    if print_scenario:
+        click.echo(DEFAULT_SCENARIO.read_text(encoding="utf-8"), file=env.stdout, nl=False)
+        return
+    if address is None:
+        raise click.UsageError("missing argument 'ADDRESS' (or --print-scenario)")
+    uuids = call_uuids(call_uuid, uuid_pattern)
+    try:
+        plan = load_scenario(scenario)
+        from audiosocket_cli.engines.converse.scenario import load_utterances
+
+        utterances = load_utterances(plan, rate)
+    except ScenarioError as exc:
+        raise ScenarioProblem(str(exc)) from None
+    for path, option in ((record_path, "--record"), (junit_path, "--junit")):
+        if path is not None:
+            _check_writable(Path(path), option)
+    _run(
+        address,
+        plan,
+        utterances,
+        env=env,
+        uuid=uuids(1),
+        random_uuid=call_uuid is None and uuid_pattern is None,
+        before_call=before_call,
+        rate=rate,
+        frame_ms=frame_ms,
+        thresholds=dict(
+            max_first_response=max_first_response,
+            max_response=max_response,
+            max_barge_in_stop=max_barge_in_stop,
+            dead_air=dead_air,
+            talk_over=allow_talk_over,
+        ),
+        lenient=lenient,
+        record_path=record_path,
+        junit_path=junit_path,
+        pcap_path=pcap_path,
+        json_lines=json_lines,
+        trace_path=trace_path,
+        verbose=verbose,
+        quiet=quiet,
+    )
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """A file that cannot be written is a one-line failure before the call."""
+    from audiosocket_cli.media.recorder import check_writable
+
+    problem = check_writable(path)
+    if problem:
+        raise Failure(f"{problem} ({option})")
+
+
+def _run(
+    address: Any,
+    scenario: Any,
+    utterances: Any,
+    *,
+    env: Environment,
+    uuid: str,
+    random_uuid: bool,
+    before_call: str | None,
+    rate: int,
+    frame_ms: float,
+    thresholds: dict[str, Any],
+    lenient: bool,
+    record_path: str | None,
+    junit_path: str | None,
+    pcap_path: str | None,
+    json_lines: bool,
+    trace_path: str | None,
+    verbose: int,
+    quiet: bool,
+) -> None:
+    import numpy  # noqa: F401  # now, not while the first frames are due
+
+    from audiosocket_cli.engines.before_call import BeforeCallFailed, run_before_call
+    from audiosocket_cli.engines.converse import Conversation, Thresholds, junit_xml
+    from audiosocket_cli.net.transport import ConnectError
+
+    if before_call is not None:
+        try:
+            run_before_call(before_call, uuid, 1, address)
+        except BeforeCallFailed as exc:
+            raise Failure(str(exc)) from None
+    output = open_output(
+        env,
+        json_lines=json_lines,
+        trace_path=trace_path,
+        verbose=verbose,
+        quiet=quiet,
+        command="converse",
+    )
+    pcap = None
+    try:
+        pcap = open_pcap(pcap_path, output)
+        announce = functools.partial(click.echo, f"uuid {uuid}", err=True) if random_uuid else None
+        conversation = Conversation(
+            address,
+            scenario,
+            output=output,
+            rate=rate,
+            frame_ms=frame_ms,
+            uuid=uuid,
+            thresholds=Thresholds(**thresholds),
+            rules=asterisk_rules(lenient=lenient),
+            record=record_path,
+            pcap_file=pcap,
+            on_connected=announce,
+            utterances=utterances,
+        )
+        try:
+            result = conversation.run()
+        except ConnectError as exc:
+            raise Failure(str(exc)) from None
+    finally:
+        for close in (pcap.close if pcap is not None else None, output.close):
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    pass
+    if not env.stdout_isatty:  # the verdicts that failed, beside plain and JSON stdout
+        for failed in result.failures:
+            click.echo(f"audiosocket: converse: FAIL {failed.name}: {failed.evidence}", err=True)
+    click.echo(f"audiosocket: converse: {result.summary()}", err=True)
+    if junit_path is not None:
+        xml = junit_xml(
+            result.expectations, suite=f"converse {scenario.name}", duration=result.duration
+        )
+        try:
+            Path(junit_path).write_bytes(xml)
+        except OSError as exc:
+            raise Failure(f"{junit_path}: cannot write: {exc.strerror or exc}") from None
+    end = result.end
+    if end is not None and end.broke_protocol:
+        raise ProtocolFailure(f"{end.ended}: {end.detail}")
+    if result.ended in FAILURE_ENDINGS:
+        raise Failure(f"{result.ended}: {result.detail}")
+    if result.failures:
+        click.get_current_context().exit(ExitStatus.PROTOCOL)

@@ -1,0 +1,46 @@
+"""`audiosocket converse`: a scripted caller that holds a conversation with a voice bot
+and measures it: time to first response, response latency per turn, barge-in stop
+time, talk-over, dead air; each expectation judged, a stereo recording of both sides.
+
+Modules: scenario (the script, read from TOML), runner (the call on the dial
+engine, the agent heard through the speech detector), measures (the figures from
+the two timelines), verdicts (the expectations, JUnit XML), results (what the API
+returns, the events the output shows), stereo (the two-channel recording).
+"""
+
+from audiosocket_cli.engines.converse.results import (
+    BargeInResult,
+    ConversationResult,
+    ConverseEvent,
+    TurnResult,
+)
+from audiosocket_cli.engines.converse.runner import Conversation, converse
+from audiosocket_cli.engines.converse.scenario import (
+    Scenario,
+    ScenarioError,
+    Step,
+    load_scenario,
+    parse_scenario,
+    shipped_utterances,
+)
+from audiosocket_cli.engines.converse.stereo import StereoRecording
+from audiosocket_cli.engines.converse.verdicts import Expectation, Thresholds, junit_xml
+
+__all__ = [
+    "BargeInResult",
+    "Conversation",
+    "ConversationResult",
+    "ConverseEvent",
+    "Expectation",
+    "Scenario",
+    "ScenarioError",
+    "Step",
+    "StereoRecording",
+    "Thresholds",
+    "TurnResult",
+    "converse",
+    "junit_xml",
+    "load_scenario",
+    "parse_scenario",
+    "shipped_utterances",
+]
