@@ -24,9 +24,9 @@ CaseFunc = Callable[[CaseRun], Outcome]
 QUEUE_SLACK = 1.0  # s beyond the reference call's answer time that a caller waited: queued
 
 
-def rate_case(rate: int) -> CaseFunc:
+def rate_case(rate: int, seconds: float = 2.0) -> CaseFunc:
     def case(cr: CaseRun) -> Outcome:
-        return reference_call(cr, rate)[1]
+        return reference_call(cr, rate, seconds)[1]
 
     return case
 

@@ -78,9 +78,9 @@ CASES: list[Case] = [
     Case(
         "2.1",
         "an 8 kHz call (kind 0x10)",
-        "the dialplan application's call; answered at 8 kHz",
-        rate_case(8000),
-        2.6,
+        "the dialplan application's call, 4 s (long enough to judge pacing over 3 s)",
+        rate_case(8000, 4.0),
+        4.6,
     ),
     Case(
         "2.2",
