@@ -472,3 +472,15 @@ def test_budget_in_one_process_is_the_old_rule():
     assert budget.admit() == (3, 0, "")
     assert budget.full and budget.admit() == (4, 1, "--max-concurrent 1")
     assert budget.ended() and budget.done
+    assert budget.refused == 2
+
+
+def test_a_killed_workers_calls_count_as_ended():
+    budget = workers.Budget(max_calls=3, max_concurrent=2, shared=True, workers=2)
+    budget.worker = 1
+    assert budget.admit()[2] == "" and budget.admit()[2] == ""
+    budget.worker = 2
+    assert budget.admit()[2] == "--max-concurrent 2"
+    assert budget.lost(1) == 2  # worker 1 was killed with both its calls
+    assert budget.admit() == (4, 0, "")
+    assert budget.ended() and budget.done

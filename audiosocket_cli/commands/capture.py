@@ -243,7 +243,9 @@ def _serve_workers(
         except ConnectError as exc:
             raise Failure(str(exc)) from None
         _refuse_loop(server, upstream, addresses)
-        budget = Budget(settings["max_calls"], settings["max_concurrent"], shared=True)
+        budget = Budget(
+            settings["max_calls"], settings["max_concurrent"], shared=True, workers=workers
+        )
         try:
             status = serve(server, worker_proxy(**settings), output, budget, workers, sys.stderr)
         except WorkerFailed as exc:

@@ -286,7 +286,7 @@ def _serve_workers(
         except ConnectError as exc:
             raise Failure(str(exc)) from None
         warm_up(config.record_dir is not None)  # once, before the workers are forked
-        budget = Budget(config.max_calls, config.max_concurrent, shared=True)
+        budget = Budget(config.max_calls, config.max_concurrent, shared=True, workers=workers)
         try:
             status = serve(listener, worker_server(config), output, budget, workers, env.stderr)
         except WorkerFailed as exc:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from audiosocket_cli.analysis.stats import AnalysisBudget
-from audiosocket_cli.engines.call import CallReport, Refusals, SessionClock, Tally
+from audiosocket_cli.engines.call import CallReport, SessionClock, Tally
 from audiosocket_cli.engines.workers import Budget
 from audiosocket_cli.media.recorder import call_recording
 from audiosocket_cli.net.address import Address
@@ -433,7 +433,7 @@ class Proxy:
         self._budget: Budget = self.budget
         self._queue: deque[tuple[Pipe, float, bytes | None]] = deque()
         self.reactor.after_turn = self.output.tick
-        self.refusals = Refusals(self.output, self.reactor)
+        self.refusals = self._budget.refusals(self.output, self.reactor)
         self._queued_bytes = 0
         self._decode_timer: Timer | None = None
         self._accepting = False

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from audiosocket_cli.analysis.stats import AnalysisBudget
-from audiosocket_cli.engines.call import CallReport, Refusals, SessionClock, Tally
+from audiosocket_cli.engines.call import CallReport, SessionClock, Tally
 from audiosocket_cli.engines.workers import Budget
 from audiosocket_cli.engines.workers import signals_deferred as signals_deferred
 from audiosocket_cli.media.recorder import call_recording
@@ -458,7 +458,7 @@ class Server:
         self.address: Address = bound_address(self.listener)
         self.listener.setblocking(False)
         self.reactor.after_turn = self.output.tick
-        self.refusals = Refusals(self.output, self.reactor)
+        self.refusals = self._budget.refusals(self.output, self.reactor)
 
     @classmethod
     def bind(cls, address: Address, output: Output, config: ListenConfig) -> Server:

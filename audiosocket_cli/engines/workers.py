@@ -47,6 +47,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from audiosocket_cli.engines.call import Refusals
 from audiosocket_cli.files.trace import TraceWriter
 from audiosocket_cli.net.address import Address
 from audiosocket_cli.net.reactor import Reactor
@@ -72,7 +73,7 @@ MARK_INTERVAL = 0.05  # s: a worker sends what it has, and how far it got, this 
 STALE = 0.5  # s: a worker not heard from for this long no longer holds the merge back
 FRAME_RECORDS = 2048  # records per frame at most
 MAX_BACKLOG = 8 << 20  # bytes of frames a worker keeps while its parent does not read
-FINAL_FLUSH = 2.0  # s: a worker's last frames, after its calls have ended
+FINAL_FLUSH = 0.5  # s: a worker's last frames, after its calls have ended
 READY_TIMEOUT = 30.0  # s: every worker listening, or the command fails
 STOP_GRACE = 10.0  # s: asked to stop, a worker that has not ended by then is killed
 HEADER = struct.Struct("!I")
@@ -113,28 +114,34 @@ def unavailable() -> str:
 # The shared budget
 
 
-_CONN, _STARTED, _ACTIVE, _ENDED = range(4)
+_CONN, _STARTED, _ACTIVE, _ENDED, _WORKERS = range(5)  # then each worker's calls going
 
 
 class Budget:
     """Connections numbered, and calls admitted against --max-calls and
-    --max-concurrent: in this process, or (`shared`) across worker processes, in
-    shared memory under one lock."""
+    --max-concurrent: in this process, or (`shared`, for `workers` processes)
+    across worker processes, in shared memory under one lock."""
 
     def __init__(
-        self, max_calls: int | None = None, max_concurrent: int = 1000, shared: bool = False
+        self,
+        max_calls: int | None = None,
+        max_concurrent: int = 1000,
+        shared: bool = False,
+        workers: int = 1,
     ) -> None:
         self.max_calls = max_calls
         self.max_concurrent = max_concurrent
+        self.worker = 0  # whose calls admit() and ended() count: 1... in each worker
         self._lock: contextlib.AbstractContextManager[Any]
         self._values: Any
+        size = _WORKERS + 1 + workers
         if shared:
             context = multiprocessing.get_context("fork")
             self._lock = context.Lock()
-            self._values = context.RawArray("q", 4)
+            self._values = context.RawArray("q", size)
         else:
             self._lock = contextlib.nullcontext()
-            self._values = [0, 0, 0, 0]
+            self._values = [0] * size
 
     def admit(self) -> tuple[int, int, str]:
         """A new connection: its number, the calls going at that moment, and "" if
@@ -150,6 +157,7 @@ class Budget:
             else:
                 values[_STARTED] += 1
                 values[_ACTIVE] = active + 1
+                values[_WORKERS + self.worker] += 1
                 limit = ""
             return values[_CONN], active, limit
 
@@ -159,7 +167,31 @@ class Budget:
             values = self._values
             values[_ACTIVE] -= 1
             values[_ENDED] += 1
+            values[_WORKERS + self.worker] -= 1
             return self.max_calls is not None and values[_ENDED] >= self.max_calls
+
+    def lost(self, worker: int) -> int:
+        """A worker died without ending its calls (killed): they count as ended, so
+        that the limits go on counting right. How many there were."""
+        with self._lock:
+            values = self._values
+            going = values[_WORKERS + worker]
+            values[_WORKERS + worker] = 0
+            values[_ACTIVE] -= going
+            values[_ENDED] += going
+            return int(going)
+
+    @property
+    def refused(self) -> int:
+        """Callers turned away so far, by every worker."""
+        with self._lock:
+            return int(self._values[_CONN] - self._values[_STARTED])
+
+    def refusals(self, output: Output, reactor: Reactor) -> Refusals:
+        """The Refusals of a server on this budget: its "in all" counts every worker's."""
+        return (
+            Refusals(output, reactor) if self.worker == 0 else SharedRefusals(output, reactor, self)
+        )
 
     @property
     def full(self) -> bool:
@@ -172,6 +204,22 @@ class Budget:
         """--max-calls calls have ended."""
         with self._lock:
             return self.max_calls is not None and self._values[_ENDED] >= self.max_calls
+
+
+class SharedRefusals(Refusals):
+    """Refusals whose "in all" is every worker's (the budget counts them)."""
+
+    def __init__(self, output: Output, reactor: Reactor, budget: Budget) -> None:
+        self._budget = budget
+        super().__init__(output, reactor)
+
+    @property
+    def total(self) -> int:
+        return self._budget.refused
+
+    @total.setter
+    def total(self, value: int) -> None:
+        pass  # counted by the budget, as the caller was refused
 
 
 # A worker's side
@@ -506,6 +554,9 @@ class Pool:
             self._theirs.append(theirs)
             self._buffers.append(bytearray())
         self.output.flush()  # nothing buffered is written twice, by a worker's copy too
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
         parent = os.getpid()
         for index in range(self.count):
             process = context.Process(
@@ -568,6 +619,7 @@ class Pool:
                 link.send(("fail", str(exc)))
                 link.finish()
                 sys.exit(ExitStatus.FAILED)
+        self.budget.worker = index + 1
         sink = ForwardSink(link, self.forms)
         output = Output([sink], sys.stderr)
         output.outlive_stdout = True
@@ -709,9 +761,11 @@ class Pool:
         self.merger.gone(index)
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(self.ends[index])
+        process = self.processes[index]
+        process.join(1.0)
+        if process.exitcode is None or process.exitcode < 0:
+            self.budget.lost(index + 1)  # killed: its calls never said they ended
         if not self.asked and index in self.ready and not self.budget.done:
-            process = self.processes[index]
-            process.join(1.0)
             how = _exit_text(process.exitcode)
             others = len(self.live)
             self.output.note(
