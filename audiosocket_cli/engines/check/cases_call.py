@@ -21,7 +21,7 @@ from audiosocket_cli.engines.check.results import PASS, Outcome, failed, passed,
 from audiosocket_cli.protocol.wire import Kind, Message
 
 CaseFunc = Callable[[CaseRun], Outcome]
-QUEUE_SLACK = 1.0  # s beyond the reference call's answer time that a caller waited: queued
+QUEUE_SLACK = 0.5  # s beyond the reference call's answer time that a caller waited: queued
 
 
 def rate_case(rate: int, seconds: float = 2.0) -> CaseFunc:

@@ -97,7 +97,7 @@ def alive(run: Run) -> str | None:
     try:
         sock = connect(run.address, timeout=min(CONNECT_TIMEOUT, run.timeout))
     except OSError as exc:
-        return f"it stopped accepting connections ({exc})"
+        return str(exc)
     try:
         sock.close()
     except OSError:
@@ -209,7 +209,7 @@ def run_check(
             return
         halted[0] = f"the application stopped accepting connections after case {result.id}"
         result.verdict = FAIL
-        result.reason = f"{halted[0]}: {why}; in this case: {result.reason}"
+        result.reason = f"{halted[0]} ({why}); in this case: {result.reason}"
 
     def one_at_a_time(batch: list[Case]) -> None:
         for k, case in enumerate(batch):
