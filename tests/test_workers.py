@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -171,6 +172,60 @@ def test_merged_output_is_whole_lines_in_time_order(tmp_path, listen_procs):
     assert {r["worker"] for r in events(proc, "call-start")} <= {1, 2}
 
 
+def test_human_display_on_a_terminal_shows_every_worker_s_calls(cli_env):
+    """stdout a terminal: the parent's rich display, fed by both workers (each call's
+    lines, its folded audio named by its UUID, as one process shows them)."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "audiosocket_cli", "listen", "127.0.0.1:0", "--workers", "2"]
+        + ["--echo", "--max-calls", "6"],
+        stdout=slave,
+        stderr=subprocess.PIPE,
+        env={**cli_env, "NO_COLOR": "1", "COLUMNS": "200"},
+        text=True,
+    )
+    os.close(slave)
+    shown = bytearray()
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            shown.extend(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert proc.stderr is not None
+        port = int(proc.stderr.readline().rsplit(":", 1)[1])
+        uuids = []
+        for n in range(6):
+            with AsteriskClient(("127.0.0.1", port)) as client:
+                uuids.append(client.send_uuid())
+                client.send_audio(pcm_for(600 + n, 0.1), paced=False)
+                client.send(Message.dtmf("7"))
+                assert client.wait_for(5, "audio")
+                client.close()
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        reader.join(5)
+        os.close(master)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode(errors="replace"))
+    for uuid in uuids:
+        short = uuid[:8]
+        assert f"{short} > dtmf" in text and f"{short} - call-end caller-close" in text
+        assert f"{short} - audio   > 5 frames  < 5 frames  8000 Hz" in text
+
+
 # One budget
 
 
@@ -223,13 +278,18 @@ def test_max_concurrent_is_counted_across_workers(listen_procs):
 
 
 def test_one_exit_status_a_broken_call_in_either_worker_is_3(listen_procs):
-    proc = listen_procs("--workers", "2", "--json", "--max-calls", "6")
+    """Plain lines this time: whole ones, each call's in its order."""
+    proc = listen_procs("--workers", "2", "--max-calls", "6")
     for i in range(5):
         call_with_audio(proc.address, 200 + i, 0.1)
     with socket.create_connection(proc.address) as garbage:
         garbage.sendall(b"GET / HTTP/1.1\r\n\r\n")
     assert proc.wait() == 3
-    assert sum(r["ended"] == "garbage" for r in events(proc, "call-end")) == 1
+    fields = [line.split(" ") for line in proc.stdout]
+    assert all(float(f[0]) >= 0 and f[2] in "<>-" and len(f) >= 5 for f in fields)
+    assert sum(f[2:4] == [">", "audio"] for f in fields) == 5 * 5
+    ends = [f for f in fields if f[3] == "call-end"]
+    assert len(ends) == 6 and sum(f[5] == "garbage" for f in ends) == 1
 
 
 # Ends

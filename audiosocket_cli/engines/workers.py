@@ -65,7 +65,7 @@ from audiosocket_cli.output.sinks import (
     TraceSink,
     noter,
 )
-from audiosocket_cli.protocol.events import CallInfo, Event
+from audiosocket_cli.protocol.events import CallEnd, CallInfo, CallStart, Event
 from audiosocket_cli.protocol.wire import Message
 from audiosocket_cli.status import ExitStatus, Terminated
 
@@ -860,6 +860,10 @@ class Merger:
         self.marks = [-math.inf] * count
         self.heard = [time.monotonic()] * count
         self.live = set(range(count))
+        # Each call going, as one CallInfo that learns its UUID as its records go by:
+        # what a sink keeps of a call (the human display's folded audio line) then
+        # names it as it would in one process, where there is one CallInfo per call.
+        self.calls: dict[int, CallInfo] = {}
 
     def add(self, index: int, mark: float | None, records: list[tuple[Any, ...]]) -> None:
         self.queues[index].extend(records)
@@ -869,6 +873,14 @@ class Merger:
 
     def gone(self, index: int) -> None:
         self.live.discard(index)
+
+    def _call(self, call: CallInfo) -> CallInfo:
+        known = self.calls.get(call.conn)
+        if known is None:
+            return call
+        if known.uuid is None and call.uuid is not None:
+            known.uuid = call.uuid
+        return known
 
     def release(self, now: float) -> None:
         """Everything up to the time every live worker has reached (math.inf: all)."""
@@ -902,10 +914,16 @@ class Merger:
             if lines:
                 output.lines(lines)
                 lines = []
+            call = self._call(record[2])
             if kind == "e":
-                output.emit(record[2], record[3])
+                event = record[3]
+                if isinstance(event, CallStart):
+                    self.calls[call.conn] = call
+                output.emit(call, event)
+                if isinstance(event, CallEnd):
+                    self.calls.pop(call.conn, None)
             else:
-                output.message(*record[2:])
+                output.message(call, *record[3:])
         if lines:
             output.lines(lines)
 
