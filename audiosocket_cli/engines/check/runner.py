@@ -14,8 +14,10 @@ that promise.
 
 from __future__ import annotations
 
+import select
 import threading
 import time
+import uuid as uuid_lib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -33,6 +35,7 @@ from audiosocket_cli.engines.check.probe import (
 )
 from audiosocket_cli.engines.check.results import (
     FAIL,
+    PASS,
     SECTIONS,
     Outcome,
     Report,
@@ -44,7 +47,9 @@ from audiosocket_cli.engines.check.suite import BY_ID, CASES
 from audiosocket_cli.net.address import Address
 from audiosocket_cli.net.transport import CONNECT_TIMEOUT, connect
 from audiosocket_cli.protocol.session import Mode, Rules
+from audiosocket_cli.protocol.wire import Message
 
+ALIVE_WATCH = 0.25  # s a thorough liveness probe watches its connection
 REFERENCE_AUDIO = 0.4  # s of our audio in the reference call, before waiting for an answer
 
 
@@ -91,17 +96,38 @@ def reach(run: Run) -> bool:
     return False
 
 
-def alive(run: Run) -> str | None:
-    """A quick liveness probe: a connect, the UUID, 0.1 s of audio, a close. None if
-    the application accepted it, else why not."""
-    try:
-        sock = connect(run.address, timeout=min(CONNECT_TIMEOUT, run.timeout))
-    except OSError as exc:
-        return str(exc)
-    try:
-        sock.close()
-    except OSError:
-        pass
+def alive(run: Run, thorough: bool = False) -> str | None:
+    """A liveness probe: a connect (and a close). None if the application accepted
+    it, else why not. `thorough` (after a case that did not pass: a crash may be
+    under way) also sends a UUID and a frame and watches the connection for
+    ALIVE_WATCH: a dying process's listening socket can still take a connection
+    and then reset it, so a connection cut at once is tried again."""
+    for attempt in range(2):
+        try:
+            sock = connect(run.address, timeout=min(CONNECT_TIMEOUT, run.timeout))
+        except OSError as exc:
+            return str(exc)
+        try:
+            if not thorough:
+                return None
+            cut = False
+            try:
+                sock.sendall(Message.for_uuid(str(uuid_lib.uuid4())).encode())
+                sock.sendall(Message.audio(bytes(320), 8000).encode())
+                deadline = time.monotonic() + ALIVE_WATCH
+                while (left := deadline - time.monotonic()) > 0:
+                    readable, _, _ = select.select([sock], [], [], left)
+                    if readable and not sock.recv(65536):
+                        cut = True
+                        break
+            except OSError:
+                cut = True
+            if not cut:
+                return None
+        finally:
+            sock.close()
+        if attempt == 0:
+            time.sleep(ALIVE_WATCH)
     return None
 
 
@@ -204,7 +230,7 @@ def run_check(
     def after_case(result: Result) -> None:
         """The application's health after a case that placed calls: a death is said
         once, by the case it followed, and the rest are skipped for it."""
-        why = alive(run)
+        why = alive(run, thorough=result.verdict != PASS)
         if why is None:
             return
         halted[0] = f"the application stopped accepting connections after case {result.id}"
@@ -236,7 +262,7 @@ def run_check(
             done = list(pool.map(lambda c: run_case(run, c), batch))
         for result in sorted(done, key=lambda r: CASES.index(BY_ID[r.id])):
             report(result)
-        why = alive(run)
+        why = alive(run, thorough=any(r.verdict != PASS for r in done))
         if why is not None:
             halted[0] = f"the application stopped accepting connections during section {section}"
 
