@@ -322,6 +322,49 @@ def test_signal_ends_every_call_with_whole_recordings(tmp_path, listen_procs, si
         assert wav_bytes(tmp_path / f"{uuid}.wav") == (pcm, 8000)
 
 
+def test_ctrl_c_on_a_terminal_reaches_every_process_and_ends_once(tmp_path, cli_env):
+    """A terminal's Ctrl-C is sent to the whole process group: parent and workers get it
+    at once. Each call ends once, `interrupted`, its recording whole; status 130."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "audiosocket_cli", "listen", "127.0.0.1:0", "--workers", "2"]
+        + ["--json", "--record", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env,
+        text=True,
+        start_new_session=True,  # a group of its own, as a shell gives a foreground job
+    )
+    sent = {}
+    clients = []
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        port = int(proc.stderr.readline().rsplit(":", 1)[1])
+        for n in range(6):
+            client = AsteriskClient(("127.0.0.1", port))
+            clients.append(client)
+            uuid = client.send_uuid()
+            sent[uuid] = pcm_for(700 + n, 0.2)
+            client.send_audio(sent[uuid], paced=False)
+        seen = 0
+        while seen < 6 * 10:  # every message shown: every call is going
+            seen += '"kind": "audio"' in proc.stdout.readline()
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        for client in clients:
+            client.abandon()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    assert proc.returncode == 130, err
+    ends = [json.loads(line) for line in out.splitlines() if '"call-end"' in line]
+    assert sorted(e["call"] for e in ends) == sorted(sent)
+    assert {e["ended"] for e in ends} == {"interrupted"}
+    assert err.count("interrupted") == 1 and "Traceback" not in err
+    for uuid, pcm in sent.items():
+        assert wav_bytes(tmp_path / f"{uuid}.wav") == (pcm, 8000)
+
+
 def test_parent_killed_ends_its_workers_and_their_calls(tmp_path, listen_procs):
     proc = listen_procs("--workers", "2", "--json", "--record", str(tmp_path))
     parent = proc.proc.pid
