@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
+import select
+import socket
+import struct
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,7 +17,7 @@ from typing import Any
 from audiosocket_cli.engines.load.periods import Aggregator, PeriodRow, PeriodStats
 from audiosocket_cli.engines.load.plan import LoadPlan
 from audiosocket_cli.engines.load.worker import Worker
-from audiosocket_cli.status import ExitStatus
+from audiosocket_cli.status import ExitStatus, die_with_parent
 
 # The whole run.
 
@@ -72,18 +77,124 @@ def run_load(
     return LoadResult(aggregator.totals, last.get("row"), stopped)
 
 
-def _worker_main(plan: LoadPlan, index: int, count: int, epoch: float, conn: Any) -> None:
-    import signal
+class ControllerPipe:
+    """A worker's end of its pipe to the controller. Records go out without ever
+    blocking: while the controller has not read the last one, the next is dropped
+    (said once on stderr): statistics are lost, never calls. The
+    controller's word ("stop"), or its end of file when it died, comes in on the
+    worker's reactor. Frames are multiprocessing's (a 4-byte big-endian length,
+    then the pickle), so the controller reads them with Connection.recv()."""
 
-    # The controller decides: it asks each worker to stop through the pipe, so that a
-    # terminal's Ctrl-C (sent to every process) does not stop a worker half-way twice.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    worker = Worker(plan, index=index, count=count, epoch=epoch, on_period=conn.send, control=conn)
+    SEND_BUFFER = 32768
+    FINAL_FLUSH = 0.5  # s the last record may wait for a controller that reads slowly
+
+    def __init__(self, conn: Any, index: int) -> None:
+        self.conn = conn
+        self.fd: int = conn.fileno()
+        self.index = index
+        os.set_blocking(self.fd, False)
+        try:
+            # A few periods' records in flight at most: a controller that stopped
+            # reading is noticed within seconds, not after megabytes.
+            with socket.socket(fileno=os.dup(self.fd)) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.SEND_BUFFER)
+        except OSError:
+            pass
+        self.pending = bytearray()
+        self.dropped = 0
+        self.gone = False
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def send(self, record: dict[str, Any]) -> None:
+        if self.gone:
+            return
+        self._flush()
+        if self.pending:
+            self._drop()
+            return
+        data = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
+        frame = struct.pack("!i", len(data)) + data
+        try:
+            sent = os.write(self.fd, frame)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.gone = True
+            return
+        if sent < len(frame):
+            self.pending += frame[sent:]  # a frame begun must be finished
+
+    def _flush(self) -> None:
+        if not self.pending or self.gone:
+            return
+        try:
+            sent = os.write(self.fd, self.pending)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.gone = True
+            self.pending.clear()
+            return
+        del self.pending[:sent]
+
+    def _drop(self) -> None:
+        if not self.dropped:
+            print(
+                f"audiosocket: warning: load worker {self.index}: the controller is not "
+                "reading; statistics are dropped until it does (the calls go on)",
+                file=sys.stderr,
+                flush=True,
+            )
+        self.dropped += 1
+
+    def stop_asked(self) -> bool:
+        """The pipe is readable: the controller asked us to stop, or it is gone."""
+        try:
+            data = os.read(self.fd, 4096)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            data = b""
+        if not data:
+            self.gone = True
+        return True
+
+    def close(self) -> None:
+        deadline = time.monotonic() + self.FINAL_FLUSH
+        while self.pending and not self.gone and time.monotonic() < deadline:
+            select.select([], [self.fd], [], max(0.0, deadline - time.monotonic()))
+            self._flush()
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+
+
+def _worker_main(
+    plan: LoadPlan,
+    index: int,
+    count: int,
+    epoch: float,
+    conn: Any,
+    inherited: list[int],
+    parent: int,
+) -> None:
+    # The parent's ends of every pipe, ours included, came with the fork: closed, so
+    # that the parent's death is an end of file here (and no sibling keeps ours open).
+    for fd in inherited:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    die_with_parent(parent)  # SIGTERM the moment it dies: the reactor ends every call
+    pipe = ControllerPipe(conn, index)
+    worker = Worker(plan, index=index, count=count, epoch=epoch, on_period=pipe.send, control=pipe)
     try:
         worker.run()
     finally:
-        conn.close()
+        pipe.close()
 
 
 def _run_processes(plan: LoadPlan, workers: int, epoch: float, aggregator: Aggregator) -> str:
@@ -104,9 +215,10 @@ def _run_processes(plan: LoadPlan, workers: int, epoch: float, aggregator: Aggre
     try:
         for index in range(workers):
             ours, theirs = context.Pipe()
+            inherited = [c.fileno() for c in (*conns, ours)]
             process = context.Process(  # type: ignore[attr-defined]
                 target=_worker_main,
-                args=(plan, index, workers, epoch, theirs),
+                args=(plan, index, workers, epoch, theirs, inherited, os.getpid()),
                 daemon=True,
                 name=f"audiosocket-load-{index}",
             )

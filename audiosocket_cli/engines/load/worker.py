@@ -250,11 +250,10 @@ class Worker:
         self._finish()
 
     def _control(self) -> None:
-        try:
-            message = self.control.recv()
-        except (EOFError, OSError):
-            message = "stop"  # the controller is gone: stop
-        if message == "stop":
+        # The controller's only word is "stop"; its end of file means it died.
+        if self.control.stop_asked():
+            if self.control.gone:
+                self.reactor.forget(self.control)
             self.stop("interrupted")
 
     def _finish(self) -> None:
