@@ -25,6 +25,7 @@ noise. Exits non-zero only when the benchmark could not run. Traffic goes to
     python benchmarks/bench_listen_workers.py                  # both parts
     python benchmarks/bench_listen_workers.py --skip-capacity  # 1600 calls only
     python benchmarks/bench_listen_workers.py --calls 800 --seconds 5 --start 300
+    python benchmarks/bench_listen_workers.py --server-cpus 0,1 --client-cpus 2,3,4,5
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ import bench_listen_echo as echo
 READY_TIMEOUT = 120.0
 
 
+CPUS: dict[str, set[int] | None] = {"server": None, "client": None}  # --server-cpus...
+
+
 def run(calls: int, workers: int, seconds: float, procs: int) -> dict[str, Any]:
     """`calls` paced calls for `seconds` against listen --workers `workers` (0: the trivial
     selector echo server of _client.py instead, the floor): the figures."""
@@ -54,7 +58,7 @@ def run(calls: int, workers: int, seconds: float, procs: int) -> dict[str, Any]:
     if workers == 0:
         argv = [sys.executable, _client.__file__, "echo-server", "127.0.0.1:0"]
     load_before = _client.loadavg()
-    server = _client.ServerProcess(argv)
+    server = _client.ServerProcess(argv, cpus=CPUS["server"])
     context = multiprocessing.get_context("spawn")
     processes: list[Any] = []
     pipes: list[multiprocessing.connection.Connection] = []
@@ -66,7 +70,14 @@ def run(calls: int, workers: int, seconds: float, procs: int) -> dict[str, Any]:
             ours, theirs = context.Pipe()
             process = context.Process(
                 target=echo.worker,
-                args=(server.port, mine, [offsets[i] for i in mine], seconds, theirs),
+                args=(
+                    server.port,
+                    mine,
+                    [offsets[i] for i in mine],
+                    seconds,
+                    theirs,
+                    CPUS["client"],
+                ),
                 daemon=True,
             )
             process.start()
@@ -192,7 +203,17 @@ def main(argv: list[str] | None = None) -> int:
         help="first run --calls against a trivial selector echo server (no decoding, no"
         " output): what this machine and client carry at all",
     )
+    for who in ("server", "client"):
+        parser.add_argument(
+            f"--{who}-cpus",
+            metavar="LIST",
+            help=f"CPUs the {who} may run on, e.g. 0,1 (default: any); on a machine with"
+            " cores to spare, give the load generator cores of its own",
+        )
     args = parser.parse_args(argv)
+    for who in ("server", "client"):
+        chosen = getattr(args, f"{who}_cpus")
+        CPUS[who] = {int(c) for c in chosen.split(",")} if chosen else None
     if not _client.command_works(_client.cli_command("listen", "--help")):
         print("bench_listen_workers: `audiosocket listen --help` fails", file=sys.stderr)
         return 1
