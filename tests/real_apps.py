@@ -145,9 +145,14 @@ class Clip:
     def pcm(self, rate: int) -> bytes:
         with self._lock:
             if rate not in self._pcm:
-                from audiosocket_cli.media.audio import resample, to_pcm16
+                import numpy as np
+                import soxr
 
-                self._pcm[rate] = to_pcm16(resample(self.samples, self.rate, rate))
+                samples = self.samples
+                if rate != self.rate:
+                    samples = soxr.resample(samples, self.rate, rate, quality="HQ")
+                scaled = np.clip(np.round(samples * 32768.0), -32768, 32767)
+                self._pcm[rate] = scaled.astype("<i2").tobytes()
             return self._pcm[rate]
 
     def frame(self, k: int, rate: int) -> bytes:
