@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from audiosocket_cli.analysis.speech import (
     FRAME_SECONDS,
@@ -489,6 +491,46 @@ def test_bad_options(options: dict[str, int]) -> None:
 def test_bad_rate() -> None:
     with pytest.raises(ValueError):
         SpeechDetector().feed(0.0, bytes(320), 0)
+
+
+@st.composite
+def hostile_calls(draw: st.DrawFn) -> list[tuple[float, bytes, int]]:
+    """Messages of any length, content, rate and arrival (rates may change, times
+    may go back), with loud stretches so that segments open and close."""
+    rates = st.sampled_from(ALL_RATES)
+    out = []
+    t = 0.0
+    for _ in range(draw(st.integers(1, 40))):
+        t = max(0.0, t + draw(st.floats(-0.05, 0.5)))
+        size = draw(st.integers(0, 2000))
+        fill = draw(st.sampled_from(["zeros", "loud", "random"]))
+        if fill == "zeros":
+            payload = bytes(size)
+        elif fill == "loud":
+            payload = bytes([0x00, 0x40, 0x00, 0xC0] * (size // 4 + 1))[:size]
+        else:
+            payload = draw(st.binary(min_size=size, max_size=size))
+        out.append((t, payload, draw(rates)))
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(hostile_calls(), st.booleans(), st.floats(0.0, 30.0))
+def test_any_input_gives_ordered_segments(
+    messages: list[tuple[float, bytes, int]], ends_at: bool, end: float
+) -> None:
+    detector = SpeechDetector()
+    for t, payload, rate in messages:
+        detector.feed(t, payload, rate)
+        detector.advance(t + 0.4)
+    detector.finish(end if ends_at else None)
+    segments = detector.segments
+    for segment in segments:
+        assert segment.start < segment.end
+    for a, b in zip(segments, segments[1:], strict=False):
+        assert a.end <= b.start
+    assert detector.first_speech == (segments[0].start if segments else None)
+    assert not detector.speaking
 
 
 def test_importing_it_loads_no_numpy_soxr_or_webrtcvad() -> None:

@@ -292,6 +292,7 @@ class SpeechDetector:
                 if self._resampler is None
                 else self._time_at(self._out_pos + count - 1) + 1 / self._vad_rate
             )
+            end = min(end, self._play_end)  # the resampler's rounding: not past the input
             frame = bytes(buf) + self._zeros[len(buf) :]  # the caller hears silence after it
             buf.clear()
             self._frame(start, end, frame)
@@ -349,7 +350,7 @@ class SpeechDetector:
         while len(buf) - pos >= step:
             first = self._out_pos
             start = self._time_at(first)
-            end = self._time_at(first + count - 1) + 1 / self._vad_rate
+            end = min(self._time_at(first + count - 1) + 1 / self._vad_rate, self._play_end)
             self._out_pos = first + count
             self._frame(start, end, bytes(buf[pos : pos + step]))
             pos += step
@@ -430,7 +431,7 @@ class SpeechDetector:
         at = next((i for i in range(len(frames) - 1, -1, -1) if frames[i][0] <= first), None)
         if at is None:
             return first
-        floor = self._closed[-1].end - CONTIGUOUS if self._closed else -math.inf
+        floor = self._closed[-1].end if self._closed else -math.inf
         # Back to back before it, not silent, after the last segment: nearest first.
         edge = at
         while at - edge < EXTEND_FRAMES and edge > 0:
