@@ -25,6 +25,7 @@ from audiosocket_cli.protocol.session import Ended, Problem, Received, Role, Ses
 from audiosocket_cli.protocol.wire import AUDIO_RATES, RATE_KINDS, Message
 from audiosocket_cli.status import Terminated
 
+PHASE_STEP = (5**0.5 - 1) / 2  # the golden ratio's fraction: a low-discrepancy sequence
 SLOT_SECONDS = 0.001  # calls starting within the same millisecond of the grid share a tick
 RECV_SIZE = 65536  # a load call's read; small enough never to need a fresh mmap
 GAP = 0.200  # s without audio, once the application had been talking, is a gap
@@ -464,9 +465,15 @@ class Worker:
         call.ours(0.0, uuid_message)
         if call.state != "up":
             return
-        # The first frame goes on the next millisecond of the grid; the call's media
-        # clock starts there, and its slot's tick sends it every 20 ms after.
-        step = math.ceil((now - self.epoch) / SLOT_SECONDS)
+        # Each call has its own phase of the 20 ms cycle, as Asterisk's per-channel
+        # timers give it: calls started a whole number of frames apart (any --rate
+        # that divides 50) would otherwise all send in the same millisecond. The
+        # phases follow the golden-ratio sequence of call numbers, evenly spread
+        # whatever the rate; calls that share a phase share one tick. The first
+        # frame goes at the call's phase on or after now; its media clock starts there.
+        phase = int((call.n * PHASE_STEP) % 1.0 * self.slot_count)
+        first = math.ceil((now - self.epoch) / SLOT_SECONDS)
+        step = first + (phase - first) % self.slot_count
         slot = self.slots[step % self.slot_count]
         call.slot = slot
         slot.calls[call.n] = call
