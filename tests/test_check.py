@@ -132,7 +132,11 @@ def test_full_run_against_listen_echo(listen: Any, tmp_path: Path) -> None:
     for record in found.values():
         assert set(record) >= {"id", "section", "name", "verdict", "reason", "evidence", "t"}
         assert record["duration"] >= 0
-        assert record["verdict"] == "pass", record
+        # On a busy machine our own sends can be late: the tool then says its timing
+        # verdict was disturbed (a warn), never that the application failed.
+        assert record["verdict"] == "pass" or (
+            record["verdict"] == "warn" and record["reason"].startswith("measurement disturbed")
+        ), record
     assert proc.returncode == 0
     took = float(re.search(r"in ([\d.]+)s against", proc.stderr).group(1))  # type: ignore[union-attr]
     assert took < 60
