@@ -208,6 +208,11 @@ def converse(
         utterances = load_utterances(plan, rate)
     except ScenarioError as exc:
         raise ScenarioProblem(str(exc)) from None
+    if record_path is not None and Path(record_path).suffix.lower() != ".wav":
+        raise click.BadParameter(
+            f"{record_path!r}: the stereo recording is a WAV file (FILE.wav)",
+            param_hint="--record",
+        )
     for path, option in ((record_path, "--record"), (junit_path, "--junit")):
         if path is not None:
             _check_writable(Path(path), option)
@@ -241,11 +246,19 @@ def converse(
 
 def _check_writable(path: Path, option: str) -> None:
     """A file that cannot be written is a one-line failure before the call."""
-    from audiosocket_cli.media.recorder import check_writable
-
-    problem = check_writable(path)
-    if problem:
-        raise Failure(f"{problem} ({option})")
+    if path.is_dir():
+        raise Failure(f"{path}: is a directory ({option})")
+    existed = path.exists()
+    try:
+        with path.open("ab"):
+            pass
+    except OSError as exc:
+        raise Failure(f"{path}: cannot write: {exc.strerror or exc} ({option})") from None
+    if not existed:
+        try:
+            path.unlink()
+        except OSError:
+            pass
 
 
 def _run(

@@ -47,6 +47,7 @@ from audiosocket_cli.protocol.wire import AUDIO_RATES, Message
 
 DEFAULT_PORT = 9092
 STEREO_FLUSH_LAG = 1.0  # s: the stereo file is written up to this far behind the call
+SOUNDING = 0.1  # s: the agent's audio was loud this recently: it is speaking, not pausing
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class AgentView:
 
     speaking: bool
     segments: tuple[tuple[float, float], ...]  # the open one last while speaking
+    sounding: bool = False  # its audio is not silent now (not a pause within speech)
 
     @property
     def start(self) -> float | None:
@@ -82,13 +84,18 @@ class AgentEar:
         self.detector = SpeechDetector(**detector)
         self.stereo = stereo
         self._play_end = float("-inf")
+        self._loud_end = float("-inf")
 
     def heard(self, t: float, payload: bytes, rate: int) -> None:
         seconds = (len(payload) // 2) / rate
+        # Sound: a sample's high byte neither 0x00 nor 0xff (peak above -42 dBFS).
+        loud = bool(payload[1::2].translate(None, b"\x00\xff"))
         with self.lock:
             play = max(t, self._play_end)  # the detector's playout clock, the same rule
             self.detector.feed(t, payload, rate)
             self._play_end = play + seconds
+            if loud:
+                self._loud_end = self._play_end
             if self.stereo is not None:
                 self.stereo.add(RIGHT, play, payload, rate)
 
@@ -98,6 +105,7 @@ class AgentEar:
             return AgentView(
                 self.detector.speaking,
                 tuple((s.start, s.end) for s in self.detector.segments),
+                now - self._loud_end < SOUNDING,
             )
 
     def finish(self, t: float) -> list[tuple[float, float]]:
@@ -302,7 +310,8 @@ class Script:
             if turn is None:
                 # Into the agent's own speech: not speech it began while the caller spoke.
                 start, spoke = agent.start, self._last_speech_end()
-                if start is not None and start >= spoke - FRAME and m >= start + step.after:
+                into = start is not None and start >= spoke - FRAME and m >= start + step.after
+                if into and agent.sounding:
                     self._say(p, m)
                     return None
                 return "timeout" if waited >= step.timeout else None
