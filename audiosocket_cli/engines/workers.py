@@ -378,7 +378,11 @@ class Link:
     def send(self, obj: Any) -> None:
         if self.closed:
             return
-        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # a bug: the output is lost, never the calls
+            noter(sys.stderr)(f"worker {self.index}: output lost: {type(exc).__name__}: {exc}")
+            return
         frame = HEADER.pack(len(data)) + data
         if self.pending:
             if len(self.pending) + len(frame) > MAX_BACKLOG:
