@@ -75,6 +75,14 @@ def check(address: Any, *args: str) -> subprocess.CompletedProcess:
     return tool("check", str(address), "--json", *args)
 
 
+def load(address: Any, calls: int, duration: float, *args: str) -> subprocess.CompletedProcess:
+    """`calls` calls at once, and no more, of `duration` seconds, on one worker."""
+    return tool(
+        "load", str(address), "--calls", str(calls), "--rate", "10", "--total", str(calls),
+        "--duration", str(duration), "--json", "--workers", "1", *args,
+    )  # fmt: skip
+
+
 # A slow greeter: first words at 1.2 s, then a turn-taker.
 
 
@@ -88,21 +96,7 @@ def greeter() -> Iterator[dict[str, subprocess.CompletedProcess]]:
         yield run_all(
             {
                 "check": lambda: check(app.address, *[a for i in ids for a in ("--case", i)]),
-                "load": lambda: tool(
-                    "load",
-                    str(late.address),
-                    "--calls",
-                    "3",
-                    "--rate",
-                    "10",
-                    "--total",
-                    "3",
-                    "--duration",
-                    "4",
-                    "--json",
-                    "--workers",
-                    "1",
-                ),
+                "load": lambda: load(late.address, 3, 4),
             }
         )
 
@@ -147,19 +141,7 @@ def tts() -> Iterator[dict[str, subprocess.CompletedProcess]]:
                 "clock": lambda: check(clock.address, "--case", "2.1", "--case", "3.1"),
                 "stalls": lambda: check(stalls.address, "--case", "2.1", "--case", "3.1"),
                 "dial": lambda: tool("dial", str(clock.address), "--duration", "4.5", "--json"),
-                "load": lambda: tool(
-                    "load",
-                    str(stalls.address),
-                    "--calls",
-                    "3",
-                    "--total",
-                    "3",
-                    "--duration",
-                    "4.5",
-                    "--json",
-                    "--workers",
-                    "1",
-                ),
+                "load": lambda: load(stalls.address, 3, 4.5),
             }
         )
 
@@ -286,33 +268,9 @@ def gated() -> Iterator[dict[str, subprocess.CompletedProcess]]:
                     register,
                     *[a for i in ("1.1", "2.1", "2.7", "2.8", "4.5") for a in ("--case", i)],
                 ),
-                "load": lambda: tool(
-                    "load",
-                    str(loaded.address),
-                    "--calls",
-                    "2",
-                    "--total",
-                    "2",
-                    "--duration",
-                    "1",
-                    "--json",
-                    "--workers",
-                    "1",
-                ),
-                "load-registered": lambda: tool(
-                    "load",
-                    str(loaded.address),
-                    "--calls",
-                    "2",
-                    "--total",
-                    "2",
-                    "--duration",
-                    "1",
-                    "--json",
-                    "--workers",
-                    "1",
-                    "--before-call",
-                    register_command(loaded),
+                "load": lambda: load(loaded.address, 2, 1),
+                "load-registered": lambda: load(
+                    loaded.address, 2, 1, "--before-call", register_command(loaded)
                 ),
             }
         )
@@ -364,19 +322,7 @@ def quiet() -> Iterator[tuple[RealApp, dict[str, subprocess.CompletedProcess]]]:
             run_all(
                 {
                     "check": lambda: check(app.address, "--case", "2.1", "--case", "3.7"),
-                    "load": lambda: tool(
-                        "load",
-                        str(silent.address),
-                        "--calls",
-                        "2",
-                        "--total",
-                        "2",
-                        "--duration",
-                        "2",
-                        "--json",
-                        "--workers",
-                        "1",
-                    ),
+                    "load": lambda: load(silent.address, 2, 2),
                 }
             ),
         )

@@ -19,6 +19,7 @@ load generator never waits on one call's command.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import time
@@ -93,22 +94,19 @@ def run_before_call(
 ) -> None:
     """Run it and wait; BeforeCallFailed unless it exits 0 in time."""
     try:
-        done = subprocess.run(
-            command,
-            shell=True,
-            env=before_call_env(uuid, n, address),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            timeout=timeout,
-            start_new_session=True,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise BeforeCallFailed(_failure(command, None, exc.output or b"", timeout)) from None
+        before = BeforeCall(command, uuid, n, address, timeout)
     except OSError as exc:
         raise BeforeCallFailed(f"--before-call {command!r} could not run: {exc}") from None
-    if done.returncode != 0:
-        raise BeforeCallFailed(_failure(command, done.returncode, done.stdout, timeout))
+    while True:
+        left = before.deadline - time.monotonic()
+        if left <= 0:
+            raise BeforeCallFailed(before.kill())
+        select.select([before.pipe], [], [], left)
+        if before.read():
+            break
+    why = before.result()
+    if why is not None:
+        raise BeforeCallFailed(why)
 
 
 class BeforeCall:
