@@ -358,3 +358,17 @@ def test_smaller_frames_in_bursts_to_a_large_frame_caller_are_a_burst() -> None:
             app.add(i + 0.001 * j, Message(Kind.AUDIO_8K, bytes(3200)))
     assert app.max_window_audio == pytest.approx(0.8)
     assert codes(diagnose_application(app, asterisk, frame_ms=200)) == ["burst"]
+
+
+def test_small_bursts_fast_on_average_are_pacing_named_bursts() -> None:
+    """Four frames at once every 78 ms: never 100 ms within 20 ms, but 4% fast."""
+    app = paced_app()
+    t = 0.0
+    for k in range(200):
+        app.add(t, Message(Kind.AUDIO_8K, bytes(320)))
+        if k % 4 == 3:
+            t += 0.078
+    found = diagnose_application(app, caller(4))
+    assert codes(found) == ["pacing"]
+    assert "1.041x real time over 4.0 s of audio" in text(found, "pacing")
+    assert "bursts (150 of 200 messages came ahead of time)" in text(found, "pacing")
