@@ -3,22 +3,31 @@
 Its decoding is checked message by message against `audiosocket trace --json`
 of the same file: pcaps written with PcapWriter (messages split across
 segments, many in one segment, IPv4 and IPv6, port 9092 and the UUID
-heuristic) and a real `tcpdump -i lo` capture of `dial` calling `listen`.
-Also: expert info, display filters, and the `audiosocket dissector` command.
+heuristic) and real `tcpdump -i lo` captures of `dial` calling `listen`, and of
+`listen --play` speaking before its caller's UUID. The heuristic's rule is checked
+edge by edge, and against real captures of what is not AudioSocket (HTTP, TLS,
+garbage). Also: expert info, display filters, and the `audiosocket dissector` command.
 """
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import os
+import random
 import selectors
 import shutil
 import signal
+import socket
+import ssl
 import struct
 import subprocess
+import threading
 import time
+import urllib.request
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -367,37 +376,90 @@ def _wait_for_line(proc: subprocess.Popen[bytes], wanted: str) -> str:
     raise AssertionError(f"no {wanted!r} from {proc.args!r} in {DEADLINE} s: {seen!r}")
 
 
-def _connection_closed(path: Path) -> bool:
-    """Has each side of the capture's connection sent its FIN (or either an RST)?"""
+def _closed_connections(path: Path) -> int:
+    """How many of the capture's connections have ended: a FIN from each side, or an RST.
+
+    0 while the file's header or a packet is still being written.
+    """
     try:
-        data = path.read_bytes()
-        reader = dpkt.pcap.Reader(io.BytesIO(data))
-        fins = set()
+        reader = dpkt.pcap.Reader(io.BytesIO(path.read_bytes()))
+        fins: dict[tuple[int, int], set[int]] = {}
+        reset: set[tuple[int, int]] = set()
         for _, buf in reader:
             ip = dpkt.ethernet.Ethernet(buf).data
             tcp = getattr(ip, "data", None)
             if not isinstance(tcp, dpkt.tcp.TCP):
                 continue
+            key = (min(tcp.sport, tcp.dport), max(tcp.sport, tcp.dport))
             if tcp.flags & dpkt.tcp.TH_RST:
-                return True
+                reset.add(key)
             if tcp.flags & dpkt.tcp.TH_FIN:
-                fins.add(tcp.sport)
-        return len(fins) == 2
+                fins.setdefault(key, set()).add(tcp.sport)
+        return len(reset | {key for key, sides in fins.items() if len(sides) == 2})
     except (ValueError, struct.error, dpkt.UnpackError, OSError):
-        return False  # the header or a packet is still being written
+        return 0
 
 
 def _tcpdump_usable() -> bool:
     return shutil.which("tcpdump") is not None and os.geteuid() == 0
 
 
-def test_real_call_captured_by_tcpdump(tmp_path: Path, cli_env: dict[str, str]) -> None:
-    """`dial` calls `listen --echo` on 127.0.0.1 while tcpdump captures `lo`."""
+def _listening_port(listen: subprocess.Popen[bytes]) -> int:
+    first = _wait_for_line(listen, "listening on ")
+    assert first.startswith("listening on "), first
+    return int(first.split()[-1].rsplit(":", 1)[1])
+
+
+def need_tcpdump() -> None:
+    """Skipped without tcpdump and root (or tshark), except in CI, which has them."""
     need_tshark()
     if not _tcpdump_usable():
         if os.environ.get("CI"):
             pytest.fail("tcpdump and root are needed, and CI has them")
         pytest.skip("tcpdump is not installed or not root")
+
+
+def start_tcpdump(capture: Path, ports: list[int]) -> subprocess.Popen[bytes]:
+    """tcpdump writing what passes on `lo` to or from these ports, once it captures.
+
+    Not --immediate-mode: libpcap then rings packets in slots of the snapshot length
+    (256 KiB), 8 of them in the default buffer, and a burst of small writes overflows
+    it. Packets reach the file within tcpdump's timeout (1 s) instead.
+    """
+    expression = " or ".join(f"tcp port {port}" for port in ports)
+    dump = subprocess.Popen(
+        ["tcpdump", "-i", "lo", "-U", "-B", "16384", "-w", str(capture), expression],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    # tcpdump says so once its filter is on the socket: every packet after is captured.
+    if "listening on" not in _wait_for_line(dump, "listening on"):
+        dump.kill()
+        dump.wait(timeout=DEADLINE)
+        pytest.skip("tcpdump cannot capture on lo")
+    return dump
+
+
+def stop_tcpdump(dump: subprocess.Popen[bytes], capture: Path, connections: int) -> None:
+    """Stop tcpdump once every connection's end is in the file, so none is lost on the way."""
+    deadline = time.monotonic() + DEADLINE
+    while _closed_connections(capture) < connections:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"tcpdump never wrote the end of {connections} connection(s)")
+        time.sleep(0.05)
+    dump.send_signal(signal.SIGINT)
+    assert dump.wait(timeout=DEADLINE) == 0
+
+
+def end_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def test_real_call_captured_by_tcpdump(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """`dial` calls `listen --echo` on 127.0.0.1 while tcpdump captures `lo`."""
+    need_tcpdump()
     capture = tmp_path / "call.pcap"
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -407,18 +469,9 @@ def test_real_call_captured_by_tcpdump(tmp_path: Path, cli_env: dict[str, str]) 
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=cli_env,
         )  # fmt: skip
         procs.append(listen)
-        first = _wait_for_line(listen, "listening on ")
-        assert first.startswith("listening on "), first
-        port = int(first.split()[-1].rsplit(":", 1)[1])
-        dump = subprocess.Popen(
-            ["tcpdump", "-i", "lo", "-U", "--immediate-mode", "-w", str(capture),
-             f"tcp port {port}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
+        port = _listening_port(listen)
+        dump = start_tcpdump(capture, [port])
         procs.append(dump)
-        # tcpdump says so once its filter is on the socket: every packet after is captured.
-        if "listening on" not in _wait_for_line(dump, "listening on"):
-            pytest.skip("tcpdump cannot capture on lo")
         call = subprocess.run(
             [PYTHON, "-m", "audiosocket_cli", "dial", f"127.0.0.1:{port}", UUID_A,
              "--tone", "440", "--duration", "1", "--dtmf", "12@0.5", "-q"],
@@ -426,19 +479,9 @@ def test_real_call_captured_by_tcpdump(tmp_path: Path, cli_env: dict[str, str]) 
         )  # fmt: skip
         assert call.returncode == 0, call.stderr
         assert listen.wait(timeout=DEADLINE) == 0
-        # Both FINs are in the file before tcpdump is stopped, so none is lost on the way.
-        deadline = time.monotonic() + DEADLINE
-        while not _connection_closed(capture):
-            if time.monotonic() > deadline:
-                raise AssertionError("tcpdump never wrote the end of the call")
-            time.sleep(0.05)
-        dump.send_signal(signal.SIGINT)
-        assert dump.wait(timeout=DEADLINE) == 0
+        stop_tcpdump(dump, capture, 1)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=5)
+        end_all(procs)
 
     # Heuristics first: the ephemeral port might be one a Wireshark dissector claims.
     shown = dissected(capture, "-o", "tcp.try_heuristic_first:TRUE")
@@ -459,6 +502,422 @@ def test_real_call_captured_by_tcpdump(tmp_path: Path, cli_env: dict[str, str]) 
         "-Y", 'audiosocket.digit == "2"', "-T", "fields", "-e", "audiosocket.digit",
     )  # fmt: skip
     assert digits.split() == ["2"]
+
+
+# The heuristic: an application that speaks first, and what is not AudioSocket.
+
+# Every other protocol off, so that no other dissector takes a payload (by its port or its
+# own heuristic) before AudioSocket's heuristic sees it. (A few heuristics stay on all the
+# same, Q.931 over TPKT among them: 03 00 ... is theirs.)
+OTHERS_OFF = (
+    "--disable-protocol", "ALL",
+    "--enable-protocol", "frame,eth,ip,ipv6,tcp,audiosocket",
+)  # fmt: skip
+HEURISTICS_FIRST = ("-o", "tcp.try_heuristic_first:TRUE")
+DTMF_AFTER = {40: "1", 80: "2", 120: "3"}  # audio message number -> the digit sent after it
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, f"the peer closed after {len(data)} of {size} bytes"
+        data += chunk
+    return data
+
+
+def _drain(sock: socket.socket) -> None:
+    """Read until the peer closes."""
+    while sock.recv(65536):
+        pass
+
+
+def test_application_speaking_first_is_found(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """`listen --play` writes as soon as it accepts, before the caller's UUID: a real
+    capture of that, on a port other than 9092, reads as `trace` reads it."""
+    need_tcpdump()
+    capture = tmp_path / "app-first.pcap"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        listen = subprocess.Popen(
+            [PYTHON, "-m", "audiosocket_cli", "listen", "127.0.0.1:0", "--play",
+             str(ROOT / "samples" / "hello-8k.wav"), "--max-calls", "1", "-q"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=cli_env,
+        )  # fmt: skip
+        procs.append(listen)
+        port = _listening_port(listen)
+        assert port != 9092
+        dump = start_tcpdump(capture, [port])
+        procs.append(dump)
+        with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as sock:
+            # The application's first audio message arrives before anything is sent.
+            first = _recv_exactly(sock, 3 + 320)
+            assert first[:3] == b"\x10\x01\x40"
+            time.sleep(0.05)  # a caller slow with its UUID, as Asterisk may be
+            sock.sendall(Message.for_uuid(UUID_A).encode())
+            for n in range(150):
+                sock.sendall(audio(8000, 160, seed=n).encode())
+                if n in DTMF_AFTER:
+                    sock.sendall(Message.dtmf(DTMF_AFTER[n]).encode())
+            sock.shutdown(socket.SHUT_WR)
+            _drain(sock)
+        assert listen.wait(timeout=DEADLINE) == 0
+        stop_tcpdump(dump, capture, 1)
+    finally:
+        end_all(procs)
+
+    records = traced(capture, cli_env)
+    assert (records[0]["dir"], records[0]["kind"]) == ("<", "audio")  # the application first
+    # The same messages, in the same order, with the same directions; also when Wireshark
+    # dissects the packets again (as when they are clicked).
+    assert_same_messages(dissected(capture, *OTHERS_OFF), records)
+    shown = dissected(capture, *HEURISTICS_FIRST)
+    assert_same_messages(shown, records)
+    assert dissected(capture, "-2", *HEURISTICS_FIRST) == shown
+    assert shown[0]["dir"] == "<" and shown[0]["rate"] == 8000
+    assert [m["uuid"] for m in shown if m["type"] == 1] == [UUID_A]
+    assert next(m for m in shown if m["dir"] == ">")["type"] == 1  # Asterisk's first: the UUID
+    assert sum(m["dir"] == ">" and m.get("rate") == 8000 for m in shown) == 150
+    assert "".join(m["digit"] for m in shown if "digit" in m) == "123"
+    assert {m["type"] for m in shown if m["dir"] == "<"} == {0x10}
+    assert [m for m in shown if {"malformed", "refused"} & set(m["experts"])] == []
+
+
+def _serve_once(greeting: bytes = b"") -> tuple[socket.socket, threading.Thread]:
+    """A listening socket whose one connection gets `greeting` at once, then is read to
+    its end and closed."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(DEADLINE)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(DEADLINE)
+            conn.sendall(greeting)
+            _drain(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+def _call_once(port: int, data: bytes, wait_for: int = 0) -> None:
+    """Connect, read `wait_for` bytes, send `data`, close, and wait for the server's close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as sock:
+        _recv_exactly(sock, wait_for)
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        _drain(sock)
+
+
+class _Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        body = b"hello\n" * 50
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path] | None:
+    """(certificate, key) made by the openssl command, or None where it is missing."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        return None
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+def _tls_exchange(cert: Path, key: Path) -> tuple[int, Callable[[], None]]:
+    """A TLS server on a port of its own: (port, a function making one client connection)."""
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(DEADLINE)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.settimeout(DEADLINE)
+        with server_context.wrap_socket(conn, server_side=True) as tls:
+            tls.sendall(tls.recv(1024).upper())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    def client() -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        port = listener.getsockname()[1]
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as sock,
+            context.wrap_socket(sock, server_hostname="localhost") as tls,
+        ):
+            tls.sendall(b"hello over tls")
+            assert tls.recv(1024) == b"HELLO OVER TLS"
+        thread.join(DEADLINE)
+        listener.close()
+
+    return listener.getsockname()[1], client
+
+
+@pytest.fixture(scope="module")
+def others(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
+    """A real capture of connections that are not AudioSocket, and of one that is.
+
+    HTTP (http.server and urllib), a TLS handshake and exchange (ssl, a certificate
+    made by openssl here; left out where openssl is missing), `audiosocket check`'s
+    garbage cases as a connection's first bytes (4.2's 512 random bytes, 4.1's
+    unassigned kind), the fuzz corpus's seed of unassigned kinds, and random bytes and
+    an unassigned kind sent first by the accepting side. The control: an AudioSocket
+    call whose application speaks first, which must be found. Returns the capture and
+    each connection's server port by name.
+    """
+    need_tcpdump()
+    directory = tmp_path_factory.mktemp("others")
+    capture = directory / "others.pcap"
+    control_audio = audio(8000, 160).encode()
+    first_bytes = {
+        "garbage": random.Random(4).randbytes(512),  # check 4.2, the same bytes
+        "unassigned": Message(0x42, b"\xde\xad\xbe\xef").encode() + control_audio,  # check 4.1
+        "fuzz-odd-kinds": (ROOT / "tests" / "fuzz_corpus" / "decoder" / "odd-kinds").read_bytes(),
+    }
+    greetings = {
+        "server-garbage": random.Random(5).randbytes(300),
+        "server-unassigned": Message(0x42, b"\x01\x02").encode() + control_audio,
+        "control": control_audio,
+    }
+    raw: dict[str, tuple[socket.socket, threading.Thread]] = {
+        name: _serve_once() for name in first_bytes
+    }
+    raw.update({name: _serve_once(greeting) for name, greeting in greetings.items()})
+    ports = {name: listener.getsockname()[1] for name, (listener, _) in raw.items()}
+    http_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
+    ports["http"] = http_server.server_address[1]
+    http_thread = threading.Thread(target=http_server.serve_forever, daemon=True)
+    http_thread.start()
+    tls_client = None
+    keys = _self_signed(directory)
+    if keys is not None:
+        ports["tls"], tls_client = _tls_exchange(*keys)
+
+    dump = start_tcpdump(capture, list(ports.values()))
+    try:
+        for name, data in first_bytes.items():
+            _call_once(ports[name], data)
+        _call_once(ports["server-garbage"], b"\x00" * 64, wait_for=300)
+        _call_once(ports["server-unassigned"], b"", wait_for=len(greetings["server-unassigned"]))
+        _call_once(
+            ports["control"],
+            Message.for_uuid(UUID_B).encode() + control_audio * 3 + Message.hangup().encode(),
+            wait_for=len(control_audio),
+        )
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/", timeout=60) as reply:
+            assert reply.read() == b"hello\n" * 50
+        if tls_client is not None:
+            tls_client()
+        stop_tcpdump(dump, capture, len(ports))
+    finally:
+        end_all([dump])
+        http_server.shutdown()
+        http_server.server_close()
+        for listener, thread in raw.values():
+            thread.join(DEADLINE)
+            listener.close()
+    return capture, ports
+
+
+def _packets_by_port(capture: Path, ports: dict[str, int], *options: str) -> dict[str, list]:
+    """name -> [(sent by the server, payload length, AudioSocket kinds shown)] per packet."""
+    out = tshark(
+        "-r", str(capture), *options, "-T", "fields", "-E", "separator=/t",
+        "-e", "tcp.srcport", "-e", "tcp.dstport", "-e", "tcp.len", "-e", "audiosocket.kind",
+    )  # fmt: skip
+    names = {port: name for name, port in ports.items()}
+    packets: dict[str, list] = {name: [] for name in ports}
+    for line in out.splitlines():
+        src, dst, length, kinds = line.split("\t")
+        server = int(src) if int(src) in names else int(dst)
+        packets[names[server]].append((int(src) == server, int(length), kinds))
+    return packets
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["http", "tls", "garbage", "unassigned", "fuzz-odd-kinds", "server-garbage",
+     "server-unassigned"],
+)  # fmt: skip
+def test_heuristic_claims_no_other_protocol(others: tuple[Path, dict[str, int]], name: str) -> None:
+    capture, ports = others
+    if name not in ports:
+        pytest.skip("the openssl command is missing: no certificate for the TLS server")
+    # With AudioSocket's heuristic alone (every first payload goes to it), and with every
+    # dissector but heuristics first.
+    for options in (OTHERS_OFF, HEURISTICS_FIRST):
+        packets = _packets_by_port(capture, ports, *options)[name]
+        assert [p for p in packets if p[2]] == []
+        # The connection is in the capture, with bytes each way where both spoke.
+        assert sum(length for _, length, _ in packets) > 0
+    if name in ("http", "tls"):
+        # Both sides spoke, and it is what it should be when decoded as such.
+        assert {by_server for by_server, length, _ in packets if length} == {True, False}
+        port = ports[name]
+        check = {"http": "http.response.code == 200", "tls": "tls.handshake.type == 1"}[name]
+        out = tshark("-r", str(capture), "-d", f"tcp.port=={port},{name}", "-Y", check, lua=False)
+        assert out.strip()
+
+
+def test_heuristic_finds_the_call_among_others(
+    others: tuple[Path, dict[str, int]], cli_env: dict[str, str]
+) -> None:
+    """The control: in the same capture, the call whose application spoke first is found,
+    whole, both ways, and it is all that is found."""
+    capture, ports = others
+    for options in (OTHERS_OFF, HEURISTICS_FIRST):
+        packets = _packets_by_port(capture, ports, *options)
+        assert [p for p in packets["control"] if p[1]] == [
+            (True, 3 + 320, "0x10"),
+            (False, 19 + 3 * 323 + 3, "0x01,0x10,0x10,0x10,0x00"),
+        ]
+        claimed = {name for name, found in packets.items() if any(p[2] for p in found)}
+        assert claimed == {"control"}
+    shown = dissected(capture, *OTHERS_OFF)
+    assert [(m["dir"], m["type"]) for m in shown] == [
+        ("<", 0x10), (">", 0x01), (">", 0x10), (">", 0x10), (">", 0x10), (">", 0x00),
+    ]  # fmt: skip
+    assert_same_messages(shown, traced(capture, cli_env))
+
+
+# The heuristic's rule, edge by edge, on crafted captures.
+
+
+def _without_handshake(path: Path, port: int) -> None:
+    """Drop the handshake (its first three packets) of the connection on `port`: as in a
+    capture that began after the connection opened."""
+    with path.open("rb") as f:
+        reader = dpkt.pcap.Reader(f)
+        linktype = reader.datalink()
+        packets = list(reader)
+    dropped = 0
+    with path.open("wb") as f:
+        writer = dpkt.pcap.Writer(f, linktype=linktype)
+        for ts, buf in packets:
+            tcp = dpkt.ip.IP(buf).data
+            if dropped < 3 and port in (tcp.sport, tcp.dport):
+                dropped += 1
+                continue
+            writer.writepkt(buf, ts)
+
+
+def test_heuristic_rule(tmp_path: Path) -> None:
+    """Each way of starting a connection, by its server port: the payload packets claimed,
+    in one pass (as tshark reads) and in two (the verdict of the whole capture, as
+    Wireshark shows a packet clicked after reading the file)."""
+    path = tmp_path / "edges.pcap"
+    writer = PcapWriter(path)
+    t = T0
+    frame = audio(8000, 160).encode()
+    one_pass: dict[int, list[bool]] = {}  # server port -> each payload packet claimed?
+    two_pass: dict[int, list[bool]] = {}
+
+    def connection(
+        port: int, *payloads: tuple[str, bytes], claimed: list[bool], found: bool = True
+    ) -> None:
+        """found: still AudioSocket at the end of the capture (else nothing is, later)."""
+        nonlocal t
+        stream = writer.stream(("127.0.0.1", 50000 + port % 10000), ("127.0.0.1", port), ts=t)
+        for direction, payload in payloads:
+            t += 0.01
+            stream.data(direction, payload, ts=t)
+        t += 0.01
+        stream.end("fin", ts=t)
+        one_pass[port] = claimed
+        two_pass[port] = claimed if found else [False] * len(claimed)
+
+    uuid = Message.for_uuid(UUID_A).encode()
+    hangup = Message.hangup().encode()
+    # Found: the application first (one message, several, a hangup last), then the UUID.
+    connection(41001, ("<", frame), (">", uuid + frame), ("<", frame), claimed=[True] * 3)
+    connection(41002, ("<", frame * 3 + hangup), (">", uuid), claimed=[True] * 2)
+    # (A packet with only part of a message shows none: the UUID cut after 2 bytes.)
+    connection(41003, ("<", frame), (">", uuid[:2]), (">", uuid[2:]), claimed=[True, False, True])
+    connection(41004, *[("<", frame)] * 50, (">", uuid), claimed=[True] * 51)
+    # Found, then not: the connecting side's first bytes are no UUID, the application
+    # sends what it may not, or too much, before the UUID came. From that packet on,
+    # nothing is claimed; and nothing at all once the whole capture is known.
+    connection(
+        41005, ("<", frame), ("<", frame), (">", b"GET / HTTP/1.0\r\n\r\n"), ("<", frame),
+        claimed=[True, True, False, False], found=False,
+    )  # fmt: skip
+    connection(
+        41006, ("<", frame), ("<", Message.dtmf("1").encode()), (">", uuid),
+        claimed=[True, False, False], found=False,
+    )  # fmt: skip
+    connection(41007, ("<", frame), ("<", b"\x42\x00\x00"), claimed=[True, False], found=False)
+    connection(
+        41008, *[("<", frame)] * 51, (">", uuid), claimed=[True] * 50 + [False] * 2, found=False
+    )
+    # Never confirmed: the connecting side says nothing.
+    connection(41009, ("<", frame), claimed=[True], found=False)
+    # Audio first from the side that connected is taken as the application's (which side
+    # sent the SYN is not known to the heuristic), until the other side's bytes are no UUID.
+    connection(41010, (">", frame), ("<", frame), claimed=[True, False], found=False)
+    # Not found: a first payload that is not whole messages the application may send.
+    for n, first in enumerate(
+        [
+            frame[:-1],  # cut short
+            frame + b"\x00",  # a byte after
+            frame + frame[:5],  # a second message cut
+            Message(0x10, b"\x01\x02\x03").encode(),  # odd length
+            Message(0x10, b"").encode(),  # empty audio
+            hangup,  # a hangup alone
+            hangup + frame,  # a hangup first
+            Message.dtmf("5").encode(),  # DTMF: Asterisk's, after its UUID
+            Message.error(2).encode(),
+            Message(0x42, b"\xde\xad\xbe\xef").encode(),  # an unassigned kind
+            Message(0x19, bytes(320)).encode(),  # the kind after the last audio kind
+            bytes.fromhex("1603010200") + bytes(0x200),  # a TLS ClientHello record
+            bytes.fromhex("1603020200") + bytes(0x200),  # TLS 1.1: an even "length" 0x0302
+            b"\x10",
+        ]
+    ):
+        connection(41100 + n, ("<", first), (">", uuid), claimed=[False, False])
+        connection(41200 + n, (">", first), ("<", frame), claimed=[False, False])
+    # Random first payloads from either side, of lengths around an audio frame's.
+    rng = random.Random(7)
+    for n in range(400):
+        payload = rng.randbytes(rng.choice([1, 2, 5, 20, 100, 323, 643, 1000]))
+        connection(42000 + n, ("<>"[n % 2], payload), ("><"[n % 2], frame), claimed=[False] * 2)
+    # The application first, but the capture began after the connection opened: which
+    # side is which cannot be known, so it is not found (Decode As is for that).
+    connection(41300, ("<", frame), (">", frame), claimed=[False, False])
+    writer.close()
+    assert writer.error is None
+    _without_handshake(path, 41300)
+
+    for options, expected in (((), one_pass), (("-2",), two_pass)):
+        out = tshark(
+            "-r", str(path), *OTHERS_OFF, *options, "-Y", "tcp.len > 0",
+            "-T", "fields", "-e", "tcp.dstport", "-e", "tcp.srcport", "-e", "audiosocket.kind",
+        )  # fmt: skip
+        seen: dict[int, list[bool]] = {port: [] for port in expected}
+        for line in out.splitlines():
+            dst, src, kinds = line.split("\t")
+            seen[min(int(dst), int(src))].append(bool(kinds))
+        assert seen == expected, options
+    # The directions of a call found by its application's first message.
+    shown = dissected(path, *OTHERS_OFF)
+    assert [(m["dir"], m["type"]) for m in shown[:4]] == [
+        ("<", 0x10), (">", 0x01), (">", 0x10), ("<", 0x10),
+    ]  # fmt: skip
 
 
 # The `audiosocket dissector` command.

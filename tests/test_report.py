@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import itertools
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import dpkt
 import numpy as np
@@ -30,7 +32,14 @@ from click.testing import CliRunner, Result
 
 from audiosocket_cli.cli import cli
 from audiosocket_cli.engines.load import CSV_COLUMNS
-from audiosocket_cli.engines.report import COLORS, LOAD_COLORS, REF_COLOR, read_load_csv
+from audiosocket_cli.engines.report import (
+    COLORS,
+    LOAD_COLORS,
+    REF_COLOR,
+    log_tick_values,
+    plain_number,
+    read_load_csv,
+)
 from audiosocket_cli.files.trace import read_records
 from audiosocket_cli.protocol.wire import Message
 
@@ -392,6 +401,100 @@ def test_a_second_rate_gets_its_own_audio(tmp_path: Path) -> None:
     assert "8000 Hz, 16000 Hz" in text
     (first, rate1), (second, rate2) = embedded_wavs(text)
     assert (rate1, first.size, rate2, second.size) == (8000, 8000, 16000, 8000)
+
+
+# Log axes: major ticks only, plain numbers.
+
+PLAIN = re.compile(r"^\d{1,3}(,\d{3})*(\.\d+)?$")  # 0.1, 20, 1,000
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "room"),
+    [(0.08, 100, 6), (0.08, 20_000, 6), (0.7, 40, 7), (0.7, 400, 7), (0.7, 400, 20),
+     (0.7, 2e6, 7), (0.08, 1e9, 6), (0.7, 1.6, 7)],
+)  # fmt: skip
+def test_log_tick_values_are_round_and_fit(low: float, high: float, room: int) -> None:
+    ticks = log_tick_values(low, high, room)
+    assert 1 <= len(ticks) <= room
+    assert all(low <= t <= high for t in ticks)
+    for tick in ticks:
+        mantissa = tick / 10 ** np.floor(np.log10(tick) + 1e-9)
+        assert round(mantissa, 6) in (1, 2, 3, 5), tick
+    assert all(PLAIN.match(plain_number(t)) for t in ticks)
+
+
+def test_log_tick_values_of_a_narrow_range() -> None:
+    """A range holding no 1, 2 or 5 times a power of ten still gets round labels."""
+    assert [plain_number(t) for t in log_tick_values(24.6, 25.4, 6)] == [
+        "24.6",
+        "24.8",
+        "25",
+        "25.2",
+    ]
+    assert plain_number(2_000_000) == "2,000,000" and plain_number(0.05) == "0.05"
+
+
+def _log_axes(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Each log axis of each figure a report draws, as drawn: title, labels, overlap."""
+    import audiosocket_cli.engines.report as report
+
+    axes: list[dict[str, Any]] = []
+    svg = report._svg
+
+    def drawn(fig: Any, prefix: str) -> str:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            if ax.get_yscale() != "log":
+                continue
+            labels = [t for t in ax.get_yticklabels() if t.get_text()]
+            boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: b.y0)
+            axes.append(
+                {
+                    "title": ax.get_title(loc="left"),
+                    "labels": [t.get_text() for t in labels],
+                    "minor": [t.get_text() for t in ax.yaxis.get_minorticklabels()],
+                    "minor_ticks": len(ax.yaxis.get_minorticklocs()),
+                    "overlap": any(a.y1 > b.y0 for a, b in itertools.pairwise(boxes)),
+                }
+            )
+        return svg(fig, prefix)
+
+    monkeypatch.setattr(report, "_svg", drawn)
+    return axes
+
+
+def test_log_axes_label_major_ticks_as_plain_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every log axis (time between messages, both histograms' counts), on calls whose
+    counts crowd into a narrow range (every message one size: one bar of 25), and on a
+    capture with a stall: a few labels, plain numbers, no minor ones, none overlapping."""
+    raw = tmp_path / "short.raw"
+    raw.write_bytes(b"".join(Message.audio(bytes(320)).encode() for _ in range(25)))
+    make_pcap(tmp_path / "call.pcap")
+    axes = _log_axes(monkeypatch)
+    page = tmp_path / "page.html"
+    inputs = (str(raw), str(SAMPLES / "call.trace"), str(tmp_path / "call.pcap"))
+    assert run(*inputs, "-o", str(page)).exit_code == 0
+    # Per direction: gaps, and the jitter and size counts where there is audio (a raw
+    # dump has one direction only).
+    assert len(axes) == 3 * 2 * 3 - 2
+    for axis in axes:
+        assert axis["minor"] == [] and axis["minor_ticks"] == 0, axis
+        labels = axis["labels"]
+        assert 2 <= len(labels) <= 8, axis
+        assert all(PLAIN.match(label) for label in labels), axis
+        assert not axis["overlap"], axis
+    # The single bar of 25 messages stands on an axis from 1: 1, 2, 5, 10, 20 or so.
+    sizes = [a for a in axes if "message sizes" in str(a["title"])]
+    assert sizes[0]["labels"][0] == "1" and "10" in sizes[0]["labels"]
+    gaps = [a for a in axes if "time between" in str(a["title"])]
+    assert all({"1", "10", "100"} <= set(a["labels"]) for a in gaps)
+    # Nothing in scientific notation anywhere on the page (matplotlib's minor labels
+    # were "2.46 x 10^1", its major ones "10^2").
+    text = page.read_text()
+    assert "\u00d7" not in text and "\\times" not in text and "mathdefault" not in text
 
 
 # A load run's CSV (`load --stats`), made by a real run against `listen --echo`.

@@ -1035,6 +1035,68 @@ def _time_formatter(span: float) -> Any:
     return FuncFormatter(lambda v, _: f"{int(v // 60)}:{int(v % 60):02d}")
 
 
+def log_tick_values(low: float, high: float, room: int = 8) -> list[float]:
+    """Major ticks of a log axis from low to high, at most `room` of them: 1, 2 and 5
+    times each power of ten if they fit, else 1 and 3 times, else the powers of ten
+    (every other one, or fewer, if even those do not fit). A range holding none of
+    these gets round values 1, 2 or 5 apart instead, so that it has a label."""
+    low, high = sorted((low, high))
+    if not (math.isfinite(high) and high > 0):
+        return []
+    low = max(low, high * 1e-12)
+    first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
+    bottom, top = low * (1 - 1e-9), high * (1 + 1e-9)  # ends within rounding count
+    ticks: list[float] = []
+    choices = [((1, 2, 5), 1), ((1, 3), 1)] + [((1,), n) for n in range(1, last - first + 2)]
+    for subs, stride in choices:
+        ticks = [
+            m * 10.0**e
+            for e in range(first - first % stride, last + 1, stride)
+            for m in subs
+            if bottom <= m * 10.0**e <= top
+        ]
+        if len(ticks) <= max(room, 2):
+            break
+    if ticks:
+        return ticks
+    step = 10.0 ** math.floor(math.log10((high - low) / 3 or high))
+    step *= next((m for m in (1, 2, 5) if (high - low) / (m * step) <= 4), 10)
+    return [n * step for n in range(math.ceil(low / step), math.floor(high / step) + 1)]
+
+
+def plain_number(value: float) -> str:
+    """A tick label as a plain number: 0.1, 20, 1,000; never 10^3 or 2.46 x 10^1."""
+    return f"{value:,.6f}".rstrip("0").rstrip(".")
+
+
+def _log_axis(axis: Any) -> None:
+    """A log axis readable at a glance: major ticks only (log_tick_values, as many as fit),
+    each labelled as a plain number; no minor ticks, so no crowded minor labels."""
+    from matplotlib.ticker import FuncFormatter, Locator, NullLocator
+
+    class NiceLogLocator(Locator):
+        def __call__(self) -> list[float]:
+            assert self.axis is not None
+            low, high = self.axis.get_view_interval()
+            # As many labels as the axis has room for at its size and font.
+            return log_tick_values(low, high, self.axis.get_tick_space())
+
+        def tick_values(self, vmin: float, vmax: float) -> list[float]:
+            return log_tick_values(vmin, vmax)
+
+    axis.set_major_locator(NiceLogLocator())
+    axis.set_major_formatter(FuncFormatter(lambda value, _: plain_number(value)))
+    axis.set_minor_locator(NullLocator())
+
+
+def _count_axis(ax: Any, most: int) -> None:
+    """A histogram's count axis, log scale: bars rise from below 1, so that a single bar
+    (every message one size) stands as tall as its count and the axis spans a decade."""
+    ax.set_yscale("log")
+    _log_axis(ax.yaxis)
+    ax.set_ylim(0.7, max(most, 1) * 1.6)
+
+
 def timeline_svg(call: CallData, prefix: str) -> str:
     """Events, then per direction: level, waveform envelope and arrival gaps, one time axis."""
     plt = _matplotlib()
@@ -1132,6 +1194,7 @@ def _gap_axis(ax: Any, data: DirectionData, color: str, name: str) -> None:
 
     ax.set_title(f"{name}: time between audio messages (ms, log)")
     ax.set_yscale("log")
+    _log_axis(ax.yaxis)
     ax.set_ylabel("ms")
     ax.axhline(FRAME_MS, color=REF_COLOR, linestyle="--", linewidth=1.0, label="20 ms")
     x, low, high = gap_series(data)
@@ -1226,7 +1289,7 @@ def histograms_svg(call: CallData, prefix: str) -> str:
                 edges = np.arange(low, high + width, width)
                 counts, _ = np.histogram(np.clip(jitter, low, high), bins=edges)
                 jitter_ax.bar(edges[:-1], counts, width=width, align="edge", color=color)
-                jitter_ax.set_yscale("log")
+                _count_axis(jitter_ax, int(counts.max()))
                 jitter_ax.axvline(0, color=REF_COLOR, linestyle="--", linewidth=1.0)
                 jitter_ax.set_xlim(low, high)
             else:
@@ -1238,7 +1301,7 @@ def histograms_svg(call: CallData, prefix: str) -> str:
                 sizes.sort()
                 labels = [str(s) for s, _ in sizes]
                 size_ax.bar(labels, [n for _, n in sizes], color=color)
-                size_ax.set_yscale("log")
+                _count_axis(size_ax, max(n for _, n in sizes))
                 size_ax.tick_params(axis="x", labelsize=7)
             else:
                 size_ax.text(0.5, 0.5, "no audio", transform=size_ax.transAxes, ha="center")

@@ -7,9 +7,9 @@
 -- Install: `audiosocket dissector --install`, or copy this file into
 -- ~/.config/wireshark/plugins/ (or run tshark/wireshark with -X lua_script:THIS_FILE).
 --
--- Found on TCP port 9092 (a preference), and on any port by a heuristic: a
--- connection whose first bytes are a UUID message header (01 00 10). The side
--- that sent the UUID is Asterisk: its messages are ">", the application's "<".
+-- Found on TCP port 9092 (a preference), and on any port by a heuristic (the rule
+-- is stated where the heuristic is, at the end). The side that sent the UUID is
+-- Asterisk: its messages are ">", the application's "<".
 --
 -- Filter fields: audiosocket.kind, .len, .uuid, .digit, .rate, .samples,
 -- .error_code, .dir, .payload; expert infos audiosocket.malformed,
@@ -101,12 +101,29 @@ audiosocket.prefs.port = Pref.uint("TCP port", DEFAULT_PORT,
 
 -- Per-connection state, built on the first pass in capture order and only read
 -- afterwards (Wireshark dissects packets again in any order when they are clicked).
--- streams[tcp.stream] = { client = "address port" } or { rejected = true }.
+-- streams[tcp.stream] = { client = "address port" } or { rejected = true }; a
+-- connection found by the heuristic also has heuristic = true, and while Asterisk's
+-- first bytes are awaited, awaiting_uuid = true and app_messages (a count).
+-- frames[frame number] = the state of the connection the frame was dissected in on the
+-- first pass: later passes read it from there. (A first pass may have no protocol tree,
+-- as tshark -2's and Wireshark's own reading of a file without a display filter have;
+-- fields such as tcp.stream are then missing, and streams are keyed by address and port.)
 local streams = {}
+local frames = {}
 local tcp_stream_field = Field.new("tcp.stream")
+-- TCP's "conversation completeness" (Wireshark 3.6 on): bit 0x01 says the SYN was seen,
+-- 0x08 that a payload was, before this packet's. Older versions do not have the field.
+local ok_completeness, tcp_completeness_field = pcall(Field.new, "tcp.completeness")
+if not ok_completeness then
+    tcp_completeness_field = nil
+end
+-- How many messages an application that spoke first may send before Asterisk's UUID
+-- (1 s of 20 ms frames; Asterisk sends its UUID as soon as it connects).
+local APP_FIRST_LIMIT = 50
 
 function audiosocket.init()
     streams = {}
+    frames = {}
 end
 
 local function stream_key(pinfo)
@@ -134,11 +151,103 @@ local function starts_with_uuid(tvb)
         and tvb(1, 2):uint() == 16
 end
 
+-- Do the bytes begin as a UUID message header does? nil: too few bytes to tell yet.
+local UUID_HEADER = { KIND.UUID, 0x00, 0x10 }
+local function uuid_header_so_far(tvb)
+    local n = math.min(tvb:len(), HEADER_SIZE)
+    for i = 1, n do
+        if tvb(i - 1, 1):uint() ~= UUID_HEADER[i] then
+            return false
+        end
+    end
+    if n < HEADER_SIZE then
+        return nil
+    end
+    return true
+end
+
+-- What an application may send at all: non-empty audio of whole 16-bit samples, or a
+-- hangup without payload (anything else ends the session, or is malformed).
+local function application_may_send(kind, size)
+    if RATES[kind] then
+        return size > 0 and size % 2 == 0
+    end
+    return kind == KIND.HANGUP and size == 0
+end
+
+-- Is the whole of tvb a chain of messages the application may send, at least one of
+-- them audio, a hangup only last, ending exactly at the end of tvb? (The heuristic's
+-- test of an application's first bytes.)
+local function application_chain(tvb)
+    local total = tvb:len()
+    local offset, audio = 0, 0
+    while offset < total do
+        if total - offset < HEADER_SIZE then
+            return false
+        end
+        local kind = tvb(offset, 1):uint()
+        local size = tvb(offset + 1, 2):uint()
+        if not application_may_send(kind, size) or offset + HEADER_SIZE + size > total then
+            return false
+        end
+        offset = offset + HEADER_SIZE + size
+        if RATES[kind] then
+            audio = audio + 1
+        elseif offset < total then
+            return false  -- a hangup ends what the application says
+        end
+    end
+    return audio > 0
+end
+
+-- Are the messages of tvb (from a message boundary; the last may be cut) all ones the
+-- application may send? And how many whole ones are there? Checked on the
+-- application's bytes until Asterisk's UUID.
+local function application_messages(tvb)
+    local total = tvb:len()
+    local offset, count = 0, 0
+    while total - offset >= HEADER_SIZE do
+        local kind = tvb(offset, 1):uint()
+        local size = tvb(offset + 1, 2):uint()
+        if not application_may_send(kind, size) then
+            return false, count
+        end
+        offset = offset + HEADER_SIZE + size
+        if offset <= total then
+            count = count + 1
+        end
+    end
+    return true, count
+end
+
+-- Is this packet's payload the connection's first, its SYN in the capture? nil: cannot
+-- tell (no protocol tree on this pass, or a Wireshark older than 3.6).
+local function first_payload()
+    if tcp_completeness_field == nil then
+        return nil
+    end
+    local field = tcp_completeness_field()
+    if field == nil then
+        return nil
+    end
+    local syn = field.value % 2 == 1
+    local data = math.floor(field.value / 8) % 2 == 1
+    return syn and not data
+end
+
+local function on_port(pinfo)
+    return pinfo.src_port == audiosocket.prefs.port or pinfo.dst_port == audiosocket.prefs.port
+end
+
 -- The connection's state; on the first packet seen, decide which side is Asterisk.
 local function stream_state(tvb, pinfo)
+    if pinfo.visited and frames[pinfo.number] then
+        return frames[pinfo.number]
+    end
     local key = stream_key(pinfo)
     local state = streams[key]
-    if state == nil or state.rejected then
+    -- A connection the heuristic refused at its first payload may still be on the port.
+    if state == nil or (state.rejected and not state.heuristic) then
         state = {}
         if starts_with_uuid(tvb) then
             state.client = source(pinfo)
@@ -148,6 +257,9 @@ local function stream_state(tvb, pinfo)
             state.client = destination(pinfo)
         end
         streams[key] = state
+    end
+    if not pinfo.visited then
+        frames[pinfo.number] = state
     end
     return state
 end
@@ -276,6 +388,42 @@ local function dissect_message(tvb, pinfo, tree, offset, dir)
     return (dir or "?") .. " " .. summary
 end
 
+-- A connection the heuristic found by the application's first messages stays
+-- AudioSocket while the application sends only what it may, Asterisk's first bytes are
+-- a UUID message, and they come within the application's first APP_FIRST_LIMIT messages.
+-- Once one of these fails, it is not AudioSocket: from that packet on in the first
+-- pass. Later passes give the verdict of the whole capture: AudioSocket if Asterisk's
+-- UUID came, not at all otherwise.
+local function still_audiosocket(state, tvb, pinfo)
+    if pinfo.visited then
+        return not state.rejected and not state.awaiting_uuid
+    end
+    if state.rejected then
+        return false
+    end
+    if not state.awaiting_uuid then
+        return true
+    end
+    local ok
+    if source(pinfo) == state.client then
+        ok = uuid_header_so_far(tvb)
+        if ok then
+            state.awaiting_uuid = nil
+        elseif ok == nil then
+            ok = true  -- a header cut after 1 or 2 bytes: reassembly brings the rest
+        end
+    else
+        local count
+        ok, count = application_messages(tvb)
+        state.app_messages = state.app_messages + count
+        ok = ok and state.app_messages <= APP_FIRST_LIMIT
+    end
+    if not ok then
+        state.rejected = true
+    end
+    return ok
+end
+
 -- Every whole message in this TCP payload; a message cut at the end asks TCP for more
 -- (pinfo.desegment_*), so it is dissected once, in the packet that completes it.
 local function dissect(tvb, pinfo, tree)
@@ -284,6 +432,9 @@ local function dissect(tvb, pinfo, tree)
         return 0
     end
     local state = stream_state(tvb, pinfo)
+    if state.heuristic and not on_port(pinfo) and not still_audiosocket(state, tvb, pinfo) then
+        return 0
+    end
     local dir = direction_of(state, pinfo)
     local offset = 0
     local summaries = {}
@@ -330,24 +481,55 @@ function audiosocket.dissector(tvb, pinfo, tree)
     return dissect(tvb, pinfo, tree)
 end
 
--- Any TCP port: a connection is AudioSocket when its first bytes are a UUID header.
+-- The heuristic, for any TCP port (docs/wireshark.md states the same rule). It decides
+-- on the first payload of a connection, from either side, and claims the connection when:
+--   1. that payload begins with a UUID message header (01 00 10): its sender is Asterisk;
+--      or
+--   2. that payload is, from its first byte to its last, one or more whole messages an
+--      application may send: audio (kind 0x10-0x18) with a non-empty even-length
+--      payload, a hangup (00 00 00) allowed only last. Asterisk always speaks first
+--      with its UUID, so this sender is the application speaking first, and the other
+--      side, the one that connected, is Asterisk. The connection stays AudioSocket
+--      while the application sends only audio and hangups and Asterisk's first bytes,
+--      within the application's first APP_FIRST_LIMIT messages, are a UUID message
+--      header (still_audiosocket, above); later passes keep it only if they were.
+--      Where TCP says the capture lacks the connection's SYN, or that a payload came
+--      before this one (another dissector took it), rule 2 does not apply.
+-- Any other first payload, and the connection is never looked at again. Random bytes
+-- pass rule 2 about once in 2 million (9 kinds in 256, and a length ending exactly where
+-- the payload does); HTTP begins with a letter; a TLS record with 16 03 01 or 16 03 03,
+-- an odd length if read as AudioSocket's.
 local function heuristic(tvb, pinfo, tree)
-    local key = stream_key(pinfo)
-    local state = streams[key]
-    if state == nil then
-        if pinfo.visited or not starts_with_uuid(tvb) then
-            -- Decided on the first payload only, so audio bytes mid-stream never match.
-            streams[key] = { rejected = true }
+    local state
+    if pinfo.visited then
+        state = frames[pinfo.number]
+        if state == nil or state.rejected or state.awaiting_uuid then
             return false
         end
-        streams[key] = { client = source(pinfo) }
-    elseif state.rejected then
-        return false
+    else
+        local key = stream_key(pinfo)
+        state = streams[key]
+        if state == nil then
+            if starts_with_uuid(tvb) then
+                state = { client = source(pinfo), heuristic = true }
+            elseif first_payload() ~= false and application_chain(tvb) then
+                state = {
+                    client = destination(pinfo), heuristic = true,
+                    awaiting_uuid = true, app_messages = 0,
+                }
+            else
+                -- Decided on the first payload only, so audio bytes mid-stream never match.
+                streams[key] = { rejected = true }
+                return false
+            end
+            streams[key] = state
+        elseif state.rejected then
+            return false
+        end
     end
     -- Later packets of this connection come straight here, before port and heuristic lookups.
     pinfo.conversation = audiosocket
-    dissect(tvb, pinfo, tree)
-    return true
+    return dissect(tvb, pinfo, tree) > 0
 end
 
 local tcp_port_table = DissectorTable.get("tcp.port")
