@@ -117,11 +117,11 @@ close = true
 SHORT, LONG = SHORT_ANSWER, ANSWERS[0]
 ACCURACY = {
     8000: BotConfig(
-        greet_ms=200, reply_ms=[200, 1200, 3000], stop_ms=[250, 2000], answers=(SHORT, LONG, LONG)
+        greet_ms=200, reply_ms=[200, 1200, 3000], stop_ms=[250, 1500], answers=(SHORT, LONG, LONG)
     ),
     16000: BotConfig(
         greet_ms=3000,
-        reply_ms=[3000, 700, 400],
+        reply_ms=[700, 400, 250],
         stop_ms=[1000, 3000],
         answers=(SHORT, LONG, LONG),
         silence_frames=False,  # nothing at all while quiet, as Asterisk itself does
@@ -169,10 +169,9 @@ def figures_against_truth(records: list[dict], log: CallLog) -> list[tuple[str, 
     """(what, the tool's figure, the bot's truth) for every figure of the call."""
     summary = events(records, "conversation")[0]
     out = [("first response", summary["first_response"], log.first("greeting").start)]
-    turns = events(records, "turn")
-    assert [t["latency"] is not None for t in turns] == [True, True, True, False]
-    assert len(log.replies) == 3
-    for turn, (caller_end, start) in zip(turns, log.replies, strict=False):
+    turns = [t for t in events(records, "turn") if t["latency"] is not None]
+    assert len(turns) == len(log.replies) >= 3
+    for turn, (caller_end, start) in zip(turns, log.replies, strict=True):
         out.append((f"latency {turn['step_name']}", turn["latency"], start - caller_end))
     barge_ins = events(records, "barge-in")
     assert len(barge_ins) == len(log.barge_ins) == 2
@@ -180,56 +179,6 @@ def figures_against_truth(records: list[dict], log: CallLog) -> list[tuple[str, 
         assert barge_in["stopped"]
         out.append((f"stop {barge_in['step_name']}", barge_in["stop_time"], stop - caller_start))
     return out
-
-
-# The built-in scenario against a good bot: everything passes, and the files agree.
-
-
-@needs_espeak
-def test_built_in_scenario_passes_a_good_bot_and_its_files_line_up(
-    tmp_path: Path, cli_env: dict[str, str]
-) -> None:
-    import numpy as np
-    import soundfile as sf
-
-    wav, trace, junit = tmp_path / "call.wav", tmp_path / "call.trace", tmp_path / "c.xml"
-    with VoiceBot(BotConfig(greet_ms=300, reply_ms=500, stop_ms=300)) as bot:
-        status, records, stderr = converse(
-            cli_env, bot.port, "--record", str(wav), "--trace", str(trace), "--junit", str(junit)
-        )
-        ended(bot.calls[0])
-    assert status == 0, (failed(records), stderr)
-    verdicts = {r["expectation"]: r["verdict"] for r in events(records, "expectation")}
-    assert verdicts == {
-        "1 'greeting': first-response": "pass",
-        "3 'question': answer": "pass",
-        "4 'barge-in': stop": "pass",
-        "no-talk-over": "pass",
-        "no-dead-air": "pass",
-    }
-    end = events(records, "call-end")[0]
-    assert end["ended"] == "caller-close"
-    assert end["conversation"]["passed"] and str(wav) in end["recordings"]
-    assert "5 expectations: 5 pass, 0 fail" in stderr
-
-    # JUnit: a testcase per expectation.
-    cases = ET.parse(junit).getroot().findall(".//testcase")
-    assert [c.get("name") for c in cases] == list(verdicts)
-    assert not ET.parse(junit).getroot().findall(".//failure")
-
-    # The stereo file: each channel lines up with the trace's messages within a frame.
-    audio, rate = sf.read(wav, dtype="int16")
-    assert audio.shape[1] == 2 and rate == 8000
-    lines = [json.loads(line) for line in trace.read_text().splitlines()[1:]]
-    for channel, direction in ((0, ">"), (1, "<")):
-        placed = np.zeros(len(audio) + rate, dtype=np.float64)
-        for r in lines:
-            if r.get("dir") == direction and r.get("kind") == "audio":
-                pcm = np.frombuffer(base64.b64decode(r["data"]), dtype="<i2")
-                at = round(r["t"] * rate)
-                placed[at : at + len(pcm)] = pcm
-        lag = best_lag(audio[:, channel].astype(np.float64), placed[: len(audio)], rate // 50)
-        assert abs(lag) <= rate // 50, f"channel {channel}: {lag} samples off the trace"
 
 
 def best_lag(a, b, limit: int) -> int:  # type: ignore[no-untyped-def]
@@ -263,6 +212,9 @@ def test_each_fault_fails_exactly_its_expectation(
     tmp_path: Path, cli_env: dict[str, str], fault: str, config: BotConfig, expected: str
 ) -> None:
     args = [scenario_file(tmp_path, NEVER_GREETS)] if config.greet_ms is None else []
+    if fault == "talks over":
+        args = ["--record", str(tmp_path / "call.wav"), "--trace", str(tmp_path / "call.trace")]
+        args += ["--junit", str(tmp_path / "call.xml")]
     with VoiceBot(config) as bot:
         status, records, stderr = converse(cli_env, bot.port, *args)
         ended(bot.calls[0])
@@ -279,11 +231,39 @@ def test_each_fault_fails_exactly_its_expectation(
         (talk,) = events(records, "conversation")[0]["talk_over_at"]
         assert events(records, "turn")[0]["talk_over"]
         assert "the agent began speaking at" in evidence
+        files_agree(tmp_path, records, expected)
     elif fault == "dead air":
         ((start, end),) = events(records, "conversation")[0]["dead_air_spans"]
         assert end - start == pytest.approx(3.0, abs=TOLERANCE)
     else:
         assert "did not speak within the step's 3s" in evidence
+
+
+def files_agree(tmp_path: Path, records: list[dict], failure: str) -> None:
+    """--junit has a testcase per expectation; --record's two channels line up with
+    --trace's messages within a frame."""
+    import numpy as np
+    import soundfile as sf
+
+    end = events(records, "call-end")[0]
+    assert str(tmp_path / "call.wav") in end["recordings"]
+    root = ET.parse(tmp_path / "call.xml").getroot()
+    names = [r["expectation"] for r in events(records, "expectation")]
+    assert [c.get("name") for c in root.iter("testcase")] == names
+    assert [f.get("message") for f in root.iter("failure")] == [failed(records)[failure]]
+
+    audio, rate = sf.read(tmp_path / "call.wav", dtype="int16")
+    assert audio.shape[1] == 2 and rate == 8000
+    lines = [json.loads(line) for line in (tmp_path / "call.trace").read_text().splitlines()[1:]]
+    for channel, direction in ((0, ">"), (1, "<")):
+        placed = np.zeros(len(audio) + rate, dtype=np.float64)
+        for r in lines:
+            if r.get("dir") == direction and r.get("kind") == "audio":
+                pcm = np.frombuffer(base64.b64decode(r["data"]), dtype="<i2")
+                at = round(r["t"] * rate)
+                placed[at : at + len(pcm)] = pcm
+        lag = best_lag(audio[:, channel].astype(np.float64), placed[: len(audio)], rate // 50)
+        assert abs(lag) <= rate // 50, f"channel {channel}: {lag} samples off the trace"
 
 
 # Real applications: what a person would call them.
@@ -301,12 +281,12 @@ for = 0.7
 name = "question"
 say = "question"
 expect = "answer"
-timeout = 2
+timeout = 1.5
 [[step]]
 name = "barge-in"
 barge_in = "interrupt"
 after_ms = 500
-timeout = 2
+timeout = 1.5
 expect = "stop"
 [[step]]
 close = true

@@ -35,12 +35,9 @@ FRAME = 0.02
 SOUND = 100  # |sample| above this is sound (about -50 dBFS)
 HANGOVER = 0.2  # s without sound: the caller's utterance has ended
 
-GREETING = "Hello, this is the test bot."
+GREETING = "Hello there."
 SHORT_ANSWER = "We open at nine."
-ANSWERS = (
-    "Yes, we open at nine in the morning on weekdays, and at ten on Saturdays and "
-    "Sundays, and we close at six in the evening every day of the week.",
-)
+ANSWERS = ("Yes, we open at nine in the morning on weekdays, and at ten on Saturdays.",)
 INTERJECTION = "Uh huh, right."
 DEAD_AIR_LEAD = "Sure."
 
@@ -104,7 +101,7 @@ class CallLog:
     rate: int = 0
     spoken: list[Spoken] = field(default_factory=list)
     caller: list[tuple[float, float | None]] = field(default_factory=list)  # start, end
-    replies: list[tuple[float, float]] = field(default_factory=list)  # caller end, answer start
+    replies: list[tuple[float, float]] = field(default_factory=list)  # caller end, answer began
     barge_ins: list[tuple[float, float]] = field(default_factory=list)  # caller start, speech end
     late: float = 0.0  # s: the latest it sent a frame after the frame was due (a busy machine)
     ended: threading.Event = field(default_factory=threading.Event)
@@ -132,7 +129,7 @@ class _Call:
         self.answers = 0
         self.barge_ins = 0
         self.hangup = False
-        self.reply_due = False  # an answer was scheduled: its start is logged when it starts
+        self.reply_due: float | None = None  # the caller's end an answer is due for
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -228,8 +225,7 @@ class _Call:
             self.queue.append((at + 0.01, "answer-rest", text))
         else:
             self.queue.append((at, "answer", text))
-        self.log.replies.append((end, at))  # the answer's start is corrected when it starts
-        self.reply_due = True
+        self.reply_due = end  # logged with the answer's start, when it starts
         self.answers += 1
 
     # What the bot says.
@@ -278,10 +274,9 @@ class _Call:
         self.play_end = play + len(pcm) / 2 / self.rate
         if speech and self.playing is not None and self.playing.start < 0:
             self.playing.start = play
-            if self.playing.what == "answer" and self.reply_due:
-                self.reply_due = False
-                caller_end, _ = self.log.replies[-1]
-                self.log.replies[-1] = (caller_end, play)
+            if self.playing.what == "answer" and self.reply_due is not None:
+                self.log.replies.append((self.reply_due, play))
+                self.reply_due = None
 
 
 class VoiceBot:
