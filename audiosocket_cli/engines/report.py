@@ -97,7 +97,8 @@ class DirectionData:
     def __init__(self, tmpdir: Path, stem: str, side: str) -> None:
         import numpy as np
 
-        self.stats = DirectionStats()
+        # The application's side ("out") is judged by the one pacing rule, as dial judges it.
+        self.stats = DirectionStats(analyse_pacing=side == DIR_SIDES["<"])
         self.times = array("d")  # arrival time of each audio message
         self.durations = array("f")  # its audio seconds
         self.env_min = np.full(0, 32767, dtype=np.int16)

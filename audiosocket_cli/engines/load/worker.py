@@ -30,6 +30,7 @@ SLOT_SECONDS = 0.001  # calls starting within the same millisecond of the grid s
 RECV_SIZE = 65536  # a load call's read; small enough never to need a fresh mmap
 GAP = 0.200  # s without audio, once the application had been talking, is a gap
 CLOSE_LIMIT = 1.0  # s the application has to close its side after our close
+CLOSE_POLL = 0.05  # s between looks at the kernel's table while the run waits on closes
 ECHO_WINDOW = 100  # frames (2 s) remembered per call for matching echoes
 
 
@@ -723,10 +724,12 @@ class Worker:
     def _maybe_done(self) -> None:
         if not self.calls and self.total is not None and self.launched >= self.total:
             if self.closing and not self.stopping:
-                # Give the last calls' closes their CLOSE_LIMIT before the last word.
-                last = max(at for at, _ in self.closing.values())
-                self.reactor.call_at(last + CLOSE_LIMIT + 0.05, self._finish)
-                return
+                # The last calls' closes get their CLOSE_LIMIT before the last word;
+                # those the application answered at once are not waited for.
+                self._judge_closes(time.monotonic())
+                if self.closing:
+                    self.reactor.call_later(CLOSE_POLL, self._maybe_done)
+                    return
             self._finish()
 
 
