@@ -67,7 +67,7 @@ from audiosocket_cli.output.sinks import (
 )
 from audiosocket_cli.protocol.events import CallEnd, CallInfo, CallStart, Event
 from audiosocket_cli.protocol.wire import Message
-from audiosocket_cli.status import ExitStatus, Terminated
+from audiosocket_cli.status import ExitStatus, Terminated, die_with_parent
 
 MARK_INTERVAL = 0.05  # s: a worker sends what it has, and how far it got, this often
 STALE = 0.5  # s: a worker not heard from for this long no longer holds the merge back
@@ -80,7 +80,6 @@ HEADER = struct.Struct("!I")
 # What the parent asks of a worker, one byte; an end of file means the parent is gone.
 STOP = {b"q": None, b"i": ("interrupted", "Ctrl-C"), b"t": ("terminated", "SIGTERM")}
 PARENT_GONE = ("terminated", "the parent process ended")
-PR_SET_PDEATHSIG = 1
 
 
 def signals_deferred() -> contextlib.AbstractContextManager[None]:
@@ -495,19 +494,6 @@ class Service(Protocol):
 MakeService = Callable[[socket.socket, Output, Budget, int], Service]
 
 
-def _die_with(parent: int) -> None:
-    """SIGTERM the moment `parent` dies, where the system can say so (Linux)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # the end of file on the socket pair tells it all the same
-    if os.getppid() != parent:
-        os._exit(ExitStatus.TERMINATED)  # it died before we asked: nothing to end yet
-
-
 class WorkerFailed(Exception):
     """A worker could not start (its port, its files): the command fails with this."""
 
@@ -599,7 +585,7 @@ class Pool:
 
     def _worker(self, index: int, parent: int) -> None:
         """A worker process's life, after the fork."""
-        _die_with(parent)
+        die_with_parent(parent)
         for sock in self.ends:
             sock.close()  # else a worker would hold another's pair open past the parent
         mine = self._theirs[index]
