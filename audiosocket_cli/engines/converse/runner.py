@@ -47,6 +47,7 @@ from audiosocket_cli.protocol.wire import AUDIO_RATES, Message
 
 DEFAULT_PORT = 9092
 STEREO_FLUSH_LAG = 1.0  # s: the stereo file is written up to this far behind the call
+DISTURBED = 0.02  # s: our sends this late say the machine kept us from measuring to a frame
 SOUNDING = 0.1  # s: the agent's audio was loud this recently: it is speaking, not pausing
 
 
@@ -484,6 +485,16 @@ class Conversation:
             caller_segments=[s for turn in turns for s in turn.speech],
             recording=self.record,
         )
+        caller = script.caller
+        lag = caller.max_send_lag if caller is not None else 0.0
+        if lag > DISTURBED:
+            report.warning(
+                t,
+                f"measurement disturbed: our own sends were up to {lag * 1000:.0f} ms late "
+                "(a busy machine); the times of the application's speech may be late by as much",
+                code="measurement-disturbed",
+                violation=False,
+            )
         fields = call_fields(measures, expectations, self.scenario.name)
         if self._stereo is not None:
             self._stereo_check(report, t)
