@@ -266,6 +266,55 @@ def files_agree(tmp_path: Path, records: list[dict], failure: str) -> None:
         assert abs(lag) <= rate // 50, f"channel {channel}: {lag} samples off the trace"
 
 
+# DTMF, silence, the agent's hangup; the call's UUID and --before-call.
+
+HANGUP_SCENARIO = """
+[[step]]
+wait = "speech"
+[[step]]
+wait = "silence"
+for = 0.5
+[[step]]
+dtmf = "12#"
+[[step]]
+silence = 0.5
+[[step]]
+name = "yes"
+say = "yes"
+expect = "answer"
+[[step]]
+name = "bye"
+expect = "hangup"
+within = 4
+"""
+UUID = "40325ec2-5bd7-4a4e-9a2c-6a4f6d3b1c01"
+
+
+@needs_espeak
+def test_dtmf_silence_and_the_agent_hanging_up(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    config = BotConfig(greet_ms=200, reply_ms=300, answers=(SHORT,), hangup_after=1)
+    registered = tmp_path / "registered"
+    with VoiceBot(config) as bot:
+        status, records, stderr = converse(
+            cli_env,
+            bot.port,
+            scenario_file(tmp_path, HANGUP_SCENARIO),
+            "--uuid",
+            UUID,
+            "--before-call",
+            f"echo $AUDIOSOCKET_UUID > {registered}",
+        )
+        ended(bot.calls[0])
+    assert status == 0, (failed(records), stderr)
+    assert registered.read_text().strip() == UUID
+    digits = [r["digit"] for r in records if r.get("kind") == "dtmf" and r["dir"] == ">"]
+    assert digits == ["1", "2", "#"]
+    end = events(records, "call-end")[0]
+    assert end["ended"] == "app-hangup" and end["call"] == UUID
+    bye = [r for r in events(records, "expectation") if r["expect"] == "hangup"]
+    assert bye[0]["verdict"] == "pass" and bye[0]["measured"] < 4
+
+
 # Real applications: what a person would call them.
 
 SHORT_SCENARIO = """
@@ -289,7 +338,7 @@ after_ms = 500
 timeout = 1.5
 expect = "stop"
 [[step]]
-close = true
+hangup = true
 """
 
 
@@ -302,6 +351,7 @@ def test_listen_echo_talks_over_and_listen_play_never_answers(
     with server(cli_env, "listen", "127.0.0.1:0", *reply, "-q") as (listen, port):
         status, records, stderr = converse(cli_env, port, scenario_file(tmp_path, SHORT_SCENARIO))
     assert status == 3, stderr
+    assert events(records, "call-end")[0]["ended"] == "caller-hangup"  # the last step
     verdicts = {r["expectation"]: r["verdict"] for r in events(records, "expectation")}
     if how == "--echo":
         # It never greets; it "answers" at once, while the caller speaks: talk-over; and
