@@ -217,9 +217,9 @@ class ConversationResult:
         lats = self.latencies
         parts = [f"first response {_s(self.first_response)}"]
         if self.turns:
+            turns = f"{len(self.turns)} turn{'' if len(self.turns) == 1 else 's'}"
             parts.append(
-                f"{len(self.turns)} turns, response p50 {_s(percentile(lats, 50))} "
-                f"p95 {_s(percentile(lats, 95))}"
+                f"{turns}, response p50 {_s(percentile(lats, 50))} p95 {_s(percentile(lats, 95))}"
             )
         for b in self.barge_ins:
             how = _s(b.stop_time) if b.stopped else f"not stopped after {_s(b.stop_time)}"

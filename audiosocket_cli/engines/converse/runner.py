@@ -38,7 +38,7 @@ from audiosocket_cli.engines.converse.scenario import (
     load_utterances,
 )
 from audiosocket_cli.engines.converse.stereo import LEFT, RIGHT, StereoRecording
-from audiosocket_cli.engines.converse.verdicts import StepRecord, Thresholds, judge
+from audiosocket_cli.engines.converse.verdicts import Expectation, StepRecord, Thresholds, judge
 from audiosocket_cli.engines.dial import Caller, CallPlan
 from audiosocket_cli.net.address import Address, parse_address
 from audiosocket_cli.output.sinks import Output
@@ -450,7 +450,20 @@ class Conversation:
 
     def _end_fields(self, report: CallReport, ended: Ended) -> dict[str, Any]:
         """At the call's end, before its call-end: measure, judge, show; the call-end's
-        `conversation` field."""
+        `conversation` field. A failure here must not cost the call its end."""
+        try:
+            return self._conclude(report, ended)
+        except Exception as exc:  # a bug: said, and the call still ends (and fails)
+            why = f"converse could not measure the call: {type(exc).__name__}: {exc}"
+            report.warning(ended.t, why, code="converse-failed", violation=False)
+            failure = Expectation("measures", "wait", False, why)
+            self.result = ConversationResult(
+                self.scenario.name, self.uuid, ended.ended, ended.detail, ended.t, None,
+                [], [], [], [], [failure], [], [],
+            )  # fmt: skip
+            return {}
+
+    def _conclude(self, report: CallReport, ended: Ended) -> dict[str, Any]:
         t = ended.t
         script = self._script
         for p in script.progress:  # what was not reached stays so; what was going on was cut
