@@ -313,6 +313,42 @@ def load_session() -> tuple[Run, tuple[type[BaseException], ...]]:
     return run, ()
 
 
+def load_speech() -> tuple[Run, tuple[type[BaseException], ...]]:
+    from audiosocket_cli.analysis.speech import SpeechDetector
+    from audiosocket_cli.protocol.wire import AUDIO_RATES
+
+    rates = sorted(set(AUDIO_RATES.values()))
+
+    def run(data: bytes) -> None:
+        # byte 0: the first rate; then messages of [flags, length, payload]: flags' low
+        # nibble the arrival step (ms, 0: a burst), bit 4 a rate change, bit 5 advance().
+        rate = rates[data[0] % len(rates)] if data else 8000
+        detector = SpeechDetector()
+        t, i = 0.0, 1
+        while i + 2 <= len(data):
+            flags, size = data[i], data[i + 1] * 8
+            payload = data[i + 2 : i + 2 + size]
+            i += 2 + size
+            if flags & 0x10:
+                rate = rates[(flags >> 6) % len(rates)]
+            t += (flags & 0x0F) * 0.005
+            detector.feed(t, payload, rate)
+            if flags & 0x20:
+                detector.advance(t + 0.5)
+        detector.finish()
+        segments = detector.segments
+        for segment in segments:
+            assert segment.start <= segment.end, segments
+        for before, after in zip(segments, segments[1:], strict=False):
+            assert before.end <= after.start, segments
+        if segments:
+            assert detector.first_speech == segments[0].start
+        total = detector.speech_between(-1.0, t + 1e6)
+        assert 0.0 <= total <= sum(s.end - s.start for s in segments) + 1e-9
+
+    return run, ()
+
+
 def load_inject() -> tuple[Run, tuple[type[BaseException], ...]]:
     from audiosocket_cli.protocol.inject import parse_inject
     from audiosocket_cli.protocol.wire import decode_all
@@ -403,6 +439,7 @@ TARGETS: dict[str, Target] = {
             tokens=(b"hangup", b"error", b"error:", b"dtmf:", b"raw:", b"close", b"@", b"0x"),
         ),
         Target("address", load_address, 256, ("audiosocket_cli",), tokens=(b"[", b"]", b":")),
+        Target("speech", load_speech, 16384, ("audiosocket_cli",)),
     )
 }
 
@@ -739,6 +776,7 @@ def seed_inputs() -> dict[str, dict[str, bytes]]:
                 "close": "close@0",
             }.items()
         },
+        "speech": _speech_seeds(),
         "address": {
             "host-port": b"\x00127.0.0.1:9092",
             "port": b"\x009092",
@@ -747,6 +785,33 @@ def seed_inputs() -> dict[str, dict[str, bytes]]:
             "ipv6-default": b"\x01[fe80::1%lo]",
         },
     }
+
+
+def _speech_seeds() -> dict[str, bytes]:
+    """Calls of 20 ms messages: silence, a tone, noise, bursts, a rate change."""
+    import math
+    import random
+
+    def frames(pcm: bytes, flags: int, size: int = 320) -> bytes:
+        return b"".join(
+            bytes((flags, len(chunk) // 8)) + chunk
+            for chunk in (pcm[k : k + size] for k in range(0, len(pcm), size))
+        )
+
+    tone = b"".join(
+        int(8000 * math.sin(2 * math.pi * 300 * n / 8000)).to_bytes(2, "little", signed=True)
+        for n in range(8000)
+    )
+    rng = random.Random(1)
+    noise = bytes(rng.getrandbits(8) for _ in range(8000))
+    return {
+        "silence-tone-silence": b"\x00" + frames(bytes(3200), 4) + frames(tone, 4)
+        + frames(bytes(6400), 4),
+        "burst": b"\x00" + frames(tone, 0),
+        "noise-advance": b"\x00" + frames(noise, 0x24),
+        "rate-change": b"\x02" + frames(tone[:3200], 4) + frames(tone[:6400], 0x54, 640),
+        "odd": b"\x05" + bytes((4, 1)) + b"\x01" * 7 + frames(tone[:1600], 4, 161 * 8),
+    }  # fmt: skip
 
 
 def write_seeds(root: Path) -> None:
