@@ -131,6 +131,11 @@ def _threshold(name: str, default: float, text: str) -> Any:
     "ending the call (exit 3) as Asterisk would.",
 )
 @click.option(
+    "--monitor",
+    is_flag=True,
+    help="Play the application's audio on the local sound device.",
+)
+@click.option(
     "--print-scenario",
     is_flag=True,
     help="Print the built-in scenario (a TOML file to start from) and exit.",
@@ -151,6 +156,7 @@ def converse(
     record_path: str | None,
     junit_path: str | None,
     lenient: bool,
+    monitor: bool,
     print_scenario: bool,
     call_uuid: str | None,
     uuid_pattern: str | None,
@@ -234,6 +240,7 @@ def converse(
             talk_over=allow_talk_over,
         ),
         lenient=lenient,
+        monitor=monitor,
         record_path=record_path,
         junit_path=junit_path,
         pcap_path=pcap_path,
@@ -274,6 +281,7 @@ def _run(
     frame_ms: float,
     thresholds: dict[str, Any],
     lenient: bool,
+    monitor: bool,
     record_path: str | None,
     junit_path: str | None,
     pcap_path: str | None,
@@ -301,8 +309,12 @@ def _run(
         quiet=quiet,
         command="converse",
     )
-    pcap = None
+    pcap = device = None
     try:
+        if monitor:
+            from audiosocket_cli.commands.dial import _open_monitor
+
+            device = _open_monitor()
         pcap = open_pcap(pcap_path, output)
         announce = functools.partial(click.echo, f"uuid {uuid}", err=True) if random_uuid else None
         conversation = Conversation(
@@ -318,13 +330,15 @@ def _run(
             pcap_file=pcap,
             on_connected=announce,
             utterances=utterances,
+            monitor=device,
         )
         try:
             result = conversation.run()
         except ConnectError as exc:
             raise Failure(str(exc)) from None
     finally:
-        for close in (pcap.close if pcap is not None else None, output.close):
+        closers = [x.close if x is not None else None for x in (device, pcap)]
+        for close in (*closers, output.close):
             if close is not None:
                 try:
                     close()

@@ -369,6 +369,7 @@ class Conversation:
         on_connected: Any = None,
         detector: Mapping[str, Any] | None = None,
         utterances: Mapping[Path, Utterance] | None = None,
+        monitor: Any = None,
     ) -> None:
         self.address = address
         self.scenario = scenario
@@ -383,6 +384,7 @@ class Conversation:
         self.on_connected = on_connected
         self.detector = dict(detector or {})
         self.utterances = utterances
+        self.monitor = monitor  # plays the application's audio (media.monitor.Monitor)
         self.result: ConversationResult | None = None
         self._stereo_warned = False
 
@@ -400,6 +402,7 @@ class Conversation:
             plan,
             self.output,
             on_connected=self.on_connected,
+            monitor=self.monitor,
             start_text=(
                 f"to {self.address} rate={self.rate} frame={self.frame_ms:g}ms "
                 f"scenario={self.scenario.name!r} ({len(self.scenario.steps)} steps)"
