@@ -121,6 +121,7 @@ class _Call:
         self.position = 0
         self.queue: list[tuple[float, str, str]] = []  # (start at, what, text)
         self.stop_at: float | None = None
+        self.barged_at = 0.0  # when the caller began the barge-in being answered
         self.play_end = 0.0
         self.caller_on = False
         self.caller_start = 0.0
@@ -206,7 +207,7 @@ class _Call:
             stop = _pick(config.stop_ms, self.barge_ins)
             self.barge_ins += 1
             if stop is not None:
-                self.stop_at = t + stop / 1000
+                self.stop_at, self.barged_at = t + stop / 1000, t
         if config.talk_over_ms is not None and self.utterances == 0:
             self.queue.append((t + config.talk_over_ms / 1000, "interjection", INTERJECTION))
         self.utterances += 1
@@ -236,7 +237,7 @@ class _Call:
             self.stop_at = None
             if self.playing is not None:
                 self.playing.cut = True
-                self.log.barge_ins.append((self.caller_start, self.play_end))
+                self.log.barge_ins.append((self.barged_at, self.play_end))
                 self.playing = None
         if self.playing is None:
             self._start_next(due)
