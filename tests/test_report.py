@@ -436,7 +436,7 @@ def test_log_tick_values_of_a_narrow_range() -> None:
 
 def _log_axes(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """Each log axis of each figure a report draws, as drawn: title, labels, overlap."""
-    import audiosocket_cli.engines.report as report
+    import audiosocket_cli.engines.report.plots as report
 
     axes: list[dict[str, Any]] = []
     svg = report._svg
