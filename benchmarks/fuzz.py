@@ -206,7 +206,7 @@ def load_trace() -> tuple[Run, tuple[type[BaseException], ...]]:
 
 
 def load_pcap() -> tuple[Run, tuple[type[BaseException], ...]]:
-    # read_records imports pcap.py (and dpkt) when it first meets a capture: import them
+    # read_records imports files/pcap (and dpkt) when it first meets a capture: import them
     # here, while the child instruments what is imported.
     import audiosocket_cli.files.pcap  # noqa: F401
     from audiosocket_cli.files.trace import (

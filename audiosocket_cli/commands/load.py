@@ -1,7 +1,7 @@
 """`audiosocket load ADDRESS`: many Asterisk-side calls at once, SIPp-style statistics.
 
 The flags are checked and turned into an engines.load.LoadPlan here (every
-input is checked before the first call); the calls run in engines/load.py.
+input is checked before the first call); the calls run in the engines.load package.
 This module shows each period (plain lines, JSON lines or a live dashboard),
 writes --stats, and maps the totals to an exit status.
 """

@@ -1,7 +1,7 @@
 """`audiosocket report INPUT... -o report.html`: one HTML page with plots of each call.
 
 A thin command: the options, and the engine's errors as one-line failures.
-The engine (reading, measuring, plotting, the page) is engines/report.py.
+The engine (reading, measuring, plotting, the page) is the engines.report package.
 """
 
 from __future__ import annotations

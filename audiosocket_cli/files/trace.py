@@ -8,7 +8,7 @@ event, and on Ctrl-C and SIGTERM, so a trace is whole up to its last batch.
 
 This module also reads the other inputs of `trace` and `replay`: raw dumps
 (one direction's bytes, no timing), and dispatches packet captures to
-pcap.py.
+files/pcap/.
 """
 
 from __future__ import annotations
