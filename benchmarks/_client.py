@@ -65,8 +65,12 @@ class ServerProcess:
         listens: bool = True,
         stdout: Any = None,
         cpus: set[int] | None = None,
+        port: int | None = None,
     ) -> None:
-        """`cpus`: the CPUs the server may run on (all when None)."""
+        """`cpus`: the CPUs the server may run on (all when None). `port`: a command that
+        prints no `listening on` line on stderr (another program, such as an echo server
+        in Go) listens there, on 127.0.0.1; it is ready when the kernel lists the port as
+        listening (no connection is made to find out: that would be a call)."""
         self.argv = list(argv)
         self.lines: collections.deque[str] = collections.deque(maxlen=200)
         self.line_count = 0
@@ -91,13 +95,17 @@ class ServerProcess:
             self._port_found.set()
         deadline = time.monotonic() + startup_timeout
         while not self._port_found.wait(0.05):
+            if port is not None and port in listening_ports():
+                self.host, self.port = "127.0.0.1", port
+                self._port_found.set()
+                break
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self._reader.join(1.0)
                 self.stop()
                 tail = " | ".join(self.lines) or "(no output)"
+                awaited = f"not listening on port {port}" if port else "no 'listening on' line"
                 raise RuntimeError(
-                    f"{' '.join(self.argv[1:])}: no 'listening on' line "
-                    f"(exit status {self.proc.returncode}): {tail}"
+                    f"{' '.join(self.argv)}: {awaited} (exit status {self.proc.returncode}): {tail}"
                 )
 
     @property
@@ -123,6 +131,10 @@ class ServerProcess:
 
     def cpu_seconds(self) -> tuple[float, float]:
         return process_cpu(self.pid)
+
+    def rss(self) -> int:
+        """Resident memory (VmRSS) of the server and its live descendants, in bytes."""
+        return tree_rss(self.pid)
 
     def stop(self, grace: float = 3.0) -> int | None:
         """SIGTERM, then SIGKILL after `grace` seconds; the exit status."""
@@ -179,6 +191,65 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def tree_rss(pid: int) -> int:
+    """VmRSS of a process and its live descendants, in bytes (0 if it has gone)."""
+    total = 0
+    for one in (pid, *_descendants(pid)):
+        try:
+            with open(f"/proc/{one}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def listening_ports() -> set[int]:
+    """The TCP ports something listens on (/proc/net/tcp and tcp6, state LISTEN)."""
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as fh:
+                next(fh, None)
+                for line in fh:
+                    fields = line.split()
+                    if len(fields) > 3 and fields[3] == "0A":
+                        ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+        except (OSError, ValueError):
+            continue
+    return ports
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing uses now, for a server told where to listen."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+_scratch: list[str] = []  # the benchmark's own parent folder, once made
+
+
+def scratch_folder(prefix: str) -> str:
+    """A new empty folder for what one run writes (recordings, the Go server's files).
+
+    Every run's folder stays until the benchmark exits, then all go at once. Deleting
+    thousands of files between runs would tax the next run: ext4 without a journal (the
+    development machine's disk) skips, reading each, the inodes deleted in the last half
+    minute or so when it allocates one, and a file's creation then costs up to 0.6 ms
+    of CPU instead of 0.02."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if not _scratch:
+        _scratch.append(tempfile.mkdtemp(prefix="bench-files-"))
+        atexit.register(shutil.rmtree, _scratch[0], True)
+    return tempfile.mkdtemp(prefix=prefix, dir=_scratch[0])
+
+
 def machine_busy() -> float:
     """CPU seconds all cores have spent busy since boot (/proc/stat), to diff.
 
@@ -190,6 +261,29 @@ def machine_busy() -> float:
     # user nice system idle iowait irq softirq steal: all but idle and iowait.
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
     return (sum(fields[:8]) - idle) / CLOCK_TICKS
+
+
+def wait_until_quiet(patience: float, busy_below: float = 0.3, calm: float = 3.0) -> str:
+    """Before a round on a shared machine: wait until all cores together have been less
+    than `busy_below` of a core busy for `calm` seconds, `patience` seconds at most.
+    Returns what happened, to print."""
+    if patience <= 0:
+        return ""
+    started = time.monotonic()
+    quiet_since = None
+    busy = 0.0
+    while time.monotonic() - started < patience:
+        before = machine_busy()
+        time.sleep(0.5)
+        busy = (machine_busy() - before) / 0.5
+        now = time.monotonic()
+        if busy >= busy_below:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = now - 0.5
+        elif now - quiet_since >= calm:
+            return f"machine quiet after {now - started:.0f} s ({busy:.2f} cores busy)"
+    return f"machine still busy after {patience:.0f} s ({busy:.2f} cores busy): running anyway"
 
 
 def loadavg() -> str:
@@ -250,11 +344,62 @@ def add_placement_arguments(parser: argparse.ArgumentParser, clients: str, serve
         help="with --floor: run each placement's pair this many times, alternating, and"
         " judge the median ratio (default 3)",
     )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each round, wait until the machine is idle (other work under 0.3 of a"
+        " core for 3 s), at most this long (default 0: do not wait)",
+    )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the benchmark and every process it starts (floor, server under test,"
+        " clients) at this nice value: -20 (as root) keeps other work on a shared machine"
+        " from moving the figures, for the floor and the tool alike (default 0)",
+    )
+
+
+def set_nice(nice: int) -> None:
+    """This process's nice value, inherited by every process it starts. Where the kernel
+    groups processes by session (Linux's autogroup, /proc/sys/kernel/sched_autogroup_enabled),
+    a nice value only weighs against the same session's processes: the session's group
+    gets `nice` too, until this process exits (then it is put back)."""
+    import atexit
+
+    os.setpriority(os.PRIO_PROCESS, 0, nice)
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as fh:
+            if fh.read().strip() != "1":
+                return
+        with open("/proc/self/autogroup") as fh:
+            before = fh.read().split()[-1]  # "/autogroup-21 nice 0"
+    except (OSError, IndexError):
+        return
+
+    def put(value: str) -> None:
+        try:
+            with open("/proc/self/autogroup", "w") as fh:
+                fh.write(value)
+        except OSError:
+            pass
+
+    put(str(nice))
+    atexit.register(put, before)
 
 
 def placement_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Checks --placement and --repeat and sets args.placements (the list), args.placement
-    (the first) and args.repeat; exits with a usage error on a bad value."""
+    (the first) and args.repeat; exits with a usage error on a bad value. Applies --nice
+    to this process: every process it starts afterwards inherits it."""
+    if args.nice:
+        try:
+            set_nice(args.nice)
+        except OSError as exc:
+            parser.error(f"--nice {args.nice}: {exc.strerror or exc} (lower than 0 needs root)")
     args.repeat = args.repeat if args.repeat is not None else (3 if args.floor else 1)
     if not 1 <= args.repeat <= 20:
         parser.error("--repeat must be 1..20")

@@ -6,12 +6,20 @@ pay for them.
 
 from __future__ import annotations
 
+import errno
+import math
 import os
-import time
+import struct
 from pathlib import Path
+from time import monotonic
 from typing import Any, Protocol
 
 SFC_UPDATE_HEADER_NOW = 0x1060  # libsndfile: rewrite the WAV header in place
+# A recording's audio is held in memory and written in blocks (AudioWriter): a block
+# at most this much audio, held at most this long, and the header that counts it
+# brought up to date at most this often.
+BLOCK_SECONDS = 0.25
+FLUSH_INTERVAL = 0.25
 HEADER_UPDATE_INTERVAL = 1.0
 TONE_AMPLITUDE = 0.5  # -6 dBFS
 
@@ -197,60 +205,236 @@ def _sf_reason(sf: Any, handle: Any, exc: Exception) -> str:
     return text.replace("System error : ", "").rstrip(".") or str(exc)
 
 
+# The 44-byte header of a 16-bit mono PCM WAV file, as libsndfile writes it too: RIFF size,
+# format chunk (PCM, channels, rate, bytes a second, block align, bits), data size.
+WAV_HEADER = struct.Struct("<4sI4s4sIHHIIHH4sI")
+WAV_MAX_DATA = 0xFFFFFFFF - (WAV_HEADER.size - 8)  # what 32-bit sizes can count: 4 GB
+
+
+def wav_header(rate: int, data_bytes: int) -> bytes:
+    return WAV_HEADER.pack(
+        b"RIFF", WAV_HEADER.size - 8 + data_bytes, b"WAVE", b"fmt ", 16, 1, 1, rate, rate * 2,
+        2, 16, b"data", data_bytes,
+    )  # fmt: skip
+
+
 class AudioWriter:
     """16-bit mono audio written as it arrives, in the format the extension names.
 
-    Memory does not grow. A WAV's header is rewritten about once a second, so
-    even a killed process leaves a file that plays up to the last second;
-    close() makes it exact.
+    Audio is held in memory and written in blocks, one system call each: when
+    the buffer holds BLOCK_SECONDS (0.25 s) of audio, at the first write
+    FLUSH_INTERVAL (0.25 s) after the previous block (audio that comes slowly),
+    when tick() finds it due, and at flush() and close(). Memory does not grow:
+    one block per file at most.
+
+    A WAV (16-bit PCM, the default) is written here, with plain system calls:
+    its 44-byte header first, then each block with one write(), and the header
+    again, in place, with one pwrite(). Other formats (FLAC, OGG, MP3, W64...) go
+    through libsndfile, block by block alike.
+
+    A WAV's header (W64, RF64 alike) is rewritten by the first write at least
+    HEADER_UPDATE_INTERVAL (1 s) after its previous update, with the audio held
+    written first, and made exact by close(). A killed process (SIGKILL) leaves a
+    file that plays every sample up to the header's last update. While audio comes,
+    that update is never more than 1 s old: a kill loses at most the audio of the
+    last second (and of the message in flight). If the audio had stopped before the
+    kill, the loss is the last second before it stopped, unless tick() ran in the
+    meantime (it writes what is due without a write to bring it). The samples past
+    the header are in the file, but readers go by the header. Other formats (FLAC,
+    OGG...) are only complete once closed. A WAV holds at most 4 GB of audio (74
+    hours at 8 kHz): past that, writing fails as on a full disk.
+
+    `now` (time.monotonic(), which write() reads itself when not given) is when the
+    audio arrived; write(), flush() and close() raise AudioFileError when the file
+    cannot be written, and the audio held is then dropped: the file stays valid up
+    to the last block written.
     """
 
-    def __init__(self, path: str | os.PathLike[str], rate: int) -> None:
-        import soundfile as sf
-
+    def __init__(
+        self, path: str | os.PathLike[str], rate: int, block_seconds: float = BLOCK_SECONDS
+    ) -> None:
         self.path = Path(path)
         self.rate = rate
-        self.samples = 0
+        self.written = 0  # the samples in the file
         kind = audio_format(path) or FORMATS[".wav"]
+        self._fd = -1  # a WAV written here
+        self._file: Any = None  # any other format, through libsndfile
+        if kind == FORMATS[".wav"]:
+            self._open_wav()
+        else:
+            self._open_sndfile(kind)
         self._wav = kind[0] in ("WAV", "RF64", "W64")
+        self._held = bytearray()
+        self._block = max(2, round(rate * block_seconds) * 2)  # bytes
+        self._header_counts = 0  # the samples the header on disk counts
+        now = monotonic()
+        self._header_due = now + HEADER_UPDATE_INTERVAL if self._wav else math.inf
+        self._due = min(now + FLUSH_INTERVAL, self._header_due)  # when a write flushes
+        self._closed = False
+
+    def _open_wav(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise AudioFileError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
+        try:
+            header = wav_header(self.rate, 0)
+            if os.pwrite(fd, header, 0) != len(header):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            os.lseek(fd, len(header), os.SEEK_SET)
+        except OSError as exc:
+            os.close(fd)
+            reason = (
+                "a WAV file must be one that can be rewritten in place, not a pipe"
+                if exc.errno == errno.ESPIPE
+                else exc.strerror or str(exc)
+            )
+            raise AudioFileError(f"{self.path}: cannot write: {reason}") from None
+        self._fd = fd
+
+    def _open_sndfile(self, kind: tuple[str, str]) -> None:
+        import soundfile as sf
+
         try:
             self._file = sf.SoundFile(
-                os.fspath(path), "w", samplerate=rate, channels=1, subtype=kind[1], format=kind[0]
+                os.fspath(self.path),
+                "w",
+                samplerate=self.rate,
+                channels=1,
+                subtype=kind[1],
+                format=kind[0],
             )
         except (sf.LibsndfileError, RuntimeError, OSError) as exc:
             reason = _sf_reason(sf, sf._ffi.NULL, exc) if isinstance(exc, RuntimeError) else exc
-            raise AudioFileError(f"{path}: cannot write: {reason}") from None
-        self._header_written = time.monotonic()
+            raise AudioFileError(f"{self.path}: cannot write: {reason}") from None
 
-    def write(self, pcm: bytes) -> None:
+    def write(self, pcm: bytes, now: float | None = None) -> None:
         """Append 16-bit little-endian samples (an odd trailing byte is dropped)."""
-        usable = len(pcm) - len(pcm) % 2
-        if not usable:
-            return
+        if len(pcm) & 1:
+            pcm = pcm[:-1]
+        held = self._held
+        held += pcm
+        if len(held) >= self._block or (monotonic() if now is None else now) >= self._due:
+            self.flush(now)
+
+    def tick(self, now: float | None = None) -> None:
+        """What is due without a write to bring it (a call gone quiet): the audio held
+        past FLUSH_INTERVAL, a header behind the file past HEADER_UPDATE_INTERVAL."""
+        if now is None:
+            now = monotonic()
+        if (self._held and now >= self._due) or (
+            now >= self._header_due and self._header_counts != self.written
+        ):
+            self.flush(now)
+
+    def flush(self, now: float | None = None) -> None:
+        """Write the audio held now, in one block; the header too if it is due."""
+        held = self._held
+        if held:
+            self._held = bytearray()
+            if self._fd >= 0:
+                self._write_wav(held)
+            else:
+                self._write_sndfile(held)
+        if now is None:
+            now = monotonic()
+        if self._header_counts != self.written and now >= self._header_due:
+            self.update_header()
+            self._header_due = now + HEADER_UPDATE_INTERVAL
+        self._due = min(now + FLUSH_INTERVAL, self._header_due)
+
+    def _write_wav(self, data: bytearray) -> None:
+        fits = min(len(data), WAV_MAX_DATA - 2 * self.written)
+        done = 0
+        reason = "a WAV file holds at most 4 GB of audio"
         try:
-            self._file.buffer_write(pcm[:usable] if usable != len(pcm) else pcm, dtype="int16")
-        except RuntimeError as exc:
-            import soundfile as sf
+            done = os.write(self._fd, data if fits == len(data) else data[:fits])
+            while 0 < done < fits:  # a short write: the rest, or why it cannot go
+                more = os.write(self._fd, data[done:fits])
+                if not more:
+                    reason = "the file takes no more"
+                    break
+                done += more
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+        self.written += done >> 1  # whole samples: the header never counts half of one
+        if done < len(data):
+            raise AudioFileError(f"{self.path}: cannot write: {reason}")
 
-            raise AudioFileError(
-                f"{self.path}: cannot write: {_sf_reason(sf, self._file._file, exc)}"
-            ) from None
-        self.samples += usable // 2
-        if self._wav:
-            now = time.monotonic()
-            if now - self._header_written >= HEADER_UPDATE_INTERVAL:
-                self.update_header()
-                self._header_written = now
-
-    def update_header(self) -> None:
+    def _write_sndfile(self, data: bytearray) -> None:
         import soundfile as sf
 
-        sf._snd.sf_command(self._file._file, SFC_UPDATE_HEADER_NOW, sf._ffi.NULL, 0)
+        frames = len(data) >> 1
+        # libsndfile itself, without SoundFile.buffer_write's checks and seeks around it
+        # (half the cost of a block): 16-bit samples in the machine's order, which is the
+        # wire's little-endian order on every machine this runs on.
+        handle = self._file._file
+        done = sf._snd.sf_write_short(handle, sf._ffi.from_buffer("short[]", data), frames)
+        self.written += max(0, done)
+        if done != frames:
+            short = OSError(f"wrote {done} of {frames} samples")
+            raise AudioFileError(f"{self.path}: cannot write: {_sf_reason(sf, handle, short)}")
+
+    def update_header(self) -> None:
+        """The header made to count every sample written (a WAV's, in place)."""
+        if self._fd >= 0:
+            header = wav_header(self.rate, 2 * self.written)
+            try:
+                os.pwrite(self._fd, header, 0)
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                raise AudioFileError(f"{self.path}: cannot write: {reason}") from None
+        elif self._file is not None and not self._file.closed:
+            import soundfile as sf
+
+            sf._snd.sf_command(self._file._file, SFC_UPDATE_HEADER_NOW, sf._ffi.NULL, 0)
+        self._header_counts = self.written
+
+    @property
+    def samples(self) -> int:
+        """Every sample given to write(), written or held (not those dropped by a failure)."""
+        return self.written + (len(self._held) >> 1)
+
+    @property
+    def held(self) -> int:
+        """Samples in memory, not yet in the file."""
+        return len(self._held) >> 1
 
     @property
     def duration(self) -> float:
         return self.samples / self.rate
 
     def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        """The audio held written, the header made exact, the file closed (even when the
+        last block cannot be written: AudioFileError then, after closing).
+
+        Without fsync: SoundFile.close() would sync the file to the disk first, a wait
+        of milliseconds (tens on a busy disk) for every call that ends, in the one
+        thread that serves every other call. The file is complete for any reader once
+        closed, whatever becomes of the process; only a power cut before the kernel
+        writes it out (within 30 s by default) could lose it, as for any program that
+        does not sync."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.flush(-math.inf)  # no header update here: the one below is exact
+        finally:
+            if self._fd >= 0:
+                try:
+                    if self._header_counts != self.written:
+                        self.update_header()
+                finally:
+                    fd, self._fd = self._fd, -1
+                    os.close(fd)
+            else:
+                self._close_sndfile()
+
+    def _close_sndfile(self) -> None:
+        import soundfile as sf
+
+        handle, self._file._file = self._file._file, None  # closed for SoundFile too
+        error = sf._snd.sf_close(handle)  # rewrites a WAV-like header, exact
+        if error:
+            reason = sf._ffi.string(sf._snd.sf_error_number(error)).decode("utf-8", "replace")
+            raise AudioFileError(f"{self.path}: cannot write: {reason}")

@@ -3,11 +3,28 @@
 A :class:`Recording` holds one direction of one call. Every sample keeps its
 own rate: the first rate heard goes to the first file, each other rate to a
 file of its own, so nothing is resampled or lost. The format is the one the
-file's extension names (WAV, FLAC, OGG, MP3... through libsndfile).
+file's extension names (WAV written here; FLAC, OGG, MP3... through libsndfile).
+
+Audio is held in memory and written in blocks (media.audio.AudioWriter): one
+write() system call per 0.25 s of audio (a WAV's header, in place, one pwrite()
+a second) instead of one per message, and the rest at the end of the call;
+audio that comes slower than real time is written at the first message 0.25 s
+after the previous block. Memory is one block per file at most. Whatever ends
+the call (hangup, reset, timeout) or the tool (Ctrl-C, SIGTERM), close() writes
+what is held and makes the header exact. A WAV's header is also brought up to
+date about once a second while audio comes, so that a killed process (SIGKILL)
+leaves a file that plays all but at most the last second of audio: the last
+second before the kill, or, if the call's audio had stopped and nothing called
+tick(), the last second before it stopped. The time comes from the caller
+(`now`, time.monotonic() seconds) or is read once per write; nothing here runs a
+timer: an engine that wants quiet calls' files up to date too calls tick()
+every second or so.
 
 A write error (a full disk, a file size limit, a vanished folder) never ends
 a call or the process: the recording says why once, stops, keeps its file
-valid up to the last good write, and reports itself partial.
+valid up to the last good write, and reports itself partial. A block that
+cannot be written at the end of the call (close) counts the same: partial, and
+end(), which is close() with the line to warn with, returns it.
 """
 
 from __future__ import annotations
@@ -43,8 +60,9 @@ class Recording:
         """Some audio could not be written."""
         return self.error is not None
 
-    def write(self, rate: int, pcm: bytes) -> str | None:
-        """Append audio; a line to warn with (a new file for a new rate, or a failure)."""
+    def write(self, rate: int, pcm: bytes, now: float | None = None) -> str | None:
+        """Append audio that arrived at `now` (time.monotonic(); read here if None); a
+        line to warn with (a new file for a new rate, or a failure)."""
         if self.error is not None:
             return None
         writer = self.writers.get(rate)
@@ -56,10 +74,29 @@ class Recording:
                 writer = self.writers[rate] = AudioWriter(path, rate)
                 if first is not None:
                     note = f"audio at {rate} Hz is recorded in {path}"
-            writer.write(pcm)
+            writer.write(pcm, now)
         except (AudioFileError, OSError) as exc:
             return self._failed(writer, exc)
         return note
+
+    def tick(self, now: float | None = None) -> str | None:
+        """Write what is due though no audio came to bring it (see AudioWriter.tick);
+        a line to warn with if that fails. For a timer, every second or so."""
+        return self._each(lambda writer: writer.tick(now))
+
+    def flush(self) -> str | None:
+        """Write every file's audio held now; a line to warn with if that fails."""
+        return self._each(lambda writer: writer.flush())
+
+    def _each(self, act: Callable[[AudioWriter], None]) -> str | None:
+        if self.error is not None:
+            return None
+        for writer in self.writers.values():
+            try:
+                act(writer)
+            except (AudioFileError, OSError) as exc:
+                return self._failed(writer, exc)
+        return None
 
     def _failed(self, writer: AudioWriter | None, exc: Exception) -> str:
         self.error = str(exc)
@@ -72,16 +109,27 @@ class Recording:
         return f"recording stopped: {exc}; the file is valid up to the last sample written"
 
     def close(self) -> None:
+        """Every file written out and closed, valid and exact, whatever fails."""
+        self.end()
+
+    def end(self) -> str | None:
+        """close(), and a line to warn with if the audio held could not all be written
+        (the recording is then partial); None when all went well, or on a second call."""
         if not self.writers and self.empty_rate is not None and self.error is None:
             try:
                 self.write(self.empty_rate, b"")
             except Exception:
                 pass
+        note = None
         for writer in self.writers.values():
             try:
                 writer.close()
+            except (AudioFileError, OSError) as exc:
+                if self.error is None:
+                    note = self._failed(writer, exc)
             except Exception:  # a full disk must not stop the other files closing
                 pass
+        return note
 
 
 def unique_path(directory: str | os.PathLike[str], stem: str, suffix: str) -> Path:
