@@ -9,7 +9,7 @@ speaks (talk-over), optionally leaves a silence inside its first answer
 (dead air), optionally sends nothing at all while quiet.
 
 It hears the caller by energy: a sample above SOUND is sound; an utterance
-ends once HANGOVER has passed without sound, at its last sound. Every time it
+ends once HANGOVER of its audio has come without sound, at its last sound. Every time it
 logs is on its own clock (seconds since it accepted the connection) and on
 the playout clock `converse` uses (a frame plays from max(its send time, the
 previous frame's end)): the truths the tests compare with `converse`'s own
@@ -126,6 +126,7 @@ class _Call:
         self.caller_on = False
         self.caller_start = 0.0
         self.last_sound = 0.0
+        self.quiet = 0.0  # s of the caller's audio without sound since its last sound
         self.utterances = 0  # the caller's
         self.answers = 0
         self.barge_ins = 0
@@ -190,8 +191,12 @@ class _Call:
                 if not self.caller_on:
                     self._caller_began(t + loud[0] / rate)
                 self.last_sound = t + (loud[-1] + 1) / rate
-            elif self.caller_on and t + len(samples) / rate - self.last_sound >= HANGOVER:
-                self._caller_ended()
+                self.quiet = (len(samples) - loud[-1] - 1) / rate
+            else:
+                # Counted in audio, not in arrival times: a late frame is no longer pause.
+                self.quiet += len(samples) / rate
+                if self.caller_on and self.quiet >= HANGOVER:
+                    self._caller_ended()
 
     def _caller_began(self, t: float) -> None:
         self.caller_on, self.caller_start = True, t

@@ -109,9 +109,12 @@ class AgentEar:
                 now - self._loud_end < SOUNDING,
             )
 
-    def finish(self, t: float) -> list[tuple[float, float]]:
+    def finish(self) -> list[tuple[float, float]]:
+        """The agent's speech segments, once the call has ended. Not clipped at the call's
+        end: audio that came ahead of the playout clock (a burst) was heard by the
+        script as it came, and is measured where it plays."""
         with self.lock:
-            self.detector.finish(t)
+            self.detector.finish()
             return [(s.start, s.end) for s in self.detector.segments]
 
 
@@ -472,7 +475,7 @@ class Conversation:
         for p in script.progress:  # what was not reached stays so; what was going on was cut
             if p.started is not None and p.ended is None:
                 p.outcome = "cut"
-        agent = self._ear.finish(t)
+        agent = self._ear.finish()
         turns = [turn.measured() for turn in script.turns]
         measures = measure(
             turns,
