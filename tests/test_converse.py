@@ -130,15 +130,22 @@ ACCURACY = {
 
 
 def starvation(records: list[dict], log: CallLog) -> float:
-    """How late a busy machine made either side (s): the tool's own sends, the bot's."""
+    """How late a busy machine made either side (s): the tool's own sends, the bot's, and
+    how far the tool's playout clock ran ahead of its own arrival stamps. When the tool's
+    receiving thread waits for a CPU, it reads a few frames at once, stamped late; laid end
+    to end, they keep a continuous stream that late: its playout runs ahead of arrivals."""
     end = events(records, "call-end")[0]
-    return max(end["max_send_lag_ms"] / 1000, log.late)
+    ahead, play_end = 0.0, float("-inf")
+    for r in records:
+        if r.get("kind") == "audio" and r["dir"] == "<":
+            play = max(r["t"], play_end)
+            ahead = max(ahead, play - r["t"])
+            play_end = play + r["len"] / 2 / r["rate"]
+    return max(end["max_send_lag_ms"] / 1000, log.late, ahead)
 
 
 def slack(records: list[dict], log: CallLog) -> float:
-    """TOLERANCE, widened by what a starved machine took: when the tool's receiving
-    thread waits for a CPU, it stamps the application's audio late by as much (and a
-    continuous stream keeps the offset: its frames are laid end to end)."""
+    """TOLERANCE, widened by what a starved machine took (starvation, beyond 10 ms)."""
     return TOLERANCE + max(0.0, starvation(records, log) - 0.01)
 
 
