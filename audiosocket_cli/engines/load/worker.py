@@ -543,7 +543,10 @@ class Worker:
         the lateness, the echo table, one send(); the message counts are added once
         per pass. TCP offers nothing cheaper than one send() per frame: each call
         is its own socket (sendmmsg batches one socket's messages, not many
-        sockets'), and on loopback most of a send's cost is the kernel's."""
+        sockets'), and on loopback most of a send's cost is the kernel's. Calls
+        whose --duration has passed end after the pass's sends (an end, with its
+        diagnoses, costs a millisecond or more: the other members' frames would wait
+        for it), at the same media time."""
         due = slot.due
         stats = self.stats
         late_add = stats.late.add
@@ -559,12 +562,11 @@ class Worker:
         header_kind = self.kind
         monotonic = time.monotonic
         out_msgs = out_bytes = 0
+        ending: list[_Call] = []
         for call in list(slot.calls.values()):
             k = call.k
             if k >= k_end:
-                assert call.session is not None
-                why = f"--duration {self.plan.duration:g} passed"
-                self._end(call, call.session.close("caller-close", why, due))
+                ending.append(call)
                 continue
             if ndtmf and call.dtmf_i < ndtmf and dtmf[call.dtmf_i][0] <= k * frame_s + 1e-9:
                 self._send_dtmf(call, k * frame_s)
@@ -606,6 +608,10 @@ class Worker:
                 except BlockingIOError:
                     n = 0
                 except OSError as exc:
+                    # Counted first: if this was the last call, its end sends the last record.
+                    self.stats.msgs_out += out_msgs
+                    self.stats.bytes_out += out_bytes
+                    out_msgs = out_bytes = 0
                     self._write_failed(call, exc)
                     continue
                 if n < len(data):
@@ -616,9 +622,15 @@ class Worker:
                 # (one-way audio). A DirectionStats.add per frame would be the
                 # hot path's largest cost after the send itself.
                 call.ours(now - call.up_at, Message(header_kind, payload))
-        stats = self.stats  # the same object, unless the last call's end reported it
+        stats = self.stats  # counted before the ends: the last call's end sends the last record
         stats.msgs_out += out_msgs
         stats.bytes_out += out_bytes
+        if ending:
+            why = f"--duration {self.plan.duration:g} passed"
+            for call in ending:
+                if call.state == "up":
+                    assert call.session is not None
+                    self._end(call, call.session.close("caller-close", why, due))
         if slot.calls:
             slot.due = due + frame_s
             slot.timer = self.reactor.call_at(slot.due, lambda: self._tick(slot))
