@@ -184,6 +184,43 @@ def test_json_of_a_trace_file_keeps_events_and_directions() -> None:
     assert records[-1]["event"] == "call-end" and records[-1]["ended"] == "app-hangup"
 
 
+def test_a_conversations_events_are_read_back_as_themselves(tmp_path: Path) -> None:
+    """`converse` writes turn, barge-in, expectation and conversation events: a trace of
+    it shows them under their own names, never as warnings."""
+    trace = tmp_path / "converse.trace"
+    call = "305a5c0f-8510-41b6-ba04-8eb333b10b9b"
+    head = {"format": "audiosocket-trace", "version": 2, "command": "converse"}
+    events = [
+        ("turn", "turn 1 (step 3 'question'): caller spoke 10.00-11.77s", {"latency": 0.4}),
+        ("barge-in", "barge-in 1: the agent stopped 0.31s after the caller began", {}),
+        ("expectation", "PASS no-talk-over: the agent never began while the caller spoke", {}),
+        ("conversation", "first response 1.20s; 1 turn", {"turns": 1}),
+    ]
+    lines = [json.dumps(head)] + [
+        json.dumps(
+            {
+                "t": 12.0,
+                "conn": 1,
+                "call": call,
+                "dir": "-",
+                "event": name,
+                "text": text,
+                "ts": 1.0,
+                **fields,
+            }
+        )  # fmt: skip
+        for name, text, fields in events
+    ]
+    trace.write_text("\n".join(lines) + "\n")
+    result = run("--json", str(trace))
+    assert result.exit_code == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["event"] for r in records] == [name for name, _, _ in events]
+    assert records[0]["latency"] == 0.4 and records[3]["turns"] == 1
+    plain = run(str(trace))
+    assert "- turn - turn 1" in plain.stdout and "warning" not in plain.stdout + plain.stderr
+
+
 # Filters -----------------------------------------------------------------------------
 
 

@@ -25,12 +25,14 @@ from typing import Any, BinaryIO
 from audiosocket_cli import __version__
 from audiosocket_cli.files.records import Record, TraceFormatError
 from audiosocket_cli.protocol.events import (
+    CONVERSATION_EVENTS,
     ENDINGS,
     CallDiagnosis,
     CallEnd,
     CallInfo,
     CallStart,
     CallWarning,
+    ConversationEvent,
     Event,
     event_record,
     message_record,
@@ -413,6 +415,8 @@ def event_from_record(record: Record) -> Event:
         return CallStart(t, text, fields)
     if name == "diagnosis":
         return CallDiagnosis(t, str(fields.pop("code", "")), text, fields)
+    if name in CONVERSATION_EVENTS:
+        return ConversationEvent(name, t, text, fields)
     return CallWarning(t, text, fields)
 
 

@@ -42,7 +42,9 @@ ENDINGS: dict[str, str] = {
 VIOLATION_ENDINGS = frozenset({"refused", "stall", "truncated", "garbage"})
 # Endings that mean the tool could not do its job: the exit status is 1.
 FAILURE_ENDINGS = frozenset({"upstream-unreachable", "internal-error"})
-EVENT_NAMES = ("call-start", "call-end", "warning", "diagnosis")
+# What `converse` measures of a conversation, as events of their own (docs/converse.md).
+CONVERSATION_EVENTS = ("turn", "barge-in", "expectation", "conversation")
+EVENT_NAMES = ("call-start", "call-end", "warning", "diagnosis", *CONVERSATION_EVENTS)
 
 
 @dataclass
@@ -127,7 +129,21 @@ class CallEnd:
         return bool(self.violations) or self.ended in VIOLATION_ENDINGS
 
 
-Event = CallStart | CallWarning | CallDiagnosis | CallEnd
+@dataclass(frozen=True)
+class ConversationEvent:
+    """A measure or a verdict of `converse`: `name` is one of CONVERSATION_EVENTS."""
+
+    name: str
+    t: float
+    text: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.name not in CONVERSATION_EVENTS:
+            raise ValueError(f"unknown conversation event {self.name!r}")
+
+
+Event = CallStart | CallWarning | CallDiagnosis | CallEnd | ConversationEvent
 
 
 def event_fields(event: Event) -> dict[str, Any]:

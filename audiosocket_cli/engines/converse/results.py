@@ -21,17 +21,10 @@ from audiosocket_cli.engines.converse.measures import (
     percentile,
 )
 from audiosocket_cli.engines.converse.verdicts import Expectation
-from audiosocket_cli.protocol.events import CallEnd
+from audiosocket_cli.protocol.events import CallEnd, ConversationEvent
 
-
-@dataclass(frozen=True)
-class ConverseEvent:
-    """One of the conversation's events, shown by the output layer like the others."""
-
-    name: str  # turn, barge-in, expectation, conversation
-    t: float
-    text: str
-    fields: dict[str, Any] = field(default_factory=dict)
+# The conversation's events are the vocabulary's own (protocol.events).
+ConverseEvent = ConversationEvent
 
 
 def _r(value: float | None) -> float | None:
