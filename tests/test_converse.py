@@ -375,14 +375,16 @@ def test_listen_echo_talks_over_and_listen_play_never_answers(
         }
         (turn,) = events(records, "turn")
         assert turn["talk_over"] and turn["latency"] < -1.0
-        # The echo began when our question's sound came back (late if listen was slow).
+        # The echo began when our question's sound came back (late if listen was slow;
+        # its arrival and its playout differ by what a stalled listen bunched up, which
+        # the 100 ms here allows: the figures' accuracy is tested against the fake bot).
         back = next(
             r["t"]
             for r in records
             if r.get("kind") == "audio" and r["dir"] == "<" and (r["level_dbfs"] or -99) > -40
         )
         lag = events(records, "call-end")[0]["max_send_lag_ms"] / 1000
-        assert abs(turn["agent_start"] - back) <= TOLERANCE + lag
+        assert abs(turn["agent_start"] - back) <= 0.1 + lag
     else:
         # It greets at once, then never says anything again.
         assert verdicts == {
