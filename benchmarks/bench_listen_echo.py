@@ -24,7 +24,7 @@ the median ratio: a shared machine moves single runs by tens of percent.
 `--floor-cmd CMD` runs any other echo server as the floor instead, with the
 same placement and rounds: CMD is a command line in which `{addr}` becomes the
 127.0.0.1:PORT it must listen on, `{port}` the port alone and `{dir}` an empty
-folder of its own for whatever it writes (removed after the run); its stdout
+folder of its own for whatever it writes (removed when the benchmark ends); its stdout
 goes to a file. The reference is an echo server on the seed's Go library
 (github.com/CyCoreSystems/audiosocket) that appends every byte read and
 written to a file per call (docs/benchmarks.md says how to build it):
@@ -539,7 +539,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     out = None
     if args.server == "external" or (args.output == "file" and args.server == "listen"):
         out = tempfile.TemporaryFile(mode="w")  # noqa: SIM115 - closed below
-    # A folder of the run's own for what the server writes (recordings), removed after.
+    # A folder of the run's own for what the server writes, removed when the benchmark ends.
     writes = args.server == "external" or (args.server == "listen" and args.record)
     directory = _client.scratch_folder("echo-") if writes else None
     port = _client.free_port() if args.server == "external" else None
@@ -734,7 +734,8 @@ def floor_run(args: argparse.Namespace) -> int:
                 f" {spread([runs[output]['p99'] for _, runs in rounds])} (target {p99_rule}:"
                 f" {_client.met(p99_met)}); after {SETTLED:g} s p99"
                 f" {spread([runs[output]['p99_settled'] for _, runs in rounds])} (same rule:"
-                f" {_client.met(settled_met)}); lost {lost:.0f} (target 0:"
+                f" {_client.met(settled_met) if listen_settled == listen_settled else 'no data'});"
+                f" lost {lost:.0f} (target 0:"
                 f" {_client.met(lost == 0)})"
                 + (f"; {written / 1e6:.1f} MB of plain lines a run" if output == "file" else "")
             )

@@ -41,11 +41,12 @@ runs shared and split by default; without it the placement is free, as before.
     python benchmarks/bench_proxy_latency.py                  # 1 and 200 calls, 5 s each
     python benchmarks/bench_proxy_latency.py --calls 1,50,200 --seconds 10
     python benchmarks/bench_proxy_latency.py --floor --calls 400 --seconds 5
-    python benchmarks/bench_proxy_latency.py --calls 400 --output file --record --rounds 5
+    python benchmarks/bench_proxy_latency.py --calls 400 --output file --record --trace --rounds 5
 
-`--record` has capture also record each call (`--record DIR`, both directions) and
-keep a trace of every message (`--trace FILE`), in a folder of the run's own that is
-removed after it: what recording and tracing add to the latency, nothing lost.
+`--record` has capture also record each call (`--record DIR`, both directions),
+`--trace` keep a trace of every message (`--trace FILE`), in a folder of the run's
+own (removed when the benchmark ends): what recording and tracing add to the
+latency, and that nothing is lost.
 """
 
 from __future__ import annotations
@@ -275,10 +276,16 @@ def where(placement: str) -> str:
 
 
 def proxy_argv(
-    kind: str, upstream: int, calls: int, output: Any, record: str | None = None
+    kind: str,
+    upstream: int,
+    calls: int,
+    output: Any,
+    folder: str | None = None,
+    keep: tuple[str, ...] = (),
 ) -> list[str]:
-    """capture (-q, or every line when `output` takes its stdout; recording each call and
-    tracing every message into the folder `record` when given), or the trivial proxy."""
+    """capture (-q, or every line when `output` takes its stdout; with "record" in `keep`
+    each call recorded, with "trace" every message traced, into `folder`), or the
+    trivial proxy."""
     if kind == "trivial":
         return [
             sys.executable,
@@ -288,11 +295,15 @@ def proxy_argv(
             f"127.0.0.1:{upstream}",
         ]
     quiet = [] if output is not None else ["-q"]
-    keep = ["--record", record, "--trace", str(Path(record) / "calls.trace")] if record else []
+    kept = []
+    if folder and "record" in keep:
+        kept += ["--record", folder]
+    if folder and "trace" in keep:
+        kept += ["--trace", str(Path(folder) / "calls.trace")]
     return _client.cli_command(
         "capture",
         *quiet,
-        *keep,
+        *kept,
         "--upstream",
         f"127.0.0.1:{upstream}",
         "--max-concurrent",
@@ -307,15 +318,15 @@ def run(
     proxy_kind: str | None,
     placement: str = "free",
     output: Any = None,
-    record: bool = False,
+    keep: tuple[str, ...] = (),
 ) -> dict:
     """One measurement: latencies each way, lateness of the caller, proxy CPU.
 
     `proxy_kind`: None (the caller straight to the application), "capture" or
-    "trivial"; `output`: capture's stdout (every line), or None for -q; `record`:
-    capture records and traces too, into a folder of the run's own."""
+    "trivial"; `output`: capture's stdout (every line), or None for -q; `keep`:
+    "record" and/or "trace", what capture also keeps, in a folder of the run's own."""
     ends_cpus, proxy_cpus = _client.placement_cpus(placement)
-    folder = _client.scratch_folder("capture-") if record and proxy_kind == "capture" else None
+    folder = _client.scratch_folder("capture-") if keep and proxy_kind == "capture" else None
     ctx = multiprocessing.get_context("fork")
     skip = round(WARMUP / FRAME)
     app_pipe, app_end = ctx.Pipe()
@@ -330,7 +341,7 @@ def run(
         port = app_pipe.recv()
         if proxy_kind is not None:
             proxy = _client.ServerProcess(
-                proxy_argv(proxy_kind, port, calls, output, folder),
+                proxy_argv(proxy_kind, port, calls, output, folder, keep),
                 stdout=output,
                 cpus=proxy_cpus,
             )
@@ -383,7 +394,7 @@ def run(
             proxy.stop()
         if folder is not None:
             written = sum(f.stat().st_size for f in Path(folder).iterdir())
-            print(f"        capture wrote {written / 1e6:.1f} MB of recordings and trace")
+            print(f"        capture wrote {written / 1e6:.1f} MB ({' and '.join(keep)})")
         for process in processes:
             process.join(2.0)
             if process.is_alive():
@@ -407,13 +418,13 @@ def measure(
     placement: str = "free",
     output: Any = None,
     window: bool = False,
-    record: bool = False,
+    keep: tuple[str, ...] = (),
 ) -> dict:
     """One run, printed; its figures: "latency" (median, p99, max) of both directions
     together, "cpu" (the proxy's), "lost". `window`: the proxy's CPU over the send
     window only (as --floor compares), rather than from set-up to the caller's end."""
     label = proxy_kind or "direct"
-    result = run(calls, seconds, proxy_kind, placement, output, record)
+    result = run(calls, seconds, proxy_kind, placement, output, keep)
     both = result["forth"].samples + result["back"].samples
     figures = _percentiles(both)
     lost = 2 * result["sent"] - result["forth"].received - result["back"].received
@@ -484,7 +495,7 @@ def floor_run(args: argparse.Namespace) -> int:
                 print(f"== audiosocket capture, {placement}{of}: every line to a file ==")
                 with tempfile.TemporaryFile(mode="w") as out:
                     capture = measure(
-                        calls, args.seconds, "capture", placement, out, True, args.record
+                        calls, args.seconds, "capture", placement, out, True, args.keep
                     )
                     out.flush()
                     capture["bytes"] = os.fstat(out.fileno()).st_size
@@ -517,7 +528,7 @@ def floor_run(args: argparse.Namespace) -> int:
                 f" ms, through the trivial proxy median {_ms(floor_p50).strip()} ms, p99"
                 f" {_ms(floor_p99).strip()} ms; lost {lost} (trivial proxy {floor_lost});"
                 f" capture wrote {written / 1e6:.1f} MB of plain lines a run"
-                + (" (and recorded and traced every call)" if args.record else "")
+                + (f" (and kept: {', '.join(args.keep)})" if args.keep else "")
             )
             print(verdicts[-1])
             print()
@@ -555,11 +566,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--record",
         action="store_true",
-        help="capture also records each call and traces every message (--record DIR"
-        " --trace FILE, in a folder of the run's own)",
+        help="capture also records each call (--record DIR, in a folder of the run's own)",
+    )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="capture also traces every message (--trace FILE, in a folder of the run's own)",
     )
     _client.add_placement_arguments(parser, clients="caller and application", server="proxy")
     args = parser.parse_args(argv)
+    args.keep = tuple(k for k in ("record", "trace") if getattr(args, k))
     _client.placement_arguments(parser, args)
     try:
         args.counts = [
@@ -607,7 +623,7 @@ def main() -> int:
                     "capture",
                     args.placement,
                     FULL_OUTPUT.file,
-                    record=args.record,
+                    keep=args.keep,
                 )
                 proxied = through["latency"]
                 lost += through["lost"]
