@@ -347,5 +347,6 @@ class _Extractor:
         return [path for recording in self.recordings.values() for path in recording.paths]
 
     def close(self) -> None:
-        for recording in self.recordings.values():
-            recording.close()
+        notes = [note for recording in self.recordings.values() if (note := recording.end())]
+        if notes:
+            raise Failure(notes[0])

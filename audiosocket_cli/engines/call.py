@@ -157,9 +157,16 @@ class CallReport:
             return self.end
         t = self.info.elapsed() if t is None else t
         self.release_recordings()
+        for direction, recording in self.recordings.items():
+            # end(): close, and a line if the audio held at the end could not be written.
+            end = getattr(recording, "end", None)  # an adapter (converse's stereo) may lack it
+            if end is None:
+                recording.close()
+                continue
+            note = end()
+            if note:
+                self.warning(t, f"{WHO.get(direction, direction)} {note}", direction=direction)
         recordings = self.recordings.values()
-        for recording in recordings:
-            recording.close()
         paths = tuple(str(path) for r in recordings for path in r.paths)
         partial = any(r.partial for r in recordings)
         codes: list[str] = []
