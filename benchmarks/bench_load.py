@@ -18,12 +18,15 @@ same ramp, a UUID message, then one 323-byte audio message per call every 20 ms
 at the call's own phase of the cycle, golden-ratio phases as load's), against
 the same echo server, reading and discarding what comes back, in as many
 processes as load has workers. Both run `--rounds` times, alternating which
-goes first; CPU is read from /proc over the steady part of each run (every call
-up, none ended yet), so start-up and ramp are not counted. Prints each round
-and the median ratio (targets at 1000 calls: load's CPU per call at most 1.5x
-the floor's, our send lateness p99 under 5 ms), and how busy the rest of the
-machine was meanwhile: on a shared machine that moves single rounds by tens of
-percent.
+goes first; CPU is read from /proc (schedstat, to the nanosecond) over the
+steady part of each run (every call up, none ended yet), so start-up, ramp and
+ends are not counted. Prints each round: CPU per call of each, the cores used by
+each generator, by the echo server and by every other process meanwhile (on a
+shared machine others move single rounds by tens of percent), and the ratio; a
+round in which either generator fell behind (send lateness p99 over 20 ms: short
+of CPU, its sends bunch up and each costs less) is shown but not counted. Then
+the median ratio (targets at 1000 calls: load's CPU per call at most 1.5x the
+floor's, our send lateness p99 under 5 ms).
 
 `--find-max` searches the largest call count `load` (by default with
 `--workers 2`) sustains with our send lateness p99 under 5 ms and no failed
@@ -38,7 +41,7 @@ target.
     python benchmarks/bench_load.py --soak 120              # 500 calls, RSS every 5 s
 
 Traffic goes to 127.0.0.1 only. Exits non-zero when a run could not be made,
-and with --floor or --find-max when a target is not met.
+with --floor when a target is not met, with --find-max when no count was.
 """
 
 from __future__ import annotations
