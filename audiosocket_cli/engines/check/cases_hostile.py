@@ -20,7 +20,7 @@ from audiosocket_cli.engines.check.probe import (
     tone,
 )
 from audiosocket_cli.engines.check.results import PASS, Outcome, failed
-from audiosocket_cli.net.tcpstate import WAITING, connection_states
+from audiosocket_cli.net.tcpstate import waiting_ports
 from audiosocket_cli.net.transport import raise_fd_limit
 from audiosocket_cli.protocol.wire import HEADER, KIND_NAMES, Kind, Message
 
@@ -155,9 +155,9 @@ def case_flood(cr: CaseRun, count: int = 200) -> Outcome:
     remaining = closed_at + CLOSE_LIMIT - time.monotonic()
     if remaining > 0:
         time.sleep(remaining)
-    states = connection_states(run.address.port)
-    if states is not None:
-        left = sum(1 for port in closed_ports if states.get(port) in WAITING)
+    waiting = waiting_ports(run.address.port)
+    if waiting is not None:
+        left = sum(1 for port in closed_ports if port in waiting)
         if left and outcome.verdict == PASS:
             return failed(
                 f"the application left {left} of the {len(closed_ports)} connections "

@@ -17,7 +17,7 @@ from audiosocket_cli.engines.load.periods import NORMAL_ENDINGS, STOPPED_ENDINGS
 from audiosocket_cli.engines.load.plan import FRAME_MS, LoadPlan, make_uuid
 from audiosocket_cli.media.recorder import Recording, call_recording
 from audiosocket_cli.net.reactor import Reactor, Timer
-from audiosocket_cli.net.tcpstate import WAITING, connection_states
+from audiosocket_cli.net.tcpstate import waiting_ports
 from audiosocket_cli.net.transport import CONNECT_TIMEOUT, set_nodelay
 from audiosocket_cli.output.sinks import Output
 from audiosocket_cli.protocol.events import CallEnd, CallInfo
@@ -330,13 +330,13 @@ class Worker:
         open (its socket in CLOSE-WAIT), and unserved if it never sent a byte."""
         if not self.closing:
             return
-        states = connection_states(self.plan.address.port)
-        if states is None:
+        left = waiting_ports(self.plan.address.port)  # one look, filtered by the kernel
+        if left is None:
             self.closing.clear()  # no kernel table here: not judged
             return
         stats = self.stats
         for port, (at, served) in list(self.closing.items()):
-            waiting = states.get(port) in WAITING
+            waiting = port in left
             if waiting and now - at >= CLOSE_LIMIT:
                 stats.left_open += 1
                 if not served:
