@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
+from test_stereo import offsets, playout, trace_audio
 
 from audiosocket_cli.cli import cli
 from audiosocket_cli.protocol.wire import Message
@@ -181,6 +182,71 @@ def test_bytes_pass_unchanged_both_ways_with_half_close_recordings_and_trace(
     assert sum(r["dir"] == "<" for r in messages) == 31
     assert [r["kind"] for r in messages if r["dir"] == "<"][-1] == "hangup"
     assert {r["call"] for r in messages} == {str(call_uuid)}
+
+
+def paced(sock: socket.socket, messages: list[bytes]) -> None:
+    """Send each message 20 ms after the one before, on a drift-free clock (the input's
+    pace; what is asserted is timed by capture's own trace)."""
+    start = time.monotonic()
+    for k, message in enumerate(messages):
+        delay = start + k * 0.020 - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        sock.sendall(message)
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_record_stereo_lines_both_sides_up_with_the_trace(
+    tmp_path: Path, cli_env: dict[str, str], rate: int
+) -> None:
+    """DIR/<uuid>.stereo.wav: Asterisk left, the application right, every message of the
+    trace in it sample for sample, within a frame of its playout time (a burst laid end
+    to end from its arrival)."""
+    call_uuid = uuid.uuid4()
+    size = rate // 50 * 2
+    caller_pcm, app_pcm = frames(30, 50, size), frames(31, 70, size)
+
+    def app(sock: socket.socket) -> None:
+        got = b""
+        while len(got) < 19:  # the UUID
+            got += sock.recv(65536)
+        sock.sendall(b"".join(Message.audio(f, rate).encode() for f in app_pcm[:10]))
+        paced(sock, [Message.audio(f, rate).encode() for f in app_pcm[10:]])
+        sock.sendall(Message.hangup().encode())
+        recv_all(sock)
+
+    application = Application(app)
+    record, trace = tmp_path / "rec", tmp_path / "call.trace"
+    args = ("--upstream", str(application.port), "--record-stereo", str(record), "--max-calls")
+    with running_capture(*args, "1", "--trace", str(trace), env=cli_env) as (proc, port):
+        with connect(port) as caller:
+            caller.sendall(Message.for_uuid(call_uuid).encode())
+            paced(caller, [Message.audio(f, rate).encode() for f in caller_pcm])
+            wanted = sum(len(Message.audio(f, rate).encode()) for f in app_pcm) + 3
+            got = b""
+            while len(got) < wanted:
+                got += caller.recv(65536)
+            caller.shutdown(socket.SHUT_WR)
+            recv_all(caller)
+        status, out, err = finish(proc)
+    application.join()
+
+    assert status == 0, err
+    path = record / f"{call_uuid}.stereo.wav"
+    (end,) = json_events(trace.read_text(), "call-end")
+    assert end["recordings"] == [str(path)] and not end["partial"]
+    audio, file_rate = sf.read(path, dtype="int16")
+    assert file_rate == rate and audio.shape[1] == 2
+    sent = trace_audio(trace)
+    left = offsets(audio[:, 0], rate, playout(sent[">"], rate), 0.020)
+    right = offsets(audio[:, 1], rate, playout(sent["<"], rate), 0.020)
+    assert (len(left), len(right)) == (50, 70)
+    assert max(abs(x) for x in left + right) <= 1 / rate, (left, right)
+    # The burst is laid end to end from its arrival, not piled up at it.
+    arrivals = [t for t, _ in sent["<"][:10]]
+    assert arrivals[-1] - arrivals[0] < 0.1
+    starts = [t for t, _ in playout(sent["<"], rate)[:10]]
+    assert starts[-1] - starts[0] == pytest.approx(0.18, abs=1e-5)
 
 
 def test_split_header_keeps_its_chunking_both_ways(cli_env: dict[str, str]) -> None:
@@ -433,6 +499,7 @@ def test_signal_mid_call_exits_with_valid_recordings(
     application = Application(app)
     record, trace = tmp_path / "rec", tmp_path / "t.trace"
     args = ("--upstream", str(application.port), "--record", str(record), "--trace", str(trace))
+    args += ("--record-stereo", str(record))
     with running_capture(*args, "-q", env=cli_env) as (proc, port), connect(port) as caller:
         caller.sendall(caller_bytes)
         got = b""
@@ -451,6 +518,16 @@ def test_signal_mid_call_exits_with_valid_recordings(
     assert wav_pcm(record / f"{call_uuid}.out.wav") == (b"".join(app_pcm), 8000)
     ends = [json.loads(line) for line in trace.read_text().splitlines()[1:]]
     assert ends[-1]["event"] == "call-end" and ends[-1]["ended"] == how
+    # The stereo file is whole too: each side's audio, laid end to end from its arrival.
+    stereo = record / f"{call_uuid}.stereo.wav"
+    assert str(stereo) in ends[-1]["recordings"]
+    both, rate = sf.read(stereo, dtype="int16")
+    assert rate == 8000 and both.shape[1] == 2
+    for channel, pcm in ((0, b"".join(caller_pcm)), (1, b"".join(app_pcm))):
+        first = np.frombuffer(pcm[:320], dtype="<i2")
+        views = np.lib.stride_tricks.sliding_window_view(both[:, channel], 160)
+        (at,) = np.flatnonzero((views == first).all(axis=1))
+        assert both[at : at + len(pcm) // 2, channel].tobytes() == pcm, channel
 
 
 def test_bad_address_is_a_usage_error(cli_env: dict[str, str]) -> None:

@@ -22,6 +22,7 @@ import pytest
 import soundfile as sf
 from app_server import (
     AppServer,
+    ServerCall,
     after_uuid,
     burst_audio,
     paced_audio,
@@ -29,6 +30,7 @@ from app_server import (
 )
 from click.testing import CliRunner, Result
 from conftest import PYTHON, SAMPLES
+from test_stereo import noise, offsets, playout, trace_audio
 
 from audiosocket_cli.cli import cli
 from audiosocket_cli.protocol.wire import Kind, Message, decode_all
@@ -431,6 +433,10 @@ def test_big_endian_audio_is_diagnosed() -> None:
         (["{addr}", "--dtmf", "12x@1"], 2, "not a DTMF digit"),
         (["{addr}", "--frame-ms", "400", "--rate", "192000"], 2, "over a message"),
         (["{addr}", "--record", "/no/such/dir/out.wav"], 1, "no such folder"),
+        (["{addr}", "--record-stereo", "/no/such/dir/out.wav"], 1, "(--record-stereo)"),
+        (["{addr}", "--record-stereo", "{bad}.flac"], 2, "is a WAV file"),
+        (["{addr}", "--record-stereo", "{bad}", "--speed", "0"], 2, "with --speed 1"),
+        (["{addr}", "--record", "{bad}", "--record-stereo", "{bad}"], 2, "the same file"),
         (["{addr}", "--tone", "5000"], 2, "--tone"),
     ],
 )
@@ -493,6 +499,52 @@ def test_dial_help_loads_no_audio_libraries(cli_env: dict[str, str]) -> None:
     assert not imported & {"numpy", "soundfile", "sounddevice", "soxr", "rich"}
 
 
+# Both sides in one stereo WAV (--record-stereo), each message where the trace puts it.
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_record_stereo_lines_both_sides_up_with_the_trace(tmp_path: Path, rate: int) -> None:
+    """Every message of the trace is in the file, sample for sample, within a frame of
+    where its time puts it: what we sent at its send time (left), the application's
+    audio at its playout time (right), a burst laid end to end."""
+    ours = tmp_path / "ours.wav"
+    sf.write(ours, np.frombuffer(noise(1, 1.0, rate), dtype="<i2"), rate, subtype="PCM_16")
+    theirs = split(noise(2, 1.6, rate), rate)  # 10 frames at once, then 70 paced
+    out, trace = tmp_path / "call.wav", tmp_path / "call.trace"
+
+    def app(call: ServerCall) -> None:
+        call.wait_uuid()
+        call.send(b"".join(Message.audio(f, rate).encode() for f in theirs[:10]))
+        paced_audio(b"".join(theirs[10:]), rate, then="hangup")(call)  # the UUID is here
+
+    with AppServer(app) as server:
+        result = dial(
+            server.address, "--play", str(ours), "--rate", str(rate),
+            "--record-stereo", str(out), "--trace", str(trace), "--json",
+        )  # fmt: skip
+        server.wait_call().wait_ended(5)
+    assert result.exit_code == 0, result.stderr
+    (end,) = events(result, "call-end")
+    assert end["ended"] == "app-hangup" and end["recordings"] == [str(out)]
+    assert not end["partial"]
+    audio, file_rate = sf.read(out, dtype="int16")
+    assert file_rate == rate and audio.shape[1] == 2
+    sent = trace_audio(trace)
+    frame, lag = 0.020, end["max_send_lag_ms"] / 1000
+    # Ours at its due time: the trace's time is that plus how late the send ran.
+    left = offsets(audio[:, 0], rate, sent[">"], frame + lag + 0.005)
+    right = offsets(audio[:, 1], rate, playout(sent["<"], rate), frame)
+    assert len(left) == 50 and len(right) == len(theirs)
+    assert max(abs(x) for x in left) <= frame + lag + 0.005, left
+    assert max(abs(x) for x in right) <= 1 / rate, right
+    print(f"{rate} Hz: > worst {max(map(abs, left)) * 1000:.2f} ms, lag {lag * 1000:.2f} ms")
+
+
+def split(pcm: bytes, rate: int) -> list[bytes]:
+    size = rate // 50 * 2
+    return [pcm[i : i + size] for i in range(0, len(pcm), size)]
+
+
 # Signals and the microphone: subprocesses.
 
 
@@ -511,10 +563,11 @@ def _start_dial(args: list[str], env: dict[str, str]) -> subprocess.Popen:
 def test_a_signal_mid_call_leaves_a_valid_recording(
     tmp_path: Path, cli_env: dict[str, str], sig: int, status: int
 ) -> None:
-    out = tmp_path / "answer.wav"
+    out, stereo = tmp_path / "answer.wav", tmp_path / "both.wav"
     answer = hello_pcm()
     with AppServer(paced_audio(answer, then=None)) as server:
-        proc = _start_dial([server.address, "--record", str(out), "-q", "--json"], cli_env)
+        args = [server.address, "--record", str(out), "--record-stereo", str(stereo)]
+        proc = _start_dial([*args, "-q", "--json"], cli_env)
         try:
             call = server.wait_call(timeout=10)
             assert call.wait_for(lambda: len(call.sent) >= 40, timeout=10)
@@ -535,6 +588,40 @@ def test_a_signal_mid_call_leaves_a_valid_recording(
     # still have been on their way when the signal came).
     assert rate == 8000 and len(got) == round(end["<"]["audio_seconds"] * 8000) * 2 > 0
     assert got == answer[: len(got)]
+    # The stereo file too: whole, listed, both sides in it up to the end.
+    assert end["recordings"] == [str(out), str(stereo)] and not end["partial"]
+    both, rate = sf.read(stereo, dtype="int16")
+    assert rate == 8000 and both.shape[1] == 2
+    assert len(both) >= len(got) // 2 and both[:, 1].any()
+    assert np.flatnonzero(both[:, 1])[-1] >= round(end["<"]["audio_seconds"] * 8000) - 160
+
+
+def test_record_stereo_that_cannot_be_written_warns_once_and_is_partial(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """A full disk (RLIMIT_FSIZE: past it, every write fails with EFBIG) stops the
+    stereo file, not the call: one warning, the call-end partial, the file valid."""
+    from test_file_errors import limited
+
+    out = tmp_path / "both.wav"
+    with AppServer(paced_audio(noise(3, 3.0, 8000), then="hangup")) as server:
+        proc = subprocess.Popen(
+            [PYTHON, "-m", "audiosocket_cli", "dial", server.address, "--record-stereo",
+             str(out), "-q", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env,
+            preexec_fn=limited(20_000),
+        )  # fmt: skip
+        stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    records = [json.loads(line) for line in stdout.splitlines()]
+    warnings = [r["text"] for r in records if r.get("event") == "warning"]
+    assert len(warnings) == 1 and warnings[0].startswith("stereo recording stopped: "), warnings
+    assert str(out) in warnings[0] and "File too large" in warnings[0]
+    end = records[-1]
+    assert end["event"] == "call-end" and end["ended"] == "app-hangup"
+    assert end["partial"] and end["recordings"] == [str(out)]
+    info = sf.info(out)
+    assert info.channels == 2 and 0 < info.frames * 4 + 44 <= 20_000
 
 
 def test_mic_sends_frames_from_portaudio(alsa_null_home: dict[str, str], cli_env) -> None:

@@ -58,6 +58,14 @@ DEFAULT_PORT = 9093
     help="Write DIR/<uuid>.in.wav (from Asterisk) and DIR/<uuid>.out.wav (from the application).",
 )
 @click.option(
+    "--record-stereo",
+    "stereo_dir",
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="Write both sides of each call to DIR/<uuid>.stereo.wav on one timeline: Asterisk "
+    "on the left, the application on the right, each where it plays (may be --record's DIR).",
+)
+@click.option(
     "--max-calls", metavar="N", type=click.IntRange(min=1), help="Exit after N calls have ended."
 )
 @click.option(
@@ -89,6 +97,7 @@ def capture(
     address: Address,
     upstream: Address,
     record_dir: str | None,
+    stereo_dir: str | None,
     max_calls: int | None,
     max_concurrent: int,
     connect_timeout: float,
@@ -128,6 +137,7 @@ def capture(
     Examples:
       audiosocket capture --upstream 127.0.0.1:9092
       audiosocket capture --upstream bot:9092 0.0.0.0:9093 --record calls/ --trace calls.trace
+      audiosocket capture --upstream 9092 --record-stereo calls/   # calls/<uuid>.stereo.wav
       audiosocket capture --upstream 9092 --json | jq 'select(.event)'
       audiosocket capture --upstream 9092 --max-calls 1 -q
       audiosocket capture --upstream 9092 --pcap calls.pcap   # for Wireshark
@@ -140,12 +150,17 @@ def capture(
         addresses = resolve(upstream)
     except OSError as exc:
         raise Failure(f"cannot resolve upstream {upstream.host}: {exc.strerror or exc}") from None
-    directory = None
+    directory = stereo = None
     if record_dir:
         directory = Path(record_dir)
         problem = check_writable_folder(directory)
         if problem:
             raise Failure(problem)
+    if stereo_dir:
+        stereo = Path(stereo_dir)
+        problem = check_writable_folder(stereo)
+        if problem:
+            raise Failure(f"{problem} (--record-stereo)")
     output = open_output(
         Environment(),
         json_lines=json_lines,
@@ -156,13 +171,14 @@ def capture(
     )
     # A server outlives a pipe's reader (`listen | grep -m1 ...`): see docs/output.md.
     output.outlive_stdout = True
-    warm_up(directory is not None)
+    warm_up(directory is not None or stereo is not None)
     why = unavailable() if workers > 1 else ""
     if workers > 1 and not why:
         settings = dict(
             upstream=upstream,
             upstream_addresses=addresses,
             record_dir=directory,
+            stereo_dir=stereo,
             max_concurrent=max_concurrent,
             max_calls=max_calls,
             connect_timeout=connect_timeout,
@@ -193,6 +209,7 @@ def capture(
             addresses,
             output,
             record_dir=directory,
+            stereo_dir=stereo,
             max_concurrent=max_concurrent,
             max_calls=max_calls,
             connect_timeout=connect_timeout,

@@ -111,6 +111,15 @@ def call_options(func: Callable) -> Callable:
                 "(audio at a second rate goes to FILE stem + .RATE.wav).",
             ),
             click.option(
+                "--record-stereo",
+                "record_stereo",
+                metavar="FILE.wav",
+                type=click.Path(dir_okay=False),
+                help="Write both sides to this stereo WAV on one timeline, at --rate: what "
+                "we send on the left at its send time, the application's audio on the right "
+                "where it plays (from its arrival, end to end). With --speed 1 only.",
+            ),
+            click.option(
                 "--dtmf",
                 "dtmf",
                 type=DTMF,
@@ -247,6 +256,7 @@ def dial(
     \b
     Examples:
       audiosocket dial 127.0.0.1:9092 --play hello.wav --record answer.wav
+      audiosocket dial 9092 --play question.wav --record-stereo call.wav  # both sides
       audiosocket dial 9092 --tone 440 --duration 5 --dtmf 123#@2
       audiosocket dial [::1]:9092 0f6c1a3e-6d0b-4c2e-9f8e-1c2d3e4f5a6b --rate 16000 --mic
       audiosocket dial 9092 --no-audio --inject hangup@3 --json
@@ -314,12 +324,27 @@ def _frame_samples(rate: int, frame_ms: float) -> int:
     return size // 2
 
 
-def _check_record_path(path: str) -> None:
+def _check_record_path(path: str, option: str = "--record") -> None:
     from audiosocket_cli.media.recorder import check_writable
 
     problem = check_writable(Path(path))
     if problem:
-        raise Failure(f"{problem} (--record)")
+        raise Failure(f"{problem} ({option})")
+
+
+def _check_stereo_path(path: str, speed: float) -> None:
+    """--record-stereo: a WAV, on the call's real time, writable."""
+    if speed != 1:
+        raise click.UsageError(
+            f"--record-stereo lays both sides on the call's real time: "
+            f"it goes with --speed 1, not --speed {speed:g}"
+        )
+    if Path(path).suffix.lower() != ".wav":
+        raise click.BadParameter(
+            f"{path!r}: the stereo recording is a WAV file (FILE.wav)",
+            param_hint="--record-stereo",
+        )
+    _check_record_path(path, "--record-stereo")
 
 
 def _make_source(
@@ -431,6 +456,7 @@ def _run_call(
     rate: int,
     frame_ms: float,
     record_path: str | None,
+    record_stereo: str | None,
     dtmf: tuple[Injection, ...],
     injections: tuple[Injection, ...],
     duration: float | None,
@@ -460,6 +486,10 @@ def _run_call(
 
     if record_path:
         _check_record_path(record_path)
+    if record_stereo:
+        if record_path and Path(record_path).resolve() == Path(record_stereo).resolve():
+            raise click.UsageError("--record and --record-stereo name the same file: give two")
+        _check_stereo_path(record_stereo, speed)
     source, source_name, source_duration = _make_source(source_kind, play_path, tone, rate, samples)
     closers: list[Callable[[], None]] = []
     if hasattr(source, "close"):
@@ -497,6 +527,14 @@ def _run_call(
         recording = file_recording(Path(record_path), rate) if record_path else None
         if recording is not None:
             closers.insert(0, recording.close)
+        stereo = None
+        if record_stereo:
+            from audiosocket_cli.media.stereo import CallStereo
+
+            stereo_path = Path(record_stereo)
+            # Always a file after a call, empty if nothing was sent either way (as --record).
+            stereo = CallStereo(lambda: stereo_path, rate=rate, empty=True)
+            closers.insert(0, stereo.close)
         progress = None
         if source_duration is not None and env.stderr_isatty:
             progress = _ProgressBar(env, output, Path(play_path or "").name, source_duration)
@@ -520,6 +558,7 @@ def _run_call(
             plan,
             output,
             recording=recording,
+            stereo=stereo,
             monitor=monitor_device,
             on_progress=progress,
             on_connected=announce,

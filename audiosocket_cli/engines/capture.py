@@ -12,6 +12,10 @@ If a destination's kernel buffer is full, the rest of the chunk waits and its
 source is not read until it has drained: one chunk per direction at most.
 Chunks not yet decoded are bounded too (DECODE_BACKLOG). An end of stream is
 passed on as a half-close, a reset as a reset.
+
+`--record-stereo DIR` gives each call a stereo WAV (media.stereo.CallStereo):
+what Asterisk sent on the left, what the application sent on the right, each
+message where it plays on its side, from its arrival at the proxy.
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from audiosocket_cli.analysis.stats import AnalysisBudget
 from audiosocket_cli.engines.call import CallReport, SessionClock, Tally
 from audiosocket_cli.engines.workers import Budget
-from audiosocket_cli.media.recorder import call_recording
+from audiosocket_cli.media.recorder import Recording, call_recording, unique_path
+from audiosocket_cli.media.stereo import CallStereo
 from audiosocket_cli.net.address import Address
 from audiosocket_cli.net.reactor import Reactor, Timer
 from audiosocket_cli.net.transport import (
@@ -43,6 +48,7 @@ from audiosocket_cli.net.transport import (
 from audiosocket_cli.output.sinks import Output
 from audiosocket_cli.protocol.events import CallEnd, CallInfo
 from audiosocket_cli.protocol.session import Ended, Problem, Received, Role, Rules, Session
+from audiosocket_cli.protocol.wire import Message
 from audiosocket_cli.status import ExitStatus
 
 ACCEPT_BATCH = 64
@@ -186,6 +192,8 @@ class Pipe:
                 # The usual chunk: one whole audio message, no rule to apply, no timer
                 # to move (and not the call's first message, which names it).
                 call.report.message(t - call.info.started, self.direction, message)
+                if call.stereo is not None:
+                    call.stereo_heard(t - call.info.started, self.direction, message)
                 return
         events = self.session.receive(data or b"", t)
         report = call.report
@@ -194,8 +202,12 @@ class Pipe:
                 if self.direction == ">" and call.info.uuid is None and self.session.uuid:
                     call.info.uuid = self.session.uuid  # named from its uuid message on
                 report.message(event.t, self.direction, event.message)
+                if call.stereo is not None:
+                    call.stereo_heard(event.t, self.direction, event.message)
                 if self.direction == ">":
                     report.release_recordings()  # the call has its name now
+                    if call.stereo is not None:
+                        call.stereo_note(event.t, call.stereo.release())
             elif isinstance(event, Problem):
                 report.problem(event, self.direction)
             elif isinstance(event, Ended) and call.first_end is None:
@@ -240,6 +252,14 @@ class ProxyCall:
         self.report = CallReport(
             proxy.output, self.info, recordings=recordings, encoding_gate=proxy.analysis_budget
         )
+        # Both sides in one file, named as the others, held (bounded) as they are.
+        self.stereo: CallStereo | None = None
+        if proxy.stereo_dir is not None:
+            directory, stem = proxy.stereo_dir, self._stem
+            self.stereo = CallStereo(
+                lambda: unique_path(directory, stem(), ".stereo.wav"), hold=True
+            )
+            self.report.recordings["stereo"] = cast(Recording, self.stereo)
         # The application may speak before the caller's first message names the
         # call: its audio waits (bounded) so that its file gets the UUID.
         self.report.hold_recordings()
@@ -257,6 +277,16 @@ class ProxyCall:
 
     def _stem(self) -> str:
         return self.info.uuid or f"conn-{self.info.conn}"
+
+    def stereo_heard(self, t: float, direction: str, message: Message) -> None:
+        """An audio message into the stereo file, where it plays on its side."""
+        assert self.stereo is not None
+        if message.payload and message.rate:
+            self.stereo_note(t, self.stereo.heard(direction, t, message.payload, message.rate))
+
+    def stereo_note(self, t: float, note: str | None) -> None:
+        if note:
+            self.report.warning(t, f"stereo {note}")
 
     def start(self) -> None:
         proxy = self.proxy
@@ -390,6 +420,8 @@ class ProxyCall:
             )
         if self.pcap is not None:
             self.pcap.ended(final, self.first_close or "<")
+        if self.stereo is not None:
+            self.stereo_note(self.info.elapsed(), self.stereo.end())  # its last write too
         violations = [*self.inbound.session.violations, *self.outbound.session.violations]
         end = self.report.finish(
             final,
@@ -411,6 +443,7 @@ class Proxy:
     upstream_addresses: list[tuple[int, tuple]]
     output: Output
     record_dir: Path | None = None
+    stereo_dir: Path | None = None  # --record-stereo: DIR/<uuid>.stereo.wav per call
     max_concurrent: int = 1000
     max_calls: int | None = None
     connect_timeout: float = CONNECT_TIMEOUT

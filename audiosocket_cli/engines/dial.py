@@ -12,6 +12,11 @@ as Asterisk would; the first ending either thread finds is the call's.
 Everything is ordered by media time (seconds into the call): at `--speed 0`
 nothing waits, but an injection at 1 s still goes after the frames before
 1 s and before the ones after.
+
+A stereo recording of the call (media.stereo.CallStereo, `--record-stereo`)
+gets each frame we send at its due time on the drift-free clock (the left
+channel) and the application's audio at its playout time (the right); it is
+one of the call's recordings, closed, listed and marked partial with them.
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from audiosocket_cli.engines.call import CallReport
 from audiosocket_cli.media.audio import FrameSource
 from audiosocket_cli.media.recorder import Recording
+from audiosocket_cli.media.stereo import CallStereo
 from audiosocket_cli.net.address import Address
 from audiosocket_cli.net.pacing import Pacer, sleep_until
 from audiosocket_cli.net.transport import connect, read_for_session
@@ -85,6 +91,7 @@ class Caller:
         output: Output,
         *,
         recording: Recording | None = None,
+        stereo: CallStereo | None = None,
         monitor: Any = None,
         on_progress: Callable[[float], None] | None = None,
         on_connected: Callable[[], None] | None = None,
@@ -97,6 +104,7 @@ class Caller:
         self.plan = plan
         self.output = output
         self.recording = recording
+        self.stereo = stereo
         self.monitor = monitor
         self.on_progress = on_progress
         self.on_connected = on_connected
@@ -149,6 +157,9 @@ class Caller:
         self.report = report = CallReport(
             self.output, info, recordings=recordings, diagnose=("<",), frame_ms=plan.frame_ms
         )
+        if self.stereo is not None:
+            # One of the call's recordings: closed, listed and marked partial with the others.
+            report.recordings["stereo"] = cast(Recording, self.stereo)
         try:
             if self.on_connected is not None:
                 self.on_connected()
@@ -261,6 +272,8 @@ class Caller:
         if speed == 0:
             drop |= TIMED_DIAGNOSES  # everything was sent at once: no timing to judge
 
+        if self.stereo is not None:
+            self._stereo_note(self.stereo.end())  # a last write that failed is said too
         extra = self.end_fields(report, ended) if self.end_fields is not None else {}
         report.finish(
             ended,
@@ -334,6 +347,8 @@ class Caller:
             if order == 1:
                 self._lag(due)
                 self._send(item)
+                if self.stereo is not None and item.is_audio and item.payload and item.rate:
+                    self._stereo_sent(due, item.payload, item.rate)
                 continue
             self._lag(due)
             pcm = plan.source.next_frame(plan.rate, plan.frame_samples) if plan.source else None
@@ -343,6 +358,8 @@ class Caller:
                     done_at = max(time.monotonic(), due)
                 continue
             self._send(Message.audio(pcm, plan.rate))
+            if self.stereo is not None:
+                self._stereo_sent(due, pcm, plan.rate)
             if self.on_progress is not None:
                 self.on_progress((item + 1) * plan.frame_seconds)
         # Everything planned was sent: the call's own end.
@@ -359,6 +376,15 @@ class Caller:
             self._end("caller-close", f"{what} and --linger {plan.linger:g} passed")
             return
         self._wait_until(None)  # until the application ends it, or a signal
+
+    def _stereo_sent(self, due: float, pcm: bytes, rate: int) -> None:
+        """A message we sent, in the stereo file at its due time on the send clock."""
+        assert self.stereo is not None and self.info is not None
+        self._stereo_note(self.stereo.sent(">", max(0.0, due - self.info.started), pcm, rate))
+
+    def _stereo_note(self, note: str | None) -> None:
+        if note and self.report is not None and self.info is not None:
+            self.report.warning(self.info.elapsed(), f"stereo {note}")
 
     def _lag(self, due: float) -> None:
         lag = time.monotonic() - due
@@ -414,6 +440,12 @@ class Caller:
                     message = getattr(event, "message", None)
                     if message is not None and message.is_audio and message.payload:
                         self.monitor.play(message.payload, message.rate)
+            if self.stereo is not None:
+                for event in events:
+                    message = getattr(event, "message", None)
+                    if message is not None and message.payload and message.rate:
+                        note = self.stereo.heard("<", event.t, message.payload, message.rate)
+                        self._stereo_note(note)
             if report.received("<", events) is not None or session.ended is not None:
                 self._ending.set()
                 self._drop_connection()

@@ -5,7 +5,8 @@ time, talk-over, dead air; each expectation judged, a stereo recording of both s
 Modules: scenario (the script, read from TOML), runner (the call on the dial
 engine, the agent heard through the speech detector), measures (the figures from
 the two timelines), verdicts (the expectations, JUnit XML), results (what the API
-returns, the events the output shows), stereo (the two-channel recording).
+returns, the events the output shows). The two-channel recording is
+media.stereo's StereoRecording (re-exported here).
 """
 
 from audiosocket_cli.engines.converse.results import (
@@ -23,8 +24,8 @@ from audiosocket_cli.engines.converse.scenario import (
     parse_scenario,
     shipped_utterances,
 )
-from audiosocket_cli.engines.converse.stereo import StereoRecording
 from audiosocket_cli.engines.converse.verdicts import Expectation, Thresholds, junit_xml
+from audiosocket_cli.media.stereo import StereoRecording
 
 __all__ = [
     "BargeInResult",

@@ -37,9 +37,9 @@ from audiosocket_cli.engines.converse.scenario import (
     load_scenario,
     load_utterances,
 )
-from audiosocket_cli.engines.converse.stereo import LEFT, RIGHT, StereoRecording
 from audiosocket_cli.engines.converse.verdicts import Expectation, StepRecord, Thresholds, judge
 from audiosocket_cli.engines.dial import Caller, CallPlan
+from audiosocket_cli.media.stereo import LEFT, RIGHT, StereoRecording
 from audiosocket_cli.net.address import Address, parse_address
 from audiosocket_cli.output.sinks import Output
 from audiosocket_cli.protocol.session import INACTIVITY, Ended, Rules
