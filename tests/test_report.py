@@ -621,3 +621,268 @@ def test_load_page_in_chromium(load_csv: Path, tmp_path: Path) -> None:
         assert columns.max() - columns.min() > width, colour
     rows = np.flatnonzero(colour_mask(image, COLORS[">"], 30).sum(axis=1) > 3)
     assert np.count_nonzero(np.diff(rows) > 20) + 1 >= 3  # msgs/s, lateness, TTFA, echo plots
+
+
+# A conversation (`converse --trace`): made against the tests' voice bot.
+
+
+@pytest.fixture(scope="module")
+def converse_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in scenario against a bot with 3 s of dead air inside its answer (after
+    "Sure."), barging in 1.5 s into the rest of it (well clear of "Sure."): a positive
+    latency, a barge-in stop, dead air, one failed expectation (no-dead-air); the
+    trace as `converse --trace` writes it."""
+    from voice_bot import BotConfig, VoiceBot, espeak_available
+
+    if not espeak_available():
+        if os.environ.get("CI"):
+            pytest.fail("espeak-ng is not installed (apt-get install espeak-ng)")
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    folder = tmp_path_factory.mktemp("converse")
+    default = ROOT / "audiosocket_cli" / "scenarios" / "default.toml"
+    scenario = folder / "scenario.toml"
+    scenario.write_text(default.read_text().replace("after_ms = 500", "after_ms = 1500"))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    with VoiceBot(BotConfig(dead_air=3.0, stop_ms=600)) as bot:
+        proc = subprocess.run(
+            [sys.executable, "-m", "audiosocket_cli", "converse", str(bot.port),
+             str(scenario), "--trace", str(folder / "call.trace"), "-q"],
+            env=env, capture_output=True, text=True, timeout=90,
+        )  # fmt: skip
+        assert bot.calls[0].ended.wait(10)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    failed = [
+        r for r in trace_events(folder / "call.trace", "expectation") if r["verdict"] != "pass"
+    ]
+    assert [r["expectation"] for r in failed] == ["no-dead-air"], proc.stderr[-2000:]
+    return folder / "call.trace"
+
+
+def trace_events(path: Path, name: str) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in path.read_text().splitlines()[1:]]
+    return [r for r in lines if r.get("event") == name]
+
+
+def report_calls(path: Path) -> list[Any]:
+    """The report's own reading of a trace: each call's CallData, closed."""
+    from audiosocket_cli.engines.report import CallData
+
+    calls: dict[int, Any] = {}
+    with open(path, "rb") as f:
+        for record in read_records(f, str(path)):
+            call = calls.get(record.conn)
+            if call is None:
+                call = calls[record.conn] = CallData(len(calls) + 1, "t", record.conn, path.parent)
+            call.add(record)
+    for call in calls.values():
+        call.close()
+    return list(calls.values())
+
+
+def test_a_conversation_gets_its_lanes_figures_and_verdicts(
+    converse_trace: Path, tmp_path: Path
+) -> None:
+    page = tmp_path / "converse.html"
+    result = run(str(converse_trace), "-o", str(page))
+    assert result.exit_code == 0, result.output
+    text = page.read_text()
+    (summary,) = trace_events(converse_trace, "conversation")
+    section = text[text.index("<h3>Conversation</h3>") : text.index("<h3>Timeline</h3>")]
+    assert text.index("<h3>Diagnoses</h3>") < text.index("<h3>Conversation</h3>")
+    assert f"<p>{summary['text']}</p>" in section
+    assert "conversation: who spoke when, response latencies, barge-ins" in section
+    assert text.count("<svg") == 3  # the conversation, the timeline, the histograms
+    # Each expectation with its verdict and its one-line evidence.
+    verdicts = trace_events(converse_trace, "expectation")
+    shown = re.findall(
+        r'<tr><td class="(pass|fail)">(PASS|FAIL)</td><td class="l">([^<]*)</td>'
+        r'<td class="l">([^<]*)</td></tr>',
+        section,
+    )
+    assert [(v, n, e) for _, v, n, e in shown] == [
+        (r["verdict"].upper(), html_escape(r["expectation"]), html_escape(r["evidence"]))
+        for r in verdicts
+    ]
+    assert ("FAIL", "no-dead-air") in [(v, n) for _, v, n, _ in shown]
+    # Each response latency and the barge-in, marked with the trace's own figures.
+    (turn, _) = trace_events(converse_trace, "turn")
+    (barge,) = trace_events(converse_trace, "barge-in")
+    assert f"{turn['latency']:+.2f} s" in section
+    assert f"barge-in: stopped in {barge['stop_time']:.2f} s" in section
+    ((dead_start, dead_end),) = summary["dead_air_spans"]
+    assert f"dead air {dead_end - dead_start:.2f} s" in section
+    assert f"<td>{turn['caller_start']:.3f}-{turn['caller_end']:.3f}</td>" in section
+    assert "<dt>expectations</dt><dd>4 pass, 1 fail</dd>" in text
+
+
+def html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text)
+
+
+def test_the_agent_lane_is_the_agent_speech_converse_measured(converse_trace: Path) -> None:
+    """The report measures the agent's speech from its audio in the trace, on the
+    playout clock, as converse did live: its segments start where the agent's reply
+    and barge-in utterance began, end where the barge-in stopped it and border the
+    dead air, to the millisecond of the trace's rounding."""
+    (call,) = report_calls(converse_trace)
+    conversation = call.conversation
+    assert conversation is not None and conversation.agent_measured
+    starts = [a for a, _ in conversation.agent]
+    ends = [b for _, b in conversation.agent]
+    (summary,) = trace_events(converse_trace, "conversation")
+    (turn, _) = trace_events(converse_trace, "turn")
+    (barge,) = trace_events(converse_trace, "barge-in")
+    ((dead_start, dead_end),) = summary["dead_air_spans"]
+
+    def near(values: list[float], t: float) -> float:
+        return min(abs(v - t) for v in values)
+
+    assert near(starts, summary["first_response"]) <= 0.002
+    assert near(starts, turn["agent_start"]) <= 0.002
+    assert near(starts, barge["agent_start"]) <= 0.002
+    assert near(ends, barge["stopped_at"]) <= 0.002
+    assert near(ends, dead_start) <= 0.002 and near(starts, dead_end) <= 0.002
+    total = sum(b - a for a, b in conversation.agent)
+    assert total == pytest.approx(summary["agent_speech"], abs=0.005)
+
+
+def test_conversation_events_without_a_scenario_start_still_get_lanes(
+    converse_trace: Path, tmp_path: Path
+) -> None:
+    """A trace cut from a longer one, without the call-start naming the scenario: the
+    agent's lane comes from the turns, and the page says so."""
+    lines = converse_trace.read_text().splitlines(keepends=True)
+    cut = tmp_path / "cut.trace"
+    cut.write_text("".join(line for line in lines if '"event": "call-start"' not in line))
+    (call,) = report_calls(cut)
+    assert call.conversation is not None and not call.conversation.agent_measured
+    (turn, _) = trace_events(converse_trace, "turn")
+    assert call.conversation.agent[0][0] == turn["agent_start"]
+    page = tmp_path / "cut.html"
+    assert run(str(cut), "-o", str(page)).exit_code == 0
+    assert "drawn from the turn events" in page.read_text()
+
+
+def test_calls_without_a_conversation_are_unchanged(pages: dict[str, Path]) -> None:
+    for page in pages.values():
+        assert "<h3>Conversation</h3>" not in page.read_text()
+
+
+def test_conversation_page_in_chromium(converse_trace: Path, tmp_path: Path) -> None:
+    import matplotlib.image
+
+    page = tmp_path / "converse.html"
+    assert run(str(converse_trace), "-o", str(page)).exit_code == 0
+    # The conversation alone, so that what is measured is its figure and tables.
+    text = page.read_text()
+    start, end = text.index("<h3>Conversation</h3>"), text.index("<h3>Timeline</h3>")
+    alone = tmp_path / "alone.html"
+    alone.write_text(text[: text.index("<h2>")] + text[start:end] + "</body></html>")
+    shot = tmp_path / "shot.png"
+    proc = chromium(
+        tmp_path, "--screenshot=" + str(shot), "--window-size=1200,1100", alone.as_uri()
+    )
+    assert shot.exists(), proc.stderr[-2000:]
+    image = (matplotlib.image.imread(str(shot)) * 255).astype(np.uint8)
+    lanes = {}
+    for d in (">", "<"):
+        mask = colour_mask(image, COLORS[d], 30)
+        rows = np.flatnonzero(mask.sum(axis=1) > 100)  # the bars: wide runs of the colour
+        assert rows.size > 10, d
+        lanes[d] = float(np.median(rows))
+        columns = np.flatnonzero(mask[rows].any(axis=0))
+        assert columns.max() - columns.min() > 500, d  # spread over the time axis
+    assert lanes[">"] < lanes["<"]  # the caller's lane above the agent's
+    assert colour_mask(image, "#d62728", 30).sum() > 200  # FAIL, dead air
+    assert colour_mask(image, "#2ca02c", 30).sum() > 200  # PASS, the latency arrow
+    assert colour_mask(image, "#7b3294", 30).sum() > 100  # the barge-in
+
+
+# A scenario run's CSV (`load --scenario`): conversation columns beside load's own.
+
+CONVERSATION_CSV_COLUMNS = (
+    "response_p50_ms", "response_p95_ms", "response_p99_ms", "first_response_p50_ms",
+    "barge_in_stop_p95_ms", "failed_expect_answer", "failed_expect_stop",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def scenario_csv(load_csv: Path) -> Path:
+    """The real run's CSV with a scenario run's columns added: known figures per period,
+    one period without a sample (empty cells)."""
+    rows = csv_rows(load_csv)
+    path = load_csv.parent / "scenario.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*rows[0], *CONVERSATION_CSV_COLUMNS])
+        for i, row in enumerate(rows):
+            figures = [400 + 10 * i, 700 + 20 * i, 900 + 100 * i, 300 + i, 250, i % 2, 1]
+            cells = [str(v) for v in figures] if i != 1 else [""] * 5 + ["0", "0"]
+            writer.writerow([*row.values(), *cells])
+    return path
+
+
+def test_scenario_csv_gets_a_latency_plot_and_its_figures(
+    scenario_csv: Path, tmp_path: Path
+) -> None:
+    page = tmp_path / "scenario.html"
+    result = run(str(scenario_csv), "-o", str(page))
+    assert result.exit_code == 0, result.output
+    text = page.read_text()
+    section = text[text.index('<section id="load-1">') : text.index("</section>")]
+    assert section.count("<svg") == 2  # load's own plots, then the conversations'
+    assert "response latency and time to first response per period (ms)" in section
+    assert "barge-in stop time per period (ms)" in section
+    rows = csv_rows(scenario_csv)
+    sampled = [r for r in rows if r["response_p50_ms"]]
+    worst = max(sampled, key=lambda r: float(r["response_p99_ms"]))
+    expected = {
+        "median of the period p50s: response latency": (
+            f"{float(np.median([float(r['response_p50_ms']) for r in sampled])):.3f} ms"
+        ),
+        "worst response latency p99": (
+            f"{float(worst['response_p99_ms']):.3f} ms (period ending {float(worst['t']):.3f} s)"
+        ),
+        "median of the period p50s: time to first response": (
+            f"{float(np.median([float(r['first_response_p50_ms']) for r in sampled])):.3f} ms"
+        ),
+        "failed expectations": str(
+            sum(int(r["failed_expect_answer"]) + int(r["failed_expect_stop"]) for r in rows)
+        ),
+        "failed expectations: stop": str(len(rows) - 1),
+        "failed": "0",  # failed expectations are not failed calls
+    }
+    for label, value in expected.items():
+        assert f'<th class="l">{label}</th><td>{value}</td>' in section, label
+    assert "failed: expect_" not in section
+    with open(scenario_csv, "rb") as f:
+        parsed = read_load_csv(f, "scenario.csv", 1)
+    assert parsed.conversations and parsed.failed_expect["stop"] == len(rows) - 1
+    assert np.isnan(parsed.column("response_p95_ms")[1])  # an empty cell: no sample
+
+
+def test_load_csv_without_conversation_columns_is_unchanged(load_csv: Path) -> None:
+    with open(load_csv, "rb") as f:
+        parsed = read_load_csv(f, "run.csv", 1)
+    assert not parsed.conversations and parsed.failed_expect == {}
+
+
+def test_scenario_csv_page_in_chromium(scenario_csv: Path, tmp_path: Path) -> None:
+    import matplotlib.image
+
+    page = tmp_path / "scenario.html"
+    assert run(str(scenario_csv), "-o", str(page)).exit_code == 0
+    shot = tmp_path / "shot.png"
+    proc = chromium(tmp_path, "--screenshot=" + str(shot), "--window-size=1200,2400", page.as_uri())
+    assert shot.exists(), proc.stderr[-2000:]
+    image = (matplotlib.image.imread(str(shot)) * 255).astype(np.uint8)
+    # The p95 lines (only the conversations' plot draws that colour) and the time to
+    # first response, across the run's time axis.
+    for colour in (LOAD_COLORS["p95"], LOAD_COLORS["first"]):
+        mask = colour_mask(image, colour, 25)
+        assert mask.sum() > 300, colour
+        columns = np.flatnonzero(mask.any(axis=0))
+        assert columns.max() - columns.min() > 500, colour

@@ -7,7 +7,11 @@ evidence, a timeline per direction (level, waveform envelope, arrival gaps,
 events) on a shared time axis, histograms of jitter and frame sizes, and the
 audio of each direction (embedded, or in WAV files beside the page when long).
 A `load --stats` CSV (known by its header row) gets a section of its own,
-before the calls: the run's figures per period on one time axis, and a summary.
+before the calls: the run's figures per period on one time axis, and a summary
+(and a scenario run's response latencies, when it has those columns). A call
+that `converse` recorded gets its conversation: the caller's and the agent's
+speech on two lanes, each response latency and barge-in marked, each
+expectation with its verdict and evidence.
 
 Memory is bounded for any call length: audio becomes a min/max envelope in
 10 ms bins and energy in 100 ms bins as it streams (numpy, in batches); only
@@ -19,9 +23,11 @@ numpy and matplotlib are imported inside the functions that use them, so
 that importing this package (for `audiosocket report --help`) stays light.
 
 Modules: write (write_report: the inputs read, the page written), calls (a
-call's records into bounded aggregates, its findings), load (a `load --stats`
-CSV: read, summarised, its section), plots (the figures), page (the HTML),
-progress (the progress bar), common (the error, the directions).
+call's records into bounded aggregates, its findings), conversation (a
+`converse` call's events, and its agent's speech measured from its audio),
+load (a `load --stats` CSV: read, summarised, its section), plots (the
+figures), page (the HTML), progress (the progress bar), common (the error,
+the directions).
 """
 
 from audiosocket_cli.engines.report.calls import (
@@ -40,7 +46,9 @@ from audiosocket_cli.engines.report.calls import (
     burst_spans,
 )
 from audiosocket_cli.engines.report.common import DIR_NAMES, DIR_SIDES, DIRECTIONS, ReportError
+from audiosocket_cli.engines.report.conversation import ConversationData
 from audiosocket_cli.engines.report.load import (
+    CONVERSATION_COLUMN,
     LOAD_CSV_HEAD,
     LOAD_KEPT,
     LoadRun,
@@ -51,12 +59,15 @@ from audiosocket_cli.engines.report.load import (
 from audiosocket_cli.engines.report.page import CALLS_TABLE_ROWS, CSS, render_page
 from audiosocket_cli.engines.report.plots import (
     COLORS,
+    CONVERSATION_COLORS,
     EVENT_COLORS,
     LOAD_COLORS,
     MARK_COLOR,
     MAX_LABELS,
     MAX_POINTS,
     REF_COLOR,
+    conversation_load_svg,
+    conversation_svg,
     envelope_series,
     gap_series,
     histograms_svg,
@@ -80,6 +91,8 @@ __all__ = [
     "COARSE",
     "COARSE_BINS",
     "COLORS",
+    "CONVERSATION_COLORS",
+    "CONVERSATION_COLUMN",
     "CSS",
     "DIRECTIONS",
     "DIR_NAMES",
@@ -100,6 +113,7 @@ __all__ = [
     "MAX_POINTS",
     "REF_COLOR",
     "CallData",
+    "ConversationData",
     "DirectionData",
     "Finding",
     "LoadRun",
@@ -108,6 +122,8 @@ __all__ = [
     "ReportError",
     "burst_spans",
     "check_output",
+    "conversation_load_svg",
+    "conversation_svg",
     "envelope_series",
     "gap_series",
     "histograms_svg",

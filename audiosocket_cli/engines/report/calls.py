@@ -24,6 +24,7 @@ from audiosocket_cli.analysis.stats import (
     diagnose_asterisk,
 )
 from audiosocket_cli.engines.report.common import DIR_NAMES, DIR_SIDES, DIRECTIONS, ReportError
+from audiosocket_cli.engines.report.conversation import EVENTS, ConversationData
 from audiosocket_cli.files.trace import Record
 from audiosocket_cli.protocol.wire import Kind, Message, describe_error_code
 
@@ -235,6 +236,7 @@ class CallData:
         self.dropped_markers = 0
         self.warnings = 0
         self.two_sided = False
+        self.conversation: ConversationData | None = None  # a `converse` call's
         stem = f"call{number}"
         self.dirs = {d: DirectionData(tmpdir, stem, DIR_SIDES[d]) for d in DIRECTIONS}
 
@@ -271,6 +273,8 @@ class CallData:
             direction = record.dir if record.dir in self.dirs else ">"
             if direction == "<":
                 self.two_sided = True
+                if self.conversation is not None and message.rate and message.payload:
+                    self.conversation.audio(t, message.payload, message.rate)
             self.dirs[direction].add(t, message)
             if message.kind == Kind.UUID and message.uuid and self.uuid is None:
                 self.uuid = str(message.uuid)
@@ -281,6 +285,13 @@ class CallData:
         if event == "call-start":
             self.two_sided = True
             self.start_fields = dict(record.fields)
+            if self.start_fields.get("scenario") is not None and self.conversation is None:
+                # converse's call: its agent's speech is measured from its audio.
+                self.conversation = ConversationData(scenario=str(self.start_fields["scenario"]))
+        elif event in EVENTS:
+            if self.conversation is None:
+                self.conversation = ConversationData(detect=False)
+            self.conversation.event(event, record.text, dict(record.fields))
         elif event == "call-end":
             self.two_sided = True
             self.end_fields = dict(record.fields)
@@ -319,6 +330,8 @@ class CallData:
     def close(self) -> None:
         for d in self.dirs.values():
             d.close()
+        if self.conversation is not None:
+            self.conversation.close()
 
     def findings(self) -> list[Finding]:
         """The input's diagnoses, then those measured here that the input did not name."""

@@ -1,5 +1,6 @@
 """The report's HTML page, one self-contained file: the load runs' sections first,
 then a table of the calls, then per call its facts, diagnoses with their evidence,
+its conversation (a `converse` call: lanes, latencies, barge-ins, expectations),
 figures, audio (embedded, or in WAV files beside the page when long) and summary."""
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from audiosocket_cli import __version__
 from audiosocket_cli.analysis.stats import SUMMARY_ROWS, DirectionStats
 from audiosocket_cli.engines.report.calls import CallData
 from audiosocket_cli.engines.report.common import DIR_NAMES, DIR_SIDES, DIRECTIONS, ReportError
+from audiosocket_cli.engines.report.conversation import ConversationData
 from audiosocket_cli.engines.report.load import LoadRun, _load_section
-from audiosocket_cli.engines.report.plots import histograms_svg, timeline_svg
+from audiosocket_cli.engines.report.plots import conversation_svg, histograms_svg, timeline_svg
 from audiosocket_cli.engines.report.progress import _Progress
 
 CSS = """
@@ -35,6 +37,8 @@ dt{color:#666}dd{margin:0;font-family:ui-monospace,monospace}
 .finding{margin:.3em 0}.code{font-family:ui-monospace,monospace;font-weight:bold}
 .none{color:#2ca02c}.wide{overflow-x:auto}table.calls{font-size:.8em}
 audio{vertical-align:middle;margin:.2em 0}
+.pass{color:#2ca02c;font-weight:bold}.fail{color:#d62728;font-weight:bold}
+.tables{display:flex;flex-wrap:wrap;gap:0 1.5em;align-items:flex-start}
 """
 
 
@@ -150,6 +154,12 @@ def _call_section(
         facts.append((f"{d} {DIR_NAMES[d]}", call.dirs[d].stats.summary()))
     if call.warnings:
         facts.append(("warnings", str(call.warnings)))
+    conversation = call.conversation
+    if conversation is not None and conversation.present:
+        failed = len(conversation.failed)
+        verdicts = f"{len(conversation.verdicts) - failed} pass, {failed} fail"
+        facts.append(("scenario", conversation.scenario or "-"))
+        facts.append(("expectations", verdicts))
     parts.append(
         "<dl>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts) + "</dl>"
     )
@@ -169,6 +179,8 @@ def _call_section(
             f'<span class="muted">({esc(finding.source)}{when})</span>: '
             f"{esc(finding.text)}{evidence}</p>"
         )
+    if conversation is not None and conversation.present:
+        parts.append(_conversation_html(call, conversation))
     parts.append("<h3>Timeline</h3>")
     parts.append(timeline_svg(call, f"c{call.number}t-"))
     if call.dropped_markers:
@@ -179,6 +191,80 @@ def _call_section(
     parts.append(_audio_html(call, out, embed_seconds, audio_files))
     parts.append(_summary_table(call))
     parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _conversation_html(call: CallData, conversation: ConversationData) -> str:
+    """The conversation: its figures, its lanes, each turn and barge-in, each verdict."""
+    esc = html.escape
+
+    def s(value: float | None, signed: bool = False) -> str:
+        if value is None:
+            return "-"
+        return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+    parts = ["<h3>Conversation</h3>"]
+    if conversation.summary:
+        parts.append(f"<p>{esc(conversation.summary)}</p>")
+    parts.append(conversation_svg(call, conversation, f"c{call.number}v-"))
+    if not conversation.agent_measured:
+        parts.append(
+            '<p class="muted">The agent\'s speech is drawn from the turn events (each reply '
+            "and the seconds the agent spoke after it): the input has no call-start naming "
+            "a scenario, so its audio was not measured.</p>"
+        )
+    figures = "".join(
+        f'<tr><th class="l">{esc(k)}</th><td>{esc(v)}</td></tr>'
+        for k, v in conversation.figure_rows()
+    )
+    parts.append(f'<div class="tables"><table class="conversation">{figures}</table><div>')
+    if conversation.turns:
+        rows = [
+            '<table class="turns"><tr><th>turn</th><th class="l">step</th>'
+            '<th class="l">action</th><th>caller spoke s</th><th>agent replied s</th>'
+            "<th>latency s</th><th>agent spoke s</th><th>talk-over</th></tr>"
+        ]
+        for t in conversation.turns:
+            rows.append(
+                f"<tr><td>{t.turn}</td><td class='l'>{esc(t.label)}</td>"
+                f"<td class='l'>{esc(t.action)}</td>"
+                f"<td>{t.caller_start:.3f}-{t.caller_end:.3f}</td><td>{s(t.agent_start)}</td>"
+                f"<td>{s(t.latency, signed=True)}</td><td>{t.agent_speech:.3f}</td>"
+                f"<td>{'yes' if t.talk_over else '-'}</td></tr>"
+            )
+        rows.append("</table>")
+        parts.append("".join(rows))
+    if conversation.barge_ins:
+        rows = [
+            '<table class="barge-ins"><tr><th>turn</th><th class="l">step</th>'
+            "<th>caller began s</th><th>agent's speech began s</th><th>agent stopped s</th>"
+            "<th>stop time s</th></tr>"
+        ]
+        for b in conversation.barge_ins:
+            stopped = s(b.stopped_at) if b.stopped else "still speaking at the end"
+            if b.agent_start is None:
+                stopped = "the agent was quiet"
+            rows.append(
+                f"<tr><td>{b.turn}</td><td class='l'>{esc(b.step_name)}</td>"
+                f"<td>{b.at:.3f}</td><td>{s(b.agent_start)}</td><td>{esc(stopped)}</td>"
+                f"<td>{s(b.stop_time)}</td></tr>"
+            )
+        rows.append("</table>")
+        parts.append("".join(rows))
+    parts.append("</div></div>")
+    if conversation.verdicts:
+        rows = [
+            '<table class="expectations"><tr><th></th><th class="l">expectation</th>'
+            '<th class="l">evidence</th></tr>'
+        ]
+        for v in conversation.verdicts:
+            verdict = '<td class="pass">PASS</td>' if v.passed else '<td class="fail">FAIL</td>'
+            rows.append(
+                f'<tr>{verdict}<td class="l">{esc(v.name)}</td>'
+                f'<td class="l">{esc(v.evidence)}</td></tr>'
+            )
+        rows.append("</table>")
+        parts.append("".join(rows))
     return "\n".join(parts)
 
 
