@@ -55,3 +55,20 @@ def pytest_configure(config: pytest.Config) -> None:
 
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that share a module- or session-wide fixture (a run of `check` against
+    several applications, a set of captures) go to one worker (xdist's loadgroup):
+    spread over several, each worker would build the fixture again, doing the same
+    slow work twice or three times."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        for name in item.fixturenames:
+            defs = info.name2fixturedefs.get(name)
+            if defs and defs[-1].scope in ("module", "package", "session") and defs[-1].baseid:
+                item.add_marker(pytest.mark.xdist_group(f"{defs[-1].baseid}::{name}"))
+                break
