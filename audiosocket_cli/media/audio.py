@@ -211,11 +211,36 @@ WAV_HEADER = struct.Struct("<4sI4s4sIHHIIHH4sI")
 WAV_MAX_DATA = 0xFFFFFFFF - (WAV_HEADER.size - 8)  # what 32-bit sizes can count: 4 GB
 
 
-def wav_header(rate: int, data_bytes: int) -> bytes:
+def wav_header(rate: int, data_bytes: int, channels: int = 1) -> bytes:
+    """A 16-bit PCM WAV's 44-byte header."""
+    frame = 2 * channels
     return WAV_HEADER.pack(
-        b"RIFF", WAV_HEADER.size - 8 + data_bytes, b"WAVE", b"fmt ", 16, 1, 1, rate, rate * 2,
-        2, 16, b"data", data_bytes,
+        b"RIFF", WAV_HEADER.size - 8 + data_bytes, b"WAVE", b"fmt ", 16, 1, channels, rate,
+        rate * frame, frame, 16, b"data", data_bytes,
     )  # fmt: skip
+
+
+def open_wav(path: str | os.PathLike[str], rate: int, channels: int = 1) -> int:
+    """A new WAV file's descriptor, its header written (to be rewritten in place),
+    positioned after it; AudioFileError naming the file and the reason."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        raise AudioFileError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    try:
+        header = wav_header(rate, 0, channels)
+        if os.pwrite(fd, header, 0) != len(header):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        os.lseek(fd, len(header), os.SEEK_SET)
+    except OSError as exc:
+        os.close(fd)
+        reason = (
+            "a WAV file must be one that can be rewritten in place, not a pipe"
+            if exc.errno == errno.ESPIPE
+            else exc.strerror or str(exc)
+        )
+        raise AudioFileError(f"{path}: cannot write: {reason}") from None
+    return fd
 
 
 class AudioWriter:
@@ -273,24 +298,7 @@ class AudioWriter:
         self._closed = False
 
     def _open_wav(self) -> None:
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
-        except OSError as exc:
-            raise AudioFileError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
-        try:
-            header = wav_header(self.rate, 0)
-            if os.pwrite(fd, header, 0) != len(header):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            os.lseek(fd, len(header), os.SEEK_SET)
-        except OSError as exc:
-            os.close(fd)
-            reason = (
-                "a WAV file must be one that can be rewritten in place, not a pipe"
-                if exc.errno == errno.ESPIPE
-                else exc.strerror or str(exc)
-            )
-            raise AudioFileError(f"{self.path}: cannot write: {reason}") from None
-        self._fd = fd
+        self._fd = open_wav(self.path, self.rate)
 
     def _open_sndfile(self, kind: tuple[str, str]) -> None:
         import soundfile as sf

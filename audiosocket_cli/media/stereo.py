@@ -26,7 +26,6 @@ makes it exact. A write error never ends the call: `error` says why,
 
 from __future__ import annotations
 
-import errno
 import os
 import threading
 import time
@@ -34,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from audiosocket_cli.media.audio import WAV_HEADER, WAV_MAX_DATA
+from audiosocket_cli.media.audio import WAV_MAX_DATA, AudioFileError, open_wav, wav_header
 
 LEFT, RIGHT = 0, 1  # the caller (Asterisk's side), the agent (the application)
 CHANNELS = {"caller": LEFT, "agent": RIGHT, "application": RIGHT, ">": LEFT, "<": RIGHT}
@@ -64,22 +63,9 @@ class StereoRecording:
         self._pending: list[list[tuple[int, Any]]] = [[], []]
         self._header_counts = 0
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
-        except OSError as exc:
-            raise OSError(f"{path}: cannot write: {exc.strerror or exc}") from None
-        try:
-            header = _header(rate, 0)
-            if os.pwrite(fd, header, 0) != len(header):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            os.lseek(fd, len(header), os.SEEK_SET)
-        except OSError as exc:
-            os.close(fd)
-            reason = (
-                "a WAV file must be one that can be rewritten in place, not a pipe"
-                if exc.errno == errno.ESPIPE
-                else exc.strerror or str(exc)
-            )
-            raise OSError(f"{path}: cannot write: {reason}") from None
+            fd = open_wav(self.path, rate, channels=2)
+        except AudioFileError as exc:
+            raise OSError(str(exc)) from None
         self._fd = fd
         self._header_written = time.monotonic()
 
@@ -213,11 +199,7 @@ class StereoRecording:
 
 
 def _header(rate: int, data_bytes: int) -> bytes:
-    """A 16-bit stereo PCM WAV's 44-byte header."""
-    return WAV_HEADER.pack(
-        b"RIFF", WAV_HEADER.size - 8 + data_bytes, b"WAVE", b"fmt ", 16, 1, 2, rate, rate * 4,
-        4, 16, b"data", data_bytes,
-    )  # fmt: skip
+    return wav_header(rate, data_bytes, channels=2)
 
 
 def _side(channel: int | str) -> int:
