@@ -22,6 +22,8 @@ from audiosocket_cli.commands.options import (
     ProtocolFailure,
     asterisk_rules,
     call_uuids,
+    lenient_option,
+    monitor_option,
     open_output,
     open_pcap,
     output_options,
@@ -124,17 +126,8 @@ def _threshold(name: str, default: float, text: str) -> Any:
     type=click.Path(dir_okay=False),
     help="Also write the verdicts as JUnit XML (a testcase per expectation) for CI.",
 )
-@click.option(
-    "--lenient",
-    is_flag=True,
-    help="Report what Asterisk would refuse as a warning and carry on, instead of "
-    "ending the call (exit 3) as Asterisk would.",
-)
-@click.option(
-    "--monitor",
-    is_flag=True,
-    help="Play the application's audio on the local sound device.",
-)
+@lenient_option
+@monitor_option
 @click.option(
     "--print-scenario",
     is_flag=True,

@@ -24,6 +24,8 @@ from audiosocket_cli.commands.options import (
     ProtocolFailure,
     asterisk_rules,
     call_uuids,
+    lenient_option,
+    monitor_option,
     open_output,
     open_pcap,
     output_options,
@@ -167,17 +169,8 @@ def call_options(func: Callable) -> Callable:
                 help="1 is real time, 2 twice as fast; 0 sends everything at once, in order. "
                 "--duration and --inject times scale with it, --linger does not.",
             ),
-            click.option(
-                "--lenient",
-                is_flag=True,
-                help="Report what Asterisk would refuse as a warning and carry on, "
-                "instead of ending the call (exit 3) as Asterisk would.",
-            ),
-            click.option(
-                "--monitor",
-                is_flag=True,
-                help="Play the application's audio on the local sound device.",
-            ),
+            lenient_option,
+            monitor_option,
         ]
     ):
         func = decorator(func)

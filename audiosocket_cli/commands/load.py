@@ -23,6 +23,7 @@ from audiosocket_cli.commands.options import (
     ProtocolFailure,
     asterisk_rules,
     call_uuids,
+    lenient_option,
     placing_options,
 )
 from audiosocket_cli.protocol.inject import Injection
@@ -105,11 +106,7 @@ class MaxFailedType(click.ParamType):
     help="Audio sample rate: 8000 (kind 0x10) ... 192000 (0x18).",
 )
 @placing_options
-@click.option(
-    "--lenient",
-    is_flag=True,
-    help="Report what Asterisk would refuse and carry on, instead of ending the call.",
-)
+@lenient_option
 @click.option(
     "--period",
     type=click.FloatRange(min=0.1),

@@ -130,6 +130,20 @@ def output_options(func: Callable) -> Callable:
     return func
 
 
+# The options of every command that is Asterisk's side of a call, defined once.
+lenient_option = click.option(
+    "--lenient",
+    is_flag=True,
+    help="Report what Asterisk would refuse as a warning and carry on, instead of "
+    "ending the call (exit 3) as Asterisk would.",
+)
+monitor_option = click.option(
+    "--monitor",
+    is_flag=True,
+    help="Play the application's audio on the local sound device.",
+)
+
+
 def placing_options(func: Callable) -> Callable:
     """--uuid, --uuid-pattern, --before-call: the calls' UUIDs, as the application
     expects them, and the step a dialplan takes before AudioSocket connects."""

@@ -20,6 +20,7 @@ from audiosocket_cli.commands.options import (
     Failure,
     ProtocolFailure,
     asterisk_rules,
+    lenient_option,
     open_output,
     open_pcap,
     output_options,
@@ -77,12 +78,7 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
     type=click.IntRange(1, 65535),
     help="The application's port in a packet capture.",
 )
-@click.option(
-    "--lenient",
-    is_flag=True,
-    help="Report what Asterisk would refuse as a warning and carry on, instead of "
-    "ending the call (exit 3) as Asterisk would.",
-)
+@lenient_option
 @pcap_option
 @output_options
 def replay(
