@@ -21,8 +21,8 @@ from conftest import ROOT
 from test_schema import check_lines, server
 from voice_bot import ANSWERS, SHORT_ANSWER, BotConfig, CallLog, VoiceBot, espeak_available
 
-from audiosocket_cli.engines.converse.measures import CallerTurn, measure
-from audiosocket_cli.engines.converse.scenario import (
+from audiosocket_cli.engines.conversation.measures import CallerTurn, measure
+from audiosocket_cli.engines.conversation.scenario import (
     DEFAULT_SCENARIO,
     ScenarioError,
     parse_scenario,

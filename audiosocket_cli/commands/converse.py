@@ -190,8 +190,8 @@ def converse(
       audiosocket converse 9092 --max-response 800ms --rate 16000 --json
       audiosocket converse --print-scenario > my-scenario.toml
     """
+    from audiosocket_cli.engines.conversation.scenario import DEFAULT_SCENARIO
     from audiosocket_cli.engines.converse import ScenarioError, load_scenario
-    from audiosocket_cli.engines.converse.scenario import DEFAULT_SCENARIO
 
     env = Environment()
     if print_scenario:
@@ -202,7 +202,7 @@ def converse(
     uuids = call_uuids(call_uuid, uuid_pattern)
     try:
         plan = load_scenario(scenario)
-        from audiosocket_cli.engines.converse.scenario import load_utterances
+        from audiosocket_cli.engines.conversation.scenario import load_utterances
 
         utterances = load_utterances(plan, rate)
     except ScenarioError as exc:

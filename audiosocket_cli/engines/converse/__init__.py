@@ -9,14 +9,13 @@ returns, the events the output shows). The two-channel recording is
 media.stereo's StereoRecording (re-exported here).
 """
 
-from audiosocket_cli.engines.converse.results import (
+from audiosocket_cli.engines.conversation.results import (
     BargeInResult,
     ConversationResult,
     ConverseEvent,
     TurnResult,
 )
-from audiosocket_cli.engines.converse.runner import Conversation, converse
-from audiosocket_cli.engines.converse.scenario import (
+from audiosocket_cli.engines.conversation.scenario import (
     Scenario,
     ScenarioError,
     Step,
@@ -24,7 +23,8 @@ from audiosocket_cli.engines.converse.scenario import (
     parse_scenario,
     shipped_utterances,
 )
-from audiosocket_cli.engines.converse.verdicts import Expectation, Thresholds, junit_xml
+from audiosocket_cli.engines.conversation.verdicts import Expectation, Thresholds, junit_xml
+from audiosocket_cli.engines.converse.runner import Conversation, converse
 from audiosocket_cli.media.stereo import StereoRecording
 
 __all__ = [

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from audiosocket_cli.engines.converse.measures import (
+from audiosocket_cli.engines.conversation.measures import (
     BargeInMeasure,
     DeadAir,
     Measures,
@@ -20,7 +20,7 @@ from audiosocket_cli.engines.converse.measures import (
     TurnMeasure,
     percentile,
 )
-from audiosocket_cli.engines.converse.verdicts import Expectation
+from audiosocket_cli.engines.conversation.verdicts import Expectation
 from audiosocket_cli.protocol.events import CallEnd, ConversationEvent
 
 # The conversation's events are the vocabulary's own (protocol.events).

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from audiosocket_cli.engines.converse.measures import Measures
-from audiosocket_cli.engines.converse.scenario import Step
+from audiosocket_cli.engines.conversation.measures import Measures
+from audiosocket_cli.engines.conversation.scenario import Step
 
 APP_ENDINGS = frozenset({"app-hangup", "app-close", "app-reset"})
 
