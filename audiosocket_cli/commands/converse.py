@@ -9,7 +9,6 @@ broke the protocol, 1 when it could not be reached.
 from __future__ import annotations
 
 import functools
-import re
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,10 @@ from audiosocket_cli.commands.options import (
     AddressType,
     Failure,
     ProtocolFailure,
+    ScenarioProblem,
     asterisk_rules,
     call_uuids,
+    conversation_options,
     lenient_option,
     monitor_option,
     open_output,
@@ -35,36 +36,6 @@ from audiosocket_cli.protocol.events import FAILURE_ENDINGS
 from audiosocket_cli.status import ExitStatus
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-class SecondsType(click.ParamType):
-    """S: seconds, as 1.5, 1.5s or 1500ms."""
-
-    name = "S"
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> float:
-        if isinstance(value, (int, float)):
-            return float(value)
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s)?\s*", str(value))
-        if not match:
-            self.fail(f"{value!r} is not a duration (1.5, 1.5s or 1500ms)", param, ctx)
-        number = float(match.group(1))
-        return number / 1000 if match.group(2) == "ms" else number
-
-
-SECONDS = SecondsType()
-
-
-class ScenarioProblem(click.ClickException):
-    """A scenario that cannot run (exit 2): one line naming the file, the step, the problem."""
-
-    exit_code = ExitStatus.USAGE
-
-
-def _threshold(name: str, default: float, text: str) -> Any:
-    return click.option(
-        name, type=SECONDS, default=default, show_default=True, metavar="S", help=text
-    )
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
@@ -85,33 +56,7 @@ def _threshold(name: str, default: float, text: str) -> Any:
     metavar="MS",
     help="Audio frame length.",
 )
-@_threshold(
-    "--max-first-response",
-    3.0,
-    '`expect = "first-response"`: the agent\'s first speech at most this long after the '
-    "connection.",
-)
-@_threshold(
-    "--max-response",
-    1.5,
-    '`expect = "answer"`: the agent\'s reply at most this long after the end of the '
-    "caller's speech.",
-)
-@_threshold(
-    "--max-barge-in-stop",
-    1.0,
-    '`expect = "stop"`: the agent quiet at most this long after the caller barges in.',
-)
-@_threshold(
-    "--dead-air",
-    2.0,
-    "Silence longer than this, while the agent holds the turn, fails no-dead-air (0: not judged).",
-)
-@click.option(
-    "--allow-talk-over",
-    is_flag=True,
-    help="Do not judge the agent starting to speak while the caller speaks (no-talk-over).",
-)
+@conversation_options
 @click.option(
     "--record",
     "record_path",

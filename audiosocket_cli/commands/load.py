@@ -21,8 +21,11 @@ from audiosocket_cli.commands.options import (
     AddressType,
     Failure,
     ProtocolFailure,
+    ScenarioProblem,
     asterisk_rules,
     call_uuids,
+    conversation_options,
+    conversation_thresholds,
     lenient_option,
     placing_options,
 )
@@ -91,6 +94,13 @@ class MaxFailedType(click.ParamType):
     "--tone", type=click.FloatRange(min=0, min_open=True), metavar="HZ", help="Send a sine tone."
 )
 @click.option("--silence", is_flag=True, help="Send silent frames (the default).")
+@click.option(
+    "--scenario",
+    "scenario_path",
+    metavar="FILE",
+    help="Each call holds this conversation (a `converse` scenario; `builtin`: its built-in "
+    "one) and is measured as converse measures it.",
+)
 @click.option("--no-audio", is_flag=True, help="Send nothing after the UUID.")
 @click.option(
     "--dtmf",
@@ -104,6 +114,14 @@ class MaxFailedType(click.ParamType):
     default=8000,
     show_default=True,
     help="Audio sample rate: 8000 (kind 0x10) ... 192000 (0x18).",
+)
+@conversation_options
+@click.option(
+    "--conversations",
+    "conversations_path",
+    metavar="FILE.jsonl",
+    type=click.Path(dir_okay=False),
+    help="With --scenario: a JSON line per conversation (its figures, turns, verdicts).",
 )
 @placing_options
 @lenient_option
@@ -152,9 +170,11 @@ def load(
     play_path: str | None,
     tone: float | None,
     silence: bool,
+    scenario_path: str | None,
     no_audio: bool,
     dtmf: tuple[Injection, ...],
     sample_rate: int,
+    conversations_path: str | None,
     call_uuid: str | None,
     uuid_pattern: str | None,
     before_call: str | None,
@@ -165,6 +185,7 @@ def load(
     record_dir: str | None,
     max_failed: tuple[int | None, float | None],
     workers: int | None,
+    **conversation: Any,
 ) -> None:
     """Be Asterisk many times over: run many calls at once against the application at
     ADDRESS, and print statistics every --period.
@@ -182,17 +203,25 @@ def load(
     echoes, and the diagnoses of the calls that ended. A plain line per period
     on a pipe, a JSON line with --json, a live table on a terminal.
 
+    With --scenario, each call holds a `converse` conversation (the agent's
+    speech found by the speech detector as it arrives) and each period adds
+    response latency p50/p95/p99, time to first response, barge-in stop time,
+    talk-overs, dead air and failed expectations by kind: latency against
+    concurrent calls. --max-response and the other limits are converse's.
+
     \b
     Exit status: 0 every call ended normally (or no more failed than
     --max-failed), 1 more calls failed than --max-failed or the run could not
     start, 2 usage error, 3 the application broke the protocol in a call,
-    130 Ctrl-C, 143 SIGTERM.
+    130 Ctrl-C, 143 SIGTERM. With --scenario, also 3 when more conversations
+    failed an expectation than --max-failed.
 
     \b
     Examples:
       audiosocket load 127.0.0.1:9092 --calls 100 --rate 10 --duration 30 --total 1000
       audiosocket load 9092 --calls 500 --tone 440 --stats run.csv --max-failed 1%
       audiosocket load 9092 --play hello.wav --total 20 --record answers/ --json
+      audiosocket load 9092 --scenario builtin --calls 50 --total 200 --stats bot.csv
     """
     from audiosocket_cli.engines.load import (
         LoadPlan,
@@ -207,6 +236,7 @@ def load(
             ("--tone", tone is not None),
             ("--silence", silence),
             ("--no-audio", no_audio),
+            ("--scenario", scenario_path is not None),
         )
         if given
     ]
@@ -216,8 +246,15 @@ def load(
         raise click.BadParameter(
             f"{tone:g} Hz cannot be sent at {sample_rate} Hz", param_hint="--tone"
         )
+    if scenario_path is not None and dtmf:
+        raise click.UsageError("--dtmf goes in the scenario (a dtmf step), not with --scenario")
+    if conversations_path is not None and scenario_path is None:
+        raise click.UsageError("--conversations needs --scenario")
+    thresholds = conversation_thresholds(conversation)
     uuids = call_uuids(call_uuid, uuid_pattern)
     pcm = b""
+    scenario: Any = None
+    utterances: dict[Path, Any] = {}
     source, source_name = "silence", "silence"
     if no_audio:
         source, source_name = "none", "none"
@@ -228,6 +265,18 @@ def load(
         source = "file"
         if duration is None:
             duration = len(pcm) / 2 / sample_rate + LINGER
+    elif scenario_path is not None:
+        scenario, utterances = _read_scenario(scenario_path, sample_rate)
+        source, source_name = "scenario", f"scenario:{scenario.name}"
+        if duration is None:
+            duration = float("inf")  # the scenario ends each call
+    if conversations_path is not None:
+        try:
+            open(conversations_path, "w", encoding="utf-8").close()  # noqa: SIM115
+        except OSError as exc:
+            raise Failure(
+                f"{conversations_path}: cannot write: {exc.strerror or exc} (--conversations)"
+            ) from None
     record = Path(record_dir) if record_dir else None
     if record is not None:
         from audiosocket_cli.media.recorder import check_writable_folder
@@ -259,6 +308,10 @@ def load(
         rules=asterisk_rules(lenient=lenient),
         period=period,
         record_dir=record,
+        scenario=scenario,
+        utterances=utterances,
+        thresholds=thresholds,
+        conversations_path=Path(conversations_path) if conversations_path else None,
     )
     try:
         status, last = _run(plan, workers or default_workers(), json_lines, stats_file, max_failed)
@@ -266,6 +319,21 @@ def load(
         if stats_file is not None:
             stats_file.close()
     _exit(status, last)
+
+
+def _read_scenario(path: str, rate: int) -> tuple[Any, dict[Path, Any]]:
+    """The scenario and its utterances at the call's rate; a bad one is exit 2."""
+    from audiosocket_cli.engines.conversation.scenario import (
+        ScenarioError,
+        load_scenario,
+        load_utterances,
+    )
+
+    try:
+        scenario = load_scenario(None if path == "builtin" else path)
+        return scenario, load_utterances(scenario, rate)
+    except ScenarioError as exc:
+        raise ScenarioProblem(f"{exc} (--scenario)") from None
 
 
 def _read_file(path: str, rate: int) -> bytes:
@@ -290,7 +358,7 @@ def _run(
     import socket
 
     from audiosocket_cli.commands.options import warm_up
-    from audiosocket_cli.engines.load import CSV_COLUMNS, Dashboard, csv_row, plain_line, run_load
+    from audiosocket_cli.engines.load import Dashboard, csv_columns, csv_row, plain_line, run_load
 
     try:
         socket.getaddrinfo(plan.address.host, plan.address.port, type=socket.SOCK_STREAM)
@@ -299,8 +367,9 @@ def _run(
     # numpy and the mu-law table now, not while the first frames are due (workers inherit).
     warm_up(recording=plan.record_dir is not None)
     writer = csv.writer(stats_file) if stats_file is not None else None
+    columns = csv_columns(conversation=plan.scenario is not None)
     if writer is not None:
-        writer.writerow(CSV_COLUMNS)
+        writer.writerow(columns)
     dashboard = None
     if not json_lines and _isatty(sys.stdout):
         dashboard = Dashboard(sys.stdout)
@@ -309,7 +378,7 @@ def _run(
     def on_row(row: Any) -> None:
         data = row.as_dict()
         if writer is not None:
-            writer.writerow(csv_row(data))
+            writer.writerow(csv_row(data, columns))
             stats_file.flush()
         if data["generator_late"] and not warned[0]:
             warned[0] = True
@@ -348,6 +417,15 @@ def _isatty(stream: Any) -> bool:
 
 def _exit(status: int, last: dict[str, Any] | None) -> None:
     totals = last or {}
+    if (
+        status == ExitStatus.PROTOCOL
+        and totals.get("total_conversations_failed")
+        and not (totals.get("total_violations"))
+    ):
+        raise ProtocolFailure(
+            f"{totals['total_conversations_failed']} of {totals['total_conversations']} "
+            f"conversations failed an expectation: {totals['total_failed_expect']}"
+        )
     if status == ExitStatus.PROTOCOL:
         raise ProtocolFailure(
             f"{totals.get('total_violations', '?')} call(s) broke the protocol "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import uuid as uuid_lib
 from collections.abc import Callable
 from typing import Any
@@ -323,3 +324,89 @@ def open_pcap(path: str | None, output: Output) -> Any:
         return PcapFile.open(path, output.note)
     except OSError as exc:
         raise Failure(f"{path}: cannot write: {exc.strerror or exc} (--pcap)") from None
+
+
+# The verdicts of a conversation (converse, and load --scenario).
+
+
+class SecondsType(click.ParamType):
+    """S: seconds, as 1.5, 1.5s or 1500ms."""
+
+    name = "S"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s)?\s*", str(value))
+        if not match:
+            self.fail(f"{value!r} is not a duration (1.5, 1.5s or 1500ms)", param, ctx)
+        number = float(match.group(1))
+        return number / 1000 if match.group(2) == "ms" else number
+
+
+SECONDS = SecondsType()
+
+
+class ScenarioProblem(click.ClickException):
+    """A scenario that cannot run (exit 2): one line naming the file, the step, the problem."""
+
+    exit_code = ExitStatus.USAGE
+
+
+def _threshold(name: str, default: float, text: str) -> Any:
+    return click.option(
+        name, type=SECONDS, default=default, show_default=True, metavar="S", help=text
+    )
+
+
+def conversation_options(func: Callable) -> Callable:
+    """--max-first-response, --max-response, --max-barge-in-stop, --dead-air,
+    --allow-talk-over: the limits of a conversation's expectations."""
+    for decorator in reversed(
+        [
+            _threshold(
+                "--max-first-response",
+                3.0,
+                '`expect = "first-response"`: the agent\'s first speech at most this long '
+                "after the connection.",
+            ),
+            _threshold(
+                "--max-response",
+                1.5,
+                '`expect = "answer"`: the agent\'s reply at most this long after the end of '
+                "the caller's speech.",
+            ),
+            _threshold(
+                "--max-barge-in-stop",
+                1.0,
+                '`expect = "stop"`: the agent quiet at most this long after the caller barges in.',
+            ),
+            _threshold(
+                "--dead-air",
+                2.0,
+                "Silence longer than this, while the agent holds the turn, fails no-dead-air "
+                "(0: not judged).",
+            ),
+            click.option(
+                "--allow-talk-over",
+                is_flag=True,
+                help="Do not judge the agent starting to speak while the caller speaks "
+                "(no-talk-over).",
+            ),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+def conversation_thresholds(options: dict[str, Any]) -> Any:
+    """The engines' Thresholds from conversation_options' values (popped from `options`)."""
+    from audiosocket_cli.engines.conversation.verdicts import Thresholds
+
+    return Thresholds(
+        max_first_response=options.pop("max_first_response"),
+        max_response=options.pop("max_response"),
+        max_barge_in_stop=options.pop("max_barge_in_stop"),
+        dead_air=options.pop("dead_air"),
+        talk_over=options.pop("allow_talk_over"),
+    )

@@ -26,14 +26,21 @@ What is measured, per period:
   most 15 LSB, inaudible), so each payload is distinct and the application's
   copy is recognised by its hash, without any cooperation from it;
 - how calls ended (the `ended` tokens of protocol.events.ENDINGS, plus the
-  connect failures) and the diagnoses of each call's end.
+  connect failures) and the diagnoses of each call's end;
+- with a scenario (`--scenario`), each call is a conversation: its frames come
+  from an engines.conversation Script run on the worker's loop, the
+  application's audio goes to the script's speech detector as it is read,
+  and the call's end adds its response latencies, time to first response,
+  barge-in stop times, talk-overs, dead air and failed expectations by kind.
 """
 
 from audiosocket_cli.engines.load.display import Dashboard, plain_line
 from audiosocket_cli.engines.load.periods import (
     CONNECT_FAILURES,
+    CONVERSATION_CSV_COLUMNS,
     CSV_COLUMNS,
     DIAGNOSES,
+    EXPECT_KINDS,
     FAILURE_REASONS,
     HISTOGRAMS,
     LATE_WARNING,
@@ -43,6 +50,7 @@ from audiosocket_cli.engines.load.periods import (
     Histogram,
     PeriodRow,
     PeriodStats,
+    csv_columns,
     csv_row,
 )
 from audiosocket_cli.engines.load.plan import (
@@ -57,8 +65,10 @@ from audiosocket_cli.engines.load.worker import Worker
 
 __all__ = [
     "CONNECT_FAILURES",
+    "CONVERSATION_CSV_COLUMNS",
     "CSV_COLUMNS",
     "DIAGNOSES",
+    "EXPECT_KINDS",
     "FAILURE_REASONS",
     "FRAME_MS",
     "HISTOGRAMS",
@@ -74,6 +84,7 @@ __all__ = [
     "PeriodStats",
     "Worker",
     "check_uuid_pattern",
+    "csv_columns",
     "csv_row",
     "default_workers",
     "dtmf_schedule",

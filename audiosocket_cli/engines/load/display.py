@@ -16,7 +16,7 @@ def plain_line(row: dict[str, Any]) -> str:
     def counts(values: dict[str, int]) -> str:
         return ",".join(f"{k}:{n}" for k, n in values.items()) or "-"
 
-    return (
+    line = (
         f"{row['type']} t={row['t']:.1f} active={row['active']} "
         f"started={row['started']}/{row['total_started']} up={row['up']}/{row['total_up']} "
         f"ended={row['ended']}/{row['total_ended']} failed={row['failed']}/{row['total_failed']} "
@@ -33,6 +33,20 @@ def plain_line(row: dict[str, Any]) -> str:
         f"echo_ms={f(row['echo_p50_ms'])}/{f(row['echo_p99_ms'])} "
         f"failed_by={counts(row['total_failed_by'])} "
         f"diagnoses={counts(row['total_diagnoses'])}"
+    )
+    if "conversations" not in row:
+        return line
+    # --scenario: the conversations' figures, this period's (failed expectations: totals).
+    return line + (
+        f" conversations={row['conversations']}/{row['total_conversations']} "
+        f"conversations_failed={row['conversations_failed']}/{row['total_conversations_failed']} "
+        f"response_ms={f(row['response_p50_ms'])}/{f(row['response_p95_ms'])}/"
+        f"{f(row['response_p99_ms'])} "
+        f"first_response_ms={f(row['first_response_p50_ms'])}/{f(row['first_response_p95_ms'])} "
+        f"barge_in_stop_ms={f(row['barge_in_stop_p50_ms'])}/{f(row['barge_in_stop_p95_ms'])} "
+        f"talk_overs={row['talk_overs']}/{row['total_talk_overs']} "
+        f"dead_air={row['dead_air']}/{row['total_dead_air']} "
+        f"failed_expect={counts(row['total_failed_expect'])}"
     )
 
 
@@ -90,6 +104,32 @@ class Dashboard:
             f"{f(row['echo_p50_ms'])} / {f(row['echo_p99_ms'])} ms",
             f"{f(row['total_echo_p50_ms'])} / {f(row['total_echo_p99_ms'])} ms",
         )
+        if "conversations" in row:
+            table.add_row(
+                "conversations / failed",
+                f"{row['conversations']} / {row['conversations_failed']}",
+                f"{row['total_conversations']} / {row['total_conversations_failed']}",
+            )
+            for name, label in (
+                ("response", "response latency p50/p95/p99"),
+                ("first_response", "time to first response p50/p95/p99"),
+                ("barge_in_stop", "barge-in stop p50/p95/p99"),
+            ):
+                figures = [
+                    f(row[f"{prefix}{name}_p{q}_ms"])
+                    for prefix in ("", "total_")
+                    for q in (50, 95, 99)
+                ]
+                table.add_row(
+                    label, " / ".join(figures[:3]) + " ms", " / ".join(figures[3:]) + " ms"
+                )
+            table.add_row(
+                "talk-overs / dead air",
+                f"{row['talk_overs']} / {row['dead_air']}",
+                f"{row['total_talk_overs']} / {row['total_dead_air']}",
+            )
+            for kind, n in row["total_failed_expect"].items():
+                table.add_row(f"failed: {kind}", str(row["failed_expect"].get(kind, 0)), str(n))
         for reason, n in row["total_failed_by"].items():
             table.add_row(f"failed: {reason}", str(row["failed_by"].get(reason, 0)), str(n))
         for code, n in row["total_diagnoses"].items():

@@ -45,7 +45,9 @@ DIAGNOSES = [
 
 
 class Histogram:
-    """Durations in log buckets 1% wide: cheap to add, exact to merge across workers."""
+    """Durations in log buckets 1% wide: cheap to add, exact to merge across workers.
+    A negative value (a reply begun before the caller's speech ended) has a bucket of
+    its own sign: bucket -1 - i holds what bucket i holds, negated."""
 
     LOG_BASE = math.log(1.01)
     __slots__ = ("counts", "n", "max")
@@ -57,12 +59,17 @@ class Histogram:
 
     def add(self, seconds: float) -> None:
         us = seconds * 1e6
-        i = int(math.log1p(us) / self.LOG_BASE) if us > 0 else 0
+        if us > 0:
+            i = int(math.log1p(us) / self.LOG_BASE)
+        elif us > -1:
+            i = 0
+        else:
+            i = -1 - int(math.log1p(-us) / self.LOG_BASE)
         counts = self.counts
         counts[i] = counts.get(i, 0) + 1
-        self.n += 1
-        if seconds > self.max:
+        if not self.n or seconds > self.max:
             self.max = seconds
+        self.n += 1
 
     def state(self) -> tuple[dict[int, int], int, float]:
         return dict(self.counts), self.n, self.max
@@ -72,9 +79,9 @@ class Histogram:
         mine = self.counts
         for i, k in counts.items():
             mine[i] = mine.get(i, 0) + k
-        self.n += n
-        if peak > self.max:
+        if n and (not self.n or peak > self.max):
             self.max = peak
+        self.n += n
 
     def percentile(self, p: float) -> float | None:
         """Seconds, to 0.5%; None when empty."""
@@ -85,12 +92,17 @@ class Histogram:
         for i in sorted(self.counts):
             seen += self.counts[i]
             if seen >= rank:
-                value = math.expm1((i + 0.5) * self.LOG_BASE) / 1e6
+                if i >= 0:
+                    value = math.expm1((i + 0.5) * self.LOG_BASE) / 1e6
+                else:
+                    value = -math.expm1((-1 - i + 0.5) * self.LOG_BASE) / 1e6
                 return min(value, self.max)
         return self.max
 
 
-HISTOGRAMS = ("late", "ttfa", "jitter", "echo")
+HISTOGRAMS = ("late", "ttfa", "jitter", "echo", "response", "first_response", "barge_in_stop")
+# Expectation kinds (engines.conversation.verdicts), each a column of failed ones.
+EXPECT_KINDS = ("first-response", "answer", "stop", "hangup", "wait", "no-talk-over", "no-dead-air")
 
 
 class PeriodStats:
@@ -110,6 +122,10 @@ class PeriodStats:
         "gaps",
         "unserved",
         "left_open",
+        "conversations",
+        "conversations_failed",
+        "talk_overs",
+        "dead_air",
     )
 
     def __init__(self) -> None:
@@ -118,6 +134,10 @@ class PeriodStats:
         self.bursts = self.gaps = 0
         self.unserved = 0  # calls the application accepted but never served (nor closed)
         self.left_open = 0  # calls whose socket it left open after our close (CLOSE-WAIT)
+        # --scenario: conversations concluded (at their call's end), those with a failed
+        # expectation, the agent's talk-overs and stretches of dead air in them.
+        self.conversations = self.conversations_failed = self.talk_overs = self.dead_air = 0
+        self.failed_expect: Counter[str] = Counter()  # by expectation kind
         self.audio_s = 0.0  # seconds of application audio received
         self.talk_s = 0.0  # seconds of calls' time since their first application audio
         self.failed: Counter[str] = Counter()
@@ -126,6 +146,9 @@ class PeriodStats:
         self.ttfa = Histogram()
         self.jitter = Histogram()
         self.echo = Histogram()
+        self.response = Histogram()  # each turn's response latency (negative: talk-over)
+        self.first_response = Histogram()
+        self.barge_in_stop = Histogram()
 
     def record(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: getattr(self, name) for name in self.COUNTERS}
@@ -133,6 +156,7 @@ class PeriodStats:
         out["talk_s"] = self.talk_s
         out["failed"] = dict(self.failed)
         out["diagnoses"] = dict(self.diagnoses)
+        out["failed_expect"] = dict(self.failed_expect)
         for name in HISTOGRAMS:
             out[name] = getattr(self, name).state()
         return out
@@ -144,6 +168,7 @@ class PeriodStats:
         self.talk_s += record["talk_s"]
         self.failed.update(record["failed"])
         self.diagnoses.update(record["diagnoses"])
+        self.failed_expect.update(record["failed_expect"])
         for name in HISTOGRAMS:
             getattr(self, name).merge(record[name])
 
@@ -163,6 +188,7 @@ class PeriodRow:
     active: int
     connecting: int
     final: bool = False
+    conversation: bool = False  # a --scenario run: the conversation fields too
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON line and the CSV row (docs/load.md lists the fields)."""
@@ -174,7 +200,7 @@ class PeriodRow:
 
         ratio = round(p.audio_s / p.talk_s, 3) if p.talk_s > 0 else None
         failed = sum(p.failed.values())
-        return {
+        row = {
             "type": "total" if self.final else "period",
             "period": self.index,
             "t": round(self.t, 3),
@@ -228,6 +254,32 @@ class PeriodRow:
             "diagnoses": dict(sorted(p.diagnoses.items())),
             "total_diagnoses": dict(sorted(tot.diagnoses.items())),
         }
+        if self.conversation:
+            row.update(conversation_fields(p, tot))
+        return row
+
+
+def conversation_fields(p: PeriodStats, tot: PeriodStats) -> dict[str, Any]:
+    """A --scenario run's figures: the period's, and the totals' (`total_` ...)."""
+
+    def ms(h: Histogram, q: float) -> float | None:
+        value = h.percentile(q)
+        return None if value is None else round(value * 1000, 3)
+
+    out: dict[str, Any] = {}
+    for prefix, stats in (("", p), ("total_", tot)):
+        out[f"{prefix}conversations"] = stats.conversations
+        out[f"{prefix}conversations_failed"] = stats.conversations_failed
+        for name in ("response", "first_response", "barge_in_stop"):
+            h = getattr(stats, name)
+            for q in (50, 95, 99):
+                out[f"{prefix}{name}_p{q}_ms"] = ms(h, q)
+            out[f"{prefix}{name}_max_ms"] = round(h.max * 1000, 3) if h.n else None
+        out[f"{prefix}responses"] = stats.response.n
+        out[f"{prefix}talk_overs"] = stats.talk_overs
+        out[f"{prefix}dead_air"] = stats.dead_air
+        out[f"{prefix}failed_expect"] = dict(sorted(stats.failed_expect.items()))
+    return out
 
 
 CSV_COLUMNS = [
@@ -269,11 +321,31 @@ CSV_COLUMNS = [
 ]
 
 
-def csv_row(row: dict[str, Any]) -> list[Any]:
+# A --scenario run's columns, after load's own.
+CONVERSATION_CSV_COLUMNS = [
+    "conversations",
+    "conversations_failed",
+    *(f"{name}_{stat}_ms" for name in ("response", "first_response", "barge_in_stop")
+      for stat in ("p50", "p95", "p99", "max")),
+    "responses",
+    "talk_overs",
+    "dead_air",
+    *(f"failed_expect_{kind}" for kind in EXPECT_KINDS),
+]  # fmt: skip
+
+
+def csv_columns(conversation: bool = False) -> list[str]:
+    """The CSV's header: load's columns, and a --scenario run's after them."""
+    return CSV_COLUMNS + CONVERSATION_CSV_COLUMNS if conversation else list(CSV_COLUMNS)
+
+
+def csv_row(row: dict[str, Any], columns: list[str] | None = None) -> list[Any]:
     """A period's dict as the CSV columns: empty for no figure, 0 for no count."""
     out: list[Any] = []
-    for column in CSV_COLUMNS:
-        if column.startswith("failed_"):
+    for column in columns or CSV_COLUMNS:
+        if column.startswith("failed_expect_"):
+            out.append(row["failed_expect"].get(column[14:], 0))
+        elif column.startswith("failed_"):
             out.append(row["failed_by"].get(column[7:], 0))
         elif column.startswith("diag_"):
             out.append(row["diagnoses"].get(column[5:], 0))
@@ -286,8 +358,15 @@ def csv_row(row: dict[str, Any]) -> list[Any]:
 class Aggregator:
     """Merges the workers' period records into rows, in order, as they complete."""
 
-    def __init__(self, workers: int, epoch: float, on_row: Callable[[PeriodRow], None]) -> None:
+    def __init__(
+        self,
+        workers: int,
+        epoch: float,
+        on_row: Callable[[PeriodRow], None],
+        conversation: bool = False,
+    ) -> None:
         self.workers = workers
+        self.conversation = conversation
         self.epoch = epoch
         self.on_row = on_row
         self.totals = PeriodStats()
@@ -337,6 +416,7 @@ class Aggregator:
                     active=sum(r["active"] for r in records),
                     connecting=sum(r["connecting"] for r in records),
                     final=final,
+                    conversation=self.conversation,
                 )
             )
             if final:

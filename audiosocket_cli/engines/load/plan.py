@@ -41,6 +41,13 @@ class LoadPlan:
     rules: Rules = field(default_factory=Rules)
     period: float = 1.0
     record_dir: Path | None = None
+    # --scenario: each call holds this conversation (engines.conversation): the
+    # Scenario, its utterances at sample_rate, the verdicts' Thresholds, and a file
+    # that gets a JSON line per concluded conversation.
+    scenario: Any = None
+    utterances: dict[Path, Any] = field(default_factory=dict)
+    thresholds: Any = None
+    conversations_path: Path | None = None
 
     @property
     def frame_samples(self) -> int:

@@ -29,7 +29,8 @@ class LoadResult:
     stopped: str  # "", "interrupted" or "terminated"
 
     def status(self, max_failed: int | None = 0, max_failed_share: float | None = None) -> int:
-        """0, 1 (more calls failed than tolerated), 3 (a protocol violation), 130, 143."""
+        """0, 1 (more calls failed than tolerated), 3 (a protocol violation, or more
+        conversations failed an expectation than tolerated), 130, 143."""
         if self.stopped == "interrupted":
             return ExitStatus.INTERRUPTED
         if self.stopped == "terminated":
@@ -41,7 +42,16 @@ class LoadResult:
         allowed = max_failed or 0
         if max_failed_share is not None:
             allowed = math.floor(self.totals.started * max_failed_share)
-        return ExitStatus.FAILED if failed > allowed else ExitStatus.OK
+        if failed > allowed:
+            return ExitStatus.FAILED
+        # --scenario: a conversation with a failed expectation, as converse's exit 3.
+        conversations = self.totals.conversations
+        allowed = max_failed or 0
+        if max_failed_share is not None:
+            allowed = math.floor(conversations * max_failed_share)
+        if self.totals.conversations_failed > allowed:
+            return ExitStatus.PROTOCOL
+        return ExitStatus.OK
 
 
 def default_workers() -> int:
@@ -68,7 +78,7 @@ def run_load(
         if on_row is not None:
             on_row(row)
 
-    aggregator = Aggregator(workers, epoch, got_row)
+    aggregator = Aggregator(workers, epoch, got_row, conversation=plan.scenario is not None)
     if workers == 1:
         worker = Worker(plan, epoch=epoch, on_period=aggregator.add)
         stopped = worker.run()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import math
 import socket
 import sys
@@ -13,6 +14,8 @@ from typing import Any
 from audiosocket_cli.analysis.stats import AnalysisBudget
 from audiosocket_cli.engines.before_call import BeforeCall
 from audiosocket_cli.engines.call import CallReport, SessionClock
+from audiosocket_cli.engines.load import conversations
+from audiosocket_cli.engines.load.conversations import ConversationLog
 from audiosocket_cli.engines.load.periods import NORMAL_ENDINGS, STOPPED_ENDINGS, PeriodStats
 from audiosocket_cli.engines.load.plan import FRAME_MS, LoadPlan, make_uuid
 from audiosocket_cli.media.recorder import Recording, call_recording
@@ -82,6 +85,20 @@ _K_BITS = [(k & 0xF) | (k >> 4 & 0xF) << 16 | (k >> 8 & 0xF) << 32 for k in rang
 _N_BITS = [(n & 0xF) << 48 | (n >> 4 & 0xF) << 64 | (n >> 8 & 0xF) << 80 for n in range(4096)]
 
 
+def frames_until(duration: float, frame_s: float) -> float:
+    """The first frame number k with k x frame_s >= duration (to 1e-9 s, as media time
+    is compared): the call has lasted `duration` then. Infinite for an endless call."""
+    limit = duration - 1e-9
+    if math.isinf(limit):
+        return math.inf
+    k = max(0, int(limit / frame_s))
+    while k * frame_s < limit:
+        k += 1
+    while k and (k - 1) * frame_s >= limit:
+        k -= 1
+    return k
+
+
 class _Wire:
     """A worker's frames as they go out, from parts computed once: for frame f, its
     first 12 bytes without the mark (an integer), the rest (bytes) and the header, so
@@ -98,17 +115,7 @@ class _Wire:
         # A looped source's parts are kept (one frame, or a second of tone); a file's
         # are made as they are sent, not kept (it may be long).
         self.parts: dict[int, tuple[int | None, bytes, bytes]] = {}
-        # The first k with k x frame_s >= duration (to 1e-9 s, as media time is compared).
-        frame_s, limit = worker.frame_s, worker.plan.duration - 1e-9
-        if math.isinf(limit):
-            self.k_end: float = math.inf
-        else:
-            k = max(0, int(limit / frame_s))
-            while k * frame_s < limit:
-                k += 1
-            while k and (k - 1) * frame_s >= limit:
-                k -= 1
-            self.k_end = k
+        self.k_end = worker.k_end
 
     def part(self, frames: list[bytes], f: int) -> tuple[int | None, bytes, bytes]:
         payload = frames[f]
@@ -154,6 +161,7 @@ class _Call:
         "last_sent",
         "before",
         "local_port",
+        "talk",
     )
 
     def __init__(self, n: int, uuid: str, sock: socket.socket | None, now: float) -> None:
@@ -184,6 +192,7 @@ class _Call:
         self.last_sent = now
         self.before: BeforeCall | None = None
         self.local_port = 0
+        self.talk: Any = None  # --scenario: its conversations.Talk
 
 
 def _ignore(t: float, message: Message) -> None:
@@ -249,6 +258,7 @@ class Worker:
         self.finite = plan.source == "file"
         self.kind = RATE_KINDS[plan.sample_rate]
         self.frame_s = plan.frame_seconds
+        self.k_end = frames_until(plan.duration, self.frame_s)
         self.slot_count = max(1, round(self.frame_s / SLOT_SECONDS))
         self.slots = [_Slot() for _ in range(self.slot_count)]
         self.calls: dict[int, _Call] = {}
@@ -264,6 +274,13 @@ class Worker:
         self.stopping = ""  # "interrupted" or "terminated" once asked to stop
         self.finished = False
         self._sockaddr: tuple[int, Any] | None = None
+        self._said: set[str] = set()
+        self.conversation_log: ConversationLog | None = None
+        if plan.scenario is not None:
+            # Each call holds the scenario's conversation: the slots tick its scripts.
+            self._tick = functools.partial(conversations.tick, self)  # type: ignore[method-assign]
+            if plan.conversations_path is not None:
+                self.conversation_log = ConversationLog(plan.conversations_path)
 
     # Running.
 
@@ -314,6 +331,8 @@ class Worker:
             return
         self.finished = True
         self._emit(final=True)
+        if self.conversation_log is not None:
+            self.conversation_log.close()
         self.reactor.stop()
         if self.control is not None:
             self.reactor.forget(self.control)
@@ -344,6 +363,12 @@ class Worker:
             elif waiting and not final:
                 continue
             del self.closing[port]
+
+    def say_once(self, key: str, text: str) -> None:
+        """A warning on stderr, once per run and worker for each `key`."""
+        if key not in self._said:
+            self._said.add(key)
+            print(f"audiosocket: warning: {text}", file=sys.stderr, flush=True)
 
     def _emit(self, final: bool) -> None:
         now = time.monotonic()
@@ -532,6 +557,9 @@ class Worker:
         if slot.timer is None:
             slot.due = self.epoch + step * SLOT_SECONDS
             slot.timer = self.reactor.call_at(slot.due, lambda: self._tick(slot))
+        if plan.scenario is not None:
+            # The script's times are the call report's: seconds since the connection.
+            call.talk = conversations.Talk(self, call, max(0.0, slot.due - now))
         call.clock.arm()
 
     # Sending: one pass over a slot's calls per tick.
@@ -754,6 +782,9 @@ class Worker:
                         if gap > GAP:
                             stats.gaps += 1
                     call.last_audio, call.last_dur = now, duration
+                    talk = call.talk
+                    if talk is not None:
+                        talk.ear.heard(event.t, payload, rate)
                     at = call.sent.pop(hash(payload), None)
                     if at is not None:
                         stats.echo.add(now - at)
@@ -798,6 +829,8 @@ class Worker:
         stats = self.stats
         if call.first_audio is not None:
             stats.talk_s += now - call.acct_at
+        if call.talk is not None:
+            conversations.conclude(self, call, ended)
         end = report.finish(
             ended,
             session.violations,

@@ -1,0 +1,208 @@
+"""`load --scenario`: every call a conversation, measured against a fake voice bot's truths.
+
+The bot (tests/voice_bot.py) logs what it did on its own clock; the figures
+asserted are load's own (--conversations, --json, --stats), compared with the
+bot's log. A bot that ignores barge-in fails exactly `stop`, in every call,
+counted by kind, and the run exits 3 unless --max-failed tolerates it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_converse import TOLERANCE, needs_espeak
+from voice_bot import BotConfig, CallLog, VoiceBot
+
+from audiosocket_cli.engines.load import CONVERSATION_CSV_COLUMNS, CSV_COLUMNS, Histogram
+
+TIMEOUT = 90
+SCENARIO = """
+name = "two turns"
+
+[[step]]
+name = "greeting"
+wait = "speech"
+expect = "first-response"
+
+[[step]]
+wait = "silence"
+for = 0.3
+
+[[step]]
+name = "question"
+say = "question"
+expect = "answer"
+
+[[step]]
+name = "barge-in"
+barge_in = "interrupt"
+after_ms = 300
+expect = "stop"
+
+[[step]]
+close = true
+"""
+
+
+def load(
+    cli_env: dict[str, str], port: int, tmp_path: Path, *args: str
+) -> tuple[int, list[dict], list[dict], str]:
+    """`audiosocket load PORT --scenario S --json --conversations F ARGS`: (status, JSON
+    lines, conversation lines, stderr)."""
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text(SCENARIO)
+    conversations = tmp_path / "conversations.jsonl"
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "audiosocket_cli", "load", str(port),
+            "--scenario", str(scenario), "--conversations", str(conversations),
+            "--json", "--period", "0.5", *args,
+        ],
+        capture_output=True, text=True, env=cli_env, timeout=TIMEOUT,
+    )  # fmt: skip
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    talks = [json.loads(line) for line in conversations.read_text().splitlines()]
+    return done.returncode, lines, sorted(talks, key=lambda t: t["n"]), done.stderr
+
+
+def truths(talk: dict, log: CallLog) -> list[tuple[str, float, float]]:
+    """(what, load's figure, the bot's truth) for one conversation."""
+    out = [("first response", talk["first_response"], log.first("greeting").start)]
+    (turn,) = [t for t in talk["turns"] if t["latency"] is not None]
+    ((caller_end, start),) = log.replies
+    out.append(("latency", turn["latency"], start - caller_end))
+    (barge_in,) = talk["barge_ins"]
+    ((caller_start, stop),) = log.barge_ins
+    assert barge_in["stopped"]
+    out.append(("stop", barge_in["stop_time"], stop - caller_start))
+    return out
+
+
+@needs_espeak
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_every_call_is_measured_as_converse_measures_it(
+    tmp_path: Path, cli_env: dict[str, str], rate: int
+) -> None:
+    config = BotConfig(greet_ms=400, reply_ms=[300, 900], stop_ms=250)
+    with VoiceBot(config, rates=(rate,)) as bot:
+        status, lines, talks, stderr = load(
+            cli_env, bot.port, tmp_path, "--calls", "2", "--total", "2", "--rate", "4",
+            "--sample-rate", str(rate), "--stats", str(tmp_path / "run.csv"),
+        )  # fmt: skip
+        for log in bot.calls:
+            assert log.ended.wait(10)
+    assert status == 0, stderr
+    assert [t["n"] for t in talks] == [1, 2]  # the bot's calls in the same order: 0.25 s apart
+    assert all(t["conversation"]["passed"] for t in talks), talks
+    errors = [e for talk, log in zip(talks, bot.calls, strict=True) for e in truths(talk, log)]
+    starved = max(max(t["max_send_lag_ms"] for t in talks) / 1000, *(c.late for c in bot.calls))
+    worst = max(abs(a - b) for _, a, b in errors)
+    assert worst <= TOLERANCE + max(0.0, starved - 0.02), errors
+    total = lines[-1]
+    assert total["type"] == "total"
+    assert total["total_conversations"] == 2 and total["total_conversations_failed"] == 0
+    assert total["total_responses"] == 2 and total["total_failed_expect"] == {}
+    # The run's percentiles are the conversations' figures (to the histogram's 1%).
+    latencies = sorted(t["turns"][0]["latency"] for t in talks)
+    assert total["total_response_p50_ms"] == pytest.approx(latencies[0] * 1000, rel=0.011)
+    assert total["total_response_p99_ms"] == pytest.approx(latencies[1] * 1000, rel=0.011)
+    stops = [t["barge_ins"][0]["stop_time"] for t in talks]
+    assert total["total_barge_in_stop_p95_ms"] == pytest.approx(max(stops) * 1000, rel=0.011)
+    # Each period counts the conversations that ended in it; the periods add up.
+    assert sum(line["conversations"] for line in lines) == 2
+    with open(tmp_path / "run.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == CSV_COLUMNS + CONVERSATION_CSV_COLUMNS
+    assert sum(int(r["conversations"]) for r in rows) == 2
+    assert sum(int(r["responses"]) for r in rows) == 2
+
+
+@needs_espeak
+def test_a_bot_that_ignores_barge_in_fails_stop_in_every_call(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    with VoiceBot(BotConfig(greet_ms=300, reply_ms=300, stop_ms=None)) as bot:
+        status, lines, talks, stderr = load(
+            cli_env, bot.port, tmp_path, "--calls", "2", "--total", "2", "--rate", "4",
+            "--workers", "2",
+        )  # fmt: skip
+    assert status == 3, stderr
+    assert "2 of 2 conversations failed an expectation: {'stop': 2}" in stderr
+    total = lines[-1]
+    assert total["total_failed_expect"] == {"stop": 2}
+    assert total["total_conversations_failed"] == 2 and total["total_failed"] == 0
+    # It talked on to the end of its answer, seconds later: over the 1 s limit.
+    assert total["total_barge_in_stop_p95_ms"] > 1000
+    for talk in talks:  # one line per call from the two workers, none interleaved
+        failed = [e for e in talk["expectations"] if e["verdict"] == "fail"]
+        assert [e["expectation"] for e in failed] == ["4 'barge-in': stop"], failed
+        assert failed[0]["measured"] > 1.0 and "(over 1s)" in failed[0]["evidence"], failed
+
+
+@needs_espeak
+def test_max_failed_tolerates_failed_conversations(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    with VoiceBot(BotConfig(greet_ms=300, reply_ms=300, stop_ms=None)) as bot:
+        status, lines, _, stderr = load(
+            cli_env, bot.port, tmp_path, "--calls", "1", "--total", "1", "--max-failed", "100%"
+        )
+    assert status == 0, stderr
+    assert lines[-1]["total_failed_expect"] == {"stop": 1}
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--scenario", "builtin", "--tone", "440"], "choose one audio source"),
+        (["--scenario", "builtin", "--dtmf", "1@1"], "--dtmf goes in the scenario"),
+        (["--conversations", "x.jsonl"], "--conversations needs --scenario"),
+        (["--scenario", "nowhere.toml"], "nowhere.toml"),
+        (["--scenario", "builtin", "--max-response", "soon"], "is not a duration"),
+    ],
+)
+def test_scenario_usage_errors_are_one_line(
+    args: list[str], problem: str, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "audiosocket_cli", "load", "9", *args],
+        capture_output=True, text=True, env=cli_env, timeout=TIMEOUT, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert problem in done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) <= 2  # the line (and click's hint)
+
+
+def test_a_bad_scenario_file_names_its_step(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[step]]\nsya = "question"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "audiosocket_cli", "load", "9", "--scenario", str(bad)],
+        capture_output=True, text=True, env=cli_env, timeout=TIMEOUT,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "bad.toml" in done.stderr and "(--scenario)" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_the_histogram_keeps_negative_latencies() -> None:
+    """A reply begun before the caller's speech ended is a negative latency (talk-over):
+    it must stay negative in the percentiles, not become zero."""
+    h = Histogram()
+    for value in (-0.8, -0.2, 0.0, 0.3, 1.2):
+        h.add(value)
+    assert h.percentile(20) == pytest.approx(-0.8, rel=0.01)
+    assert h.percentile(40) == pytest.approx(-0.2, rel=0.01)
+    assert h.percentile(60) == pytest.approx(0.0, abs=1e-6)
+    assert h.percentile(80) == pytest.approx(0.3, rel=0.01)
+    assert h.percentile(100) == pytest.approx(1.2, rel=0.01)
+    merged = Histogram()
+    merged.merge(h.state())
+    assert merged.percentile(20) == h.percentile(20) and merged.max == 1.2
+    only_negative = Histogram()
+    only_negative.add(-0.5)
+    assert only_negative.max == -0.5 and only_negative.percentile(50) == pytest.approx(-0.5, 0.01)
