@@ -304,6 +304,7 @@ def proxy_argv(
         "capture",
         *quiet,
         *kept,
+        *CAPTURE_WORKERS,
         "--upstream",
         f"127.0.0.1:{upstream}",
         "--max-concurrent",
@@ -537,6 +538,9 @@ def floor_run(args: argparse.Namespace) -> int:
     return 0
 
 
+CAPTURE_WORKERS: list[str] = []  # ["--workers", "N"] with --workers
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -573,8 +577,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="capture also traces every message (--trace FILE, in a folder of the run's own)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="capture --workers N: N processes on one port (their CPU is counted together)",
+    )
     _client.add_placement_arguments(parser, clients="caller and application", server="proxy")
     args = parser.parse_args(argv)
+    if args.workers > 1:
+        CAPTURE_WORKERS[:] = ["--workers", str(args.workers)]
     args.keep = tuple(k for k in ("record", "trace") if getattr(args, k))
     _client.placement_arguments(parser, args)
     try:

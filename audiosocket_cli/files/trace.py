@@ -85,10 +85,17 @@ class TraceWriter:
     def message(
         self, call: CallInfo, t: float, direction: str, message: Message, level: float | None
     ) -> None:
+        self.stream.write(self.line(call, t, direction, message, level))
+
+    @staticmethod
+    def line(
+        call: CallInfo, t: float, direction: str, message: Message, level: float | None
+    ) -> str:
+        """A message's trace line."""
         record = message_record(call, t, direction, message, level)
         record["ts"] = round(call.unix_time(t), 6)
         record["data"] = base64.b64encode(message.payload).decode("ascii")
-        self.stream.write(json.dumps(record) + "\n")
+        return json.dumps(record) + "\n"
 
     def event(self, call: CallInfo, event: Event) -> None:
         record = event_record(call, event)
