@@ -210,3 +210,44 @@ def test_sigterm_stops_the_loop_between_callbacks(reactor: Reactor) -> None:
         reactor.run()
     assert ran == ["finished"]
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_busy_loop_polls_at_most_every_coalesce_and_keeps_its_timers(
+    reactor: Reactor, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    """With `coalesce`, a loop that keeps finding sockets ready polls at most that often
+    (each poll takes what came meanwhile), yet a timer due in between is not held."""
+    ours, theirs = pair
+    reactor.coalesce = 0.3
+    polls: list[float] = []
+    poll = reactor._poll
+
+    def counted(timeout: float | None) -> list[tuple[int, int]]:
+        polls.append(time.monotonic())
+        return poll(timeout)
+
+    reactor._poll = counted  # type: ignore[method-assign]
+    reads = 0
+    fired: list[float] = []
+
+    def readable() -> None:
+        nonlocal reads
+        ours.recv(100)
+        reads += 1
+        if reads == 5:
+            reactor.stop()
+        else:
+            theirs.sendall(b"more")  # always busy: the next poll finds it ready at once
+
+    due = time.monotonic() + 0.45  # between two coalesced polls
+    reactor.call_at(due, lambda: fired.append(time.monotonic()))
+    reactor.add_reader(ours, readable)
+    theirs.sendall(b"first")
+    reactor.call_later(10.0, reactor.stop)  # a bound, should it hang
+    reactor.run()
+    assert reads == 5
+    gaps = [b - a for a, b in zip(polls, polls[1:], strict=False)]
+    # Every poll after a busy one waited for the coalesce, except the one the timer
+    # cut short (it polls at the timer's moment, then waits the rest).
+    assert sum(1 for g in gaps if g >= 0.29) >= 3, gaps
+    assert fired and fired[0] - due < 0.2, (fired, due)  # not held until the next poll

@@ -52,6 +52,11 @@ ACCEPT_BATCH = 128  # callers accepted per wake-up, so running calls are not sta
 
 SourceFactory = Callable[[], Any]  # returns an audio FrameSource (next_frame(rate, samples))
 
+# s between a busy server's polls: under hundreds of calls each poll takes tens of
+# sockets, instead of a wake-up per message (net.reactor); an idle call's message is
+# still taken at once, a busy one's at most this much later.
+COALESCE = 0.001
+
 
 @dataclass
 class ListenConfig:
@@ -433,7 +438,7 @@ class Server:
     listener: socket.socket
     output: Output
     config: ListenConfig
-    reactor: Reactor = field(default_factory=Reactor)
+    reactor: Reactor = field(default_factory=lambda: Reactor(coalesce=COALESCE))
     calls: dict[int, Call] = field(default_factory=dict)
     connections: int = 0
     started_calls: int = 0

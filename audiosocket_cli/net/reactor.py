@@ -56,7 +56,7 @@ else:  # the selectors fallback (not Linux) reports in the same bits
 
 
 class Reactor:
-    def __init__(self) -> None:
+    def __init__(self, coalesce: float = 0.0) -> None:
         # epoll itself where there is one: selectors' wrapping costs a share of
         # each message's time at hundreds of calls.
         self._epoll = select.epoll() if hasattr(select, "epoll") else None
@@ -72,6 +72,11 @@ class Reactor:
         # goes out together (one write for many lines). It returns how soon it wants
         # to be called again (seconds), or None when it waits for nothing.
         self.after_turn: Callable[[], float | None] | None = None
+        # A busy loop's polls at most this often (s): after a pass that found sockets
+        # ready, the next poll waits until `coalesce` after the last, never past a
+        # timer. Under hundreds of calls each poll then takes many sockets at once,
+        # instead of waking for each message; an idle loop still wakes at once.
+        self.coalesce = coalesce
 
     # Timers
 
@@ -224,6 +229,7 @@ class Reactor:
         timers = self._timers
         readers, writers = self._readers, self._writers
         again: float | None = None  # when after_turn wants to run again
+        coalesce, busy, polled = self.coalesce, False, 0.0
         while not self.stopped:
             now = time.monotonic()
             while timers and timers[0][0] <= now:
@@ -242,7 +248,18 @@ class Reactor:
                 # Nothing to watch: sleep instead.
                 time.sleep(timeout if timeout is not None else 0.05)
                 continue
-            for fd, events in self._poll(timeout):
+            if coalesce and busy:
+                rest = polled + coalesce - time.monotonic()
+                if timeout is not None and rest > timeout:
+                    rest = timeout
+                if rest > 0:
+                    time.sleep(rest)
+                    if timeout is not None:
+                        timeout = max(0.0, timeout - rest)
+            polled = time.monotonic()
+            ready = self._poll(timeout)
+            busy = bool(ready)
+            for fd, events in ready:
                 # As selectors reads them: an error or hang-up wakes both sides.
                 if events & ~_IN and fd in writers:
                     writers[fd]()
