@@ -20,7 +20,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from audiosocket_cli.engines.conversation.measures import (
     FRAME,
@@ -51,9 +51,9 @@ class Line(Protocol):
     def end_call(self, ended: str, detail: str) -> None: ...
 
 
-@dataclass(frozen=True)
-class AgentView:
-    """What the agent has said so far, as the script sees it at one moment."""
+class AgentView(NamedTuple):
+    """What the agent has said so far, as the script sees it at one moment (a tuple:
+    made every frame of every call, under load too)."""
 
     speaking: bool
     segments: tuple[tuple[float, float], ...]  # the open one last while speaking
@@ -86,6 +86,9 @@ class AgentEar:
         self.stereo = stereo
         self._play_end = float("-inf")
         self._loud_end = float("-inf")
+        # The segments as a tuple, made again only when they changed.
+        self._seen: tuple[int, float, float] = (0, 0.0, 0.0)
+        self._segments: tuple[tuple[float, float], ...] = ()
 
     def heard(self, t: float, payload: bytes, rate: int) -> None:
         seconds = (len(payload) // 2) / rate
@@ -102,12 +105,16 @@ class AgentEar:
 
     def view(self, now: float) -> AgentView:
         with self.lock:
-            self.detector.advance(now)
-            return AgentView(
-                self.detector.speaking,
-                tuple((s.start, s.end) for s in self.detector.segments),
-                now - self._loud_end < SOUNDING,
-            )
+            detector = self.detector
+            detector.advance(now)
+            segments = detector.segments
+            if segments:
+                last = segments[-1]
+                seen = (len(segments), last.start, last.end)
+                if seen != self._seen:
+                    self._seen = seen
+                    self._segments = tuple((s.start, s.end) for s in segments)
+            return AgentView(detector.speaking, self._segments, now - self._loud_end < SOUNDING)
 
     def finish(self) -> list[tuple[float, float]]:
         """The agent's speech segments, once the call has ended. Not clipped at the call's
