@@ -215,10 +215,11 @@ def test_sigterm_stops_the_loop_between_callbacks(reactor: Reactor) -> None:
 def test_a_busy_loop_polls_at_most_every_coalesce_and_keeps_its_timers(
     reactor: Reactor, pair: tuple[socket.socket, socket.socket]
 ) -> None:
-    """With `coalesce`, a loop that keeps finding sockets ready polls at most that often
-    (each poll takes what came meanwhile), yet a timer due in between is not held."""
+    """With `coalesce`, a loop that found sockets ready more often than that over a
+    window polls at most that often (each poll takes what came meanwhile); before, it
+    answers at once; a timer due in between is not held."""
     ours, theirs = pair
-    reactor.coalesce = 0.3
+    reactor.coalesce = 0.02  # counted over 2 s windows
     polls: list[float] = []
     poll = reactor._poll
 
@@ -227,27 +228,67 @@ def test_a_busy_loop_polls_at_most_every_coalesce_and_keeps_its_timers(
         return poll(timeout)
 
     reactor._poll = counted  # type: ignore[method-assign]
-    reads = 0
     fired: list[float] = []
 
     def readable() -> None:
-        nonlocal reads
         ours.recv(100)
-        reads += 1
-        if reads == 5:
+        held = sum(1 for a, b in zip(polls, polls[1:], strict=False) if b - a >= 0.0195)
+        if held >= 20:
             reactor.stop()
         else:
             theirs.sendall(b"more")  # always busy: the next poll finds it ready at once
 
-    due = time.monotonic() + 0.45  # between two coalesced polls
+    start = time.monotonic()
+    due = start + 2.31  # once coalescing, between two polls
     reactor.call_at(due, lambda: fired.append(time.monotonic()))
     reactor.add_reader(ours, readable)
     theirs.sendall(b"first")
     reactor.call_later(10.0, reactor.stop)  # a bound, should it hang
     reactor.run()
-    assert reads == 5
+    # At first nothing was held: many polls in the first window.
+    assert sum(1 for t in polls if t - start < 0.1) >= 10
     gaps = [b - a for a, b in zip(polls, polls[1:], strict=False)]
-    # Every poll after a busy one waited for the coalesce, except the one the timer
-    # cut short (it polls at the timer's moment, then waits the rest).
-    assert sum(1 for g in gaps if g >= 0.29) >= 3, gaps
-    assert fired and fired[0] - due < 0.2, (fired, due)  # not held until the next poll
+    assert sum(1 for g in gaps if g >= 0.0195) >= 20, gaps
+    assert fired and fired[0] >= due  # it fired, its wait capping the coalesce's sleep
+
+
+def test_a_loop_polled_seldom_never_holds_a_message(
+    reactor: Reactor, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    """Fewer busy polls than `coalesce` allows (one call: a message, its answer soon
+    after): each message is taken as it comes, not held until a coalesce later."""
+    ours, theirs = pair
+    reactor.coalesce = 0.1  # counted over 10 s windows
+    waits: list[float] = []
+    sent = [0.0]
+    answered = threading.Event()
+
+    def peer() -> None:
+        for _ in range(6):
+            sent[0] = time.monotonic()
+            theirs.sendall(b"x")  # a request...
+            answered.wait(5)
+            answered.clear()
+            time.sleep(0.005)
+            sent[0] = time.monotonic()
+            theirs.sendall(b"y")  # ... its answer, 5 ms after the request was read
+            answered.wait(5)
+            answered.clear()
+            time.sleep(0.2)
+
+    def readable() -> None:
+        ours.recv(100)
+        waits.append(time.monotonic() - sent[0])
+        answered.set()
+        if len(waits) == 12:
+            reactor.stop()
+
+    reactor.add_reader(ours, readable)
+    thread = threading.Thread(target=peer, daemon=True)
+    thread.start()
+    reactor.call_later(20.0, reactor.stop)
+    reactor.run()
+    thread.join(5)
+    assert len(waits) == 12
+    # Held, an answer would wait about 95 ms (the rest of the coalesce).
+    assert sorted(waits)[-2] < 0.05, waits

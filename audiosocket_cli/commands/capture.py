@@ -22,7 +22,7 @@ from audiosocket_cli.commands.options import (
     pcap_option,
     warm_up,
 )
-from audiosocket_cli.engines.capture import Proxy, resolve, worker_proxy
+from audiosocket_cli.engines.capture import COALESCE, Proxy, resolve, worker_proxy
 from audiosocket_cli.engines.workers import Budget, WorkerFailed, serve, unavailable
 from audiosocket_cli.media.recorder import check_writable_folder
 from audiosocket_cli.net.address import Address
@@ -187,7 +187,7 @@ def capture(
         )
         _serve_workers(ctx, output, address, upstream, addresses, workers, settings)
         return
-    reactor = Reactor()
+    reactor = Reactor(coalesce=COALESCE)
     ending = "interrupted"
     pcap = None
     try:

@@ -25,7 +25,7 @@ from audiosocket_cli.engines.workers import Budget
 from audiosocket_cli.engines.workers import signals_deferred as signals_deferred
 from audiosocket_cli.media.recorder import call_recording
 from audiosocket_cli.net.address import Address
-from audiosocket_cli.net.reactor import Reactor, Timer
+from audiosocket_cli.net.reactor import COALESCE, Reactor, Timer
 from audiosocket_cli.net.transport import RECV_SIZE, accept, bound_address, listen, raise_fd_limit
 from audiosocket_cli.output.sinks import Output
 from audiosocket_cli.protocol.events import CallEnd, CallInfo
@@ -51,11 +51,6 @@ DRAIN_LIMIT = 2.0  # seconds a closing call may take to hand over what it queued
 ACCEPT_BATCH = 128  # callers accepted per wake-up, so running calls are not starved
 
 SourceFactory = Callable[[], Any]  # returns an audio FrameSource (next_frame(rate, samples))
-
-# s between a busy server's polls: under hundreds of calls each poll takes tens of
-# sockets, instead of a wake-up per message (net.reactor); an idle call's message is
-# still taken at once, a busy one's at most this much later.
-COALESCE = 0.001
 
 
 @dataclass

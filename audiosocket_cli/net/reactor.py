@@ -55,6 +55,14 @@ else:  # the selectors fallback (not Linux) reports in the same bits
     _IN, _OUT = 1, 4
 
 
+# s between a busy server's polls (listen, capture): under hundreds of calls each poll
+# takes tens of sockets instead of a wake-up per message; an idle call's message is
+# still taken at once, a busy one's at most this much later.
+COALESCE = 0.001
+BUSY_WINDOW = 0.1  # s at least, 100 coalesces at least, over which a loop's busy polls
+# are counted to decide whether it coalesces
+
+
 class Reactor:
     def __init__(self, coalesce: float = 0.0) -> None:
         # epoll itself where there is one: selectors' wrapping costs a share of
@@ -72,10 +80,13 @@ class Reactor:
         # goes out together (one write for many lines). It returns how soon it wants
         # to be called again (seconds), or None when it waits for nothing.
         self.after_turn: Callable[[], float | None] | None = None
-        # A busy loop's polls at most this often (s): after a pass that found sockets
-        # ready, the next poll waits until `coalesce` after the last, never past a
-        # timer. Under hundreds of calls each poll then takes many sockets at once,
-        # instead of waking for each message; an idle loop still wakes at once.
+        # A busy loop's polls at most this often (s). Once the loop has found sockets
+        # ready more often than that over a window (BUSY_WINDOW), the next poll after
+        # a pass that found some waits until `coalesce` after the last, never past
+        # a timer: under hundreds of calls each poll then takes many sockets at
+        # once, instead of waking for each message. A loop polled less often than
+        # `coalesce` would gain nothing, and answers at once (a single call's reply
+        # is not held).
         self.coalesce = coalesce
 
     # Timers
@@ -230,6 +241,8 @@ class Reactor:
         readers, writers = self._readers, self._writers
         again: float | None = None  # when after_turn wants to run again
         coalesce, busy, polled = self.coalesce, False, 0.0
+        window = max(BUSY_WINDOW, 100 * coalesce)
+        coalescing, busy_polls, window_end = False, 0, time.monotonic() + window
         while not self.stopped:
             now = time.monotonic()
             while timers and timers[0][0] <= now:
@@ -248,17 +261,31 @@ class Reactor:
                 # Nothing to watch: sleep instead.
                 time.sleep(timeout if timeout is not None else 0.05)
                 continue
-            if coalesce and busy:
-                rest = polled + coalesce - time.monotonic()
-                if timeout is not None and rest > timeout:
-                    rest = timeout
-                if rest > 0:
-                    time.sleep(rest)
-                    if timeout is not None:
-                        timeout = max(0.0, timeout - rest)
-            polled = time.monotonic()
+            if coalesce:
+                now = time.monotonic()
+                if busy and coalescing:
+                    rest = polled + coalesce - now
+                    if timeout is not None and rest > timeout:
+                        rest = timeout
+                    if rest > 0:
+                        time.sleep(rest)
+                        if timeout is not None:
+                            timeout = max(0.0, timeout - rest)
+                        now = time.monotonic()
+                if now >= window_end:
+                    # On: more busy polls in the window than coalescing allows. Off:
+                    # under half as many, while coalescing (a steady load stays on).
+                    length = now - window_end + window
+                    share = 0.5 if coalescing else 1.0
+                    coalescing = busy_polls * coalesce > share * length
+                    busy_polls, window_end = 0, now + window
+                polled = now
             ready = self._poll(timeout)
-            busy = bool(ready)
+            if ready:
+                busy = True
+                busy_polls += 1
+            else:
+                busy = False
             for fd, events in ready:
                 # As selectors reads them: an error or hang-up wakes both sides.
                 if events & ~_IN and fd in writers:
