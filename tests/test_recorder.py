@@ -67,6 +67,7 @@ def test_audio_goes_to_the_file_in_blocks_not_message_by_message(tmp_path: Path)
 def test_audio_that_comes_slowly_is_written_within_a_quarter_second(tmp_path: Path) -> None:
     path = tmp_path / "slow.wav"
     writer = AudioWriter(path, 8000)
+    writer._ready()  # its file made (by the thread that makes them)
     t0 = writer._due - FLUSH_INTERVAL  # when it opened (no header update is due before)
     writer.write(bytes(FRAME), t0)
     writer.write(bytes(FRAME), t0 + FLUSH_INTERVAL - 0.01)
@@ -283,7 +284,11 @@ def test_a_full_disk_at_the_end_of_the_call_makes_it_partial_with_a_warning(
 
 def test_writes_after_a_failure_are_dropped_quietly(tmp_path: Path) -> None:
     recording = Recording(lambda rate, first: tmp_path / "gone" / "x.wav")  # no such folder
-    note = recording.write(8000, bytes(FRAME), 0.0)
-    assert note is not None and "recording stopped" in note and recording.partial
+    # The file is made off the caller's loop: that it cannot be is said by the first
+    # write that needs it (the first block's, or this flush), once.
+    assert recording.write(8000, bytes(FRAME), 0.0) is None
+    note = recording.flush()
+    assert note is not None and "recording stopped" in note and "gone" in note
+    assert recording.partial
     assert recording.write(8000, bytes(FRAME), 0.0) is None
     assert recording.tick(10.0) is None and recording.flush() is None and recording.end() is None

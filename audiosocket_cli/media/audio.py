@@ -243,6 +243,21 @@ def open_wav(path: str | os.PathLike[str], rate: int, channels: int = 1) -> int:
     return fd
 
 
+_FILE_MAKER: tuple[int, Any] | None = None
+
+
+def _file_maker() -> Any:
+    """The thread that makes WAV files (a ThreadPoolExecutor of one), this process's:
+    a forked worker makes its own."""
+    global _FILE_MAKER
+    pid = os.getpid()
+    if _FILE_MAKER is None or _FILE_MAKER[0] != pid:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _FILE_MAKER = (pid, ThreadPoolExecutor(1, thread_name_prefix="audiosocket-files"))
+    return _FILE_MAKER[1]
+
+
 class AudioWriter:
     """16-bit mono audio written as it arrives, in the format the extension names.
 
@@ -253,8 +268,9 @@ class AudioWriter:
     one block per file at most.
 
     A WAV (16-bit PCM, the default) is written here, with plain system calls:
-    its 44-byte header first, then each block with one write(), and the header
-    again, in place, with one pwrite(). Other formats (FLAC, OGG, MP3, W64...) go
+    its 44-byte header first (the file made by a thread of its own, off the
+    caller's loop), then each block with one write(), and the header again, in
+    place, with one pwrite(). Other formats (FLAC, OGG, MP3, W64...) go
     through libsndfile, block by block alike.
 
     A WAV's header (W64, RF64 alike) is rewritten by the first write at least
@@ -282,9 +298,11 @@ class AudioWriter:
         self.rate = rate
         self.written = 0  # the samples in the file
         kind = audio_format(path) or FORMATS[".wav"]
-        self._fd = -1  # a WAV written here
+        self._fd = -1  # a WAV written here, once opened
+        self._opening: Any = None  # ... being opened: a Future of its descriptor
+        self._here = kind == FORMATS[".wav"]
         self._file: Any = None  # any other format, through libsndfile
-        if kind == FORMATS[".wav"]:
+        if self._here:
             self._open_wav()
         else:
             self._open_sndfile(kind)
@@ -298,7 +316,19 @@ class AudioWriter:
         self._closed = False
 
     def _open_wav(self) -> None:
-        self._fd = open_wav(self.path, self.rate)
+        # Made by a thread of its own: a server starting hundreds of recorded calls at
+        # once would otherwise spend tens of milliseconds creating files in the loop
+        # that forwards every call's audio. The first block is written 0.25 s later;
+        # an error (AudioFileError) comes then, from the write that needs the file.
+        self._opening = _file_maker().submit(open_wav, self.path, self.rate)
+
+    def _ready(self) -> int:
+        """The WAV's descriptor, once its file is made (AudioFileError if it cannot be)."""
+        opening = self._opening
+        if opening is not None:
+            self._opening = None
+            self._fd = opening.result()
+        return self._fd
 
     def _open_sndfile(self, kind: tuple[str, str]) -> None:
         import soundfile as sf
@@ -340,7 +370,7 @@ class AudioWriter:
         held = self._held
         if held:
             self._held = bytearray()
-            if self._fd >= 0:
+            if self._here:
                 self._write_wav(held)
             else:
                 self._write_sndfile(held)
@@ -352,13 +382,14 @@ class AudioWriter:
         self._due = min(now + FLUSH_INTERVAL, self._header_due)
 
     def _write_wav(self, data: bytearray) -> None:
+        fd = self._ready()
         fits = min(len(data), WAV_MAX_DATA - 2 * self.written)
         done = 0
         reason = "a WAV file holds at most 4 GB of audio"
         try:
-            done = os.write(self._fd, data if fits == len(data) else data[:fits])
+            done = os.write(fd, data if fits == len(data) else data[:fits])
             while 0 < done < fits:  # a short write: the rest, or why it cannot go
-                more = os.write(self._fd, data[done:fits])
+                more = os.write(fd, data[done:fits])
                 if not more:
                     reason = "the file takes no more"
                     break
@@ -385,10 +416,11 @@ class AudioWriter:
 
     def update_header(self) -> None:
         """The header made to count every sample written (a WAV's, in place)."""
-        if self._fd >= 0:
+        if self._here:
+            fd = self._ready()
             header = wav_header(self.rate, 2 * self.written)
             try:
-                os.pwrite(self._fd, header, 0)
+                os.pwrite(fd, header, 0)
             except OSError as exc:
                 reason = exc.strerror or str(exc)
                 raise AudioFileError(f"{self.path}: cannot write: {reason}") from None
@@ -428,13 +460,15 @@ class AudioWriter:
         try:
             self.flush(-math.inf)  # no header update here: the one below is exact
         finally:
-            if self._fd >= 0:
+            if self._here:
                 try:
+                    self._ready()  # the file exists, whole, even with no audio in it
                     if self._header_counts != self.written:
                         self.update_header()
                 finally:
-                    fd, self._fd = self._fd, -1
-                    os.close(fd)
+                    if self._fd >= 0:
+                        fd, self._fd = self._fd, -1
+                        os.close(fd)
             else:
                 self._close_sndfile()
 
