@@ -47,6 +47,7 @@ def header_counts(path: Path) -> int:
 def test_audio_goes_to_the_file_in_blocks_not_message_by_message(tmp_path: Path) -> None:
     path = tmp_path / "a.wav"
     writer = AudioWriter(path, 8000)
+    writer._ready()  # its file made (by the thread that makes them)
     block = round(8000 * BLOCK_SECONDS) * 2
     audio = pcm(1.0)
     t = 0.0
@@ -88,6 +89,7 @@ def test_the_header_follows_about_once_a_second_and_close_makes_it_exact(
 ) -> None:
     path = tmp_path / "h.wav"
     writer = AudioWriter(path, 8000)
+    writer._ready()  # its file made (by the thread that makes them)
     start = writer._header_due - HEADER_UPDATE_INTERVAL  # its first second counts from opening
     counted = []
     audio = pcm(3.1, 2)
@@ -109,6 +111,7 @@ def test_the_header_follows_about_once_a_second_and_close_makes_it_exact(
 def test_a_quiet_call_is_brought_up_to_date_by_tick(tmp_path: Path) -> None:
     path = tmp_path / "q.wav"
     writer = AudioWriter(path, 8000)
+    writer._ready()  # its file made (by the thread that makes them)
     now = writer._due - FLUSH_INTERVAL  # when it opened
     audio = pcm(0.5, 3)
     for frame in frames(audio):
