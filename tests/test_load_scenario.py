@@ -213,3 +213,36 @@ def test_the_histogram_keeps_negative_latencies() -> None:
     only_negative = Histogram()
     only_negative.add(-0.5)
     assert only_negative.max == -0.5 and only_negative.percentile(50) == pytest.approx(-0.5, 0.01)
+
+
+def test_the_dashboard_and_the_plain_line_show_the_conversations() -> None:
+    """A terminal's live table and a pipe's line carry a --scenario run's figures."""
+    import io
+
+    from audiosocket_cli.engines.load import Dashboard, PeriodRow, PeriodStats, plain_line
+
+    period = PeriodStats()
+    period.conversations, period.conversations_failed, period.talk_overs = 3, 1, 2
+    for latency in (-0.4, 0.6, 0.9):
+        period.response.add(latency)
+    period.first_response.add(0.5)
+    period.barge_in_stop.add(0.25)
+    period.failed_expect["stop"] += 1
+    totals = PeriodStats()
+    totals.merge(period.record())
+    row = PeriodRow(0, 1.0, 1.0, period, totals, 3, 0, final=True, conversation=True).as_dict()
+    assert row["response_p50_ms"] == pytest.approx(600, rel=0.01)
+    assert row["response_max_ms"] == pytest.approx(900, rel=0.01)
+    line = plain_line(row)
+    assert "conversations=3/3 conversations_failed=1/1" in line
+    assert "talk_overs=2/2" in line and "failed_expect=stop:1" in line
+    assert "response_ms=" in line and "barge_in_stop_ms=" in line
+    out = io.StringIO()
+    dashboard = Dashboard(out)
+    dashboard.update(row)
+    dashboard.close()
+    shown = out.getvalue()
+    assert "response latency" in shown and "failed: stop" in shown
+    assert "conversations / failed" in shown and "talk-overs / dead air" in shown
+    plain = PeriodRow(0, 1.0, 1.0, PeriodStats(), PeriodStats(), 0, 0).as_dict()
+    assert "conversations" not in plain and "conversations=" not in plain_line(plain)
