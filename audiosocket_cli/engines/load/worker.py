@@ -740,6 +740,13 @@ class Worker:
             self._handle(call, events)
             return
         now = time.monotonic()
+        if data:
+            message = session.whole_audio(data, now)
+            if message is not None:
+                # The usual read: one whole audio message. It only moves the session's
+                # deadline later, so its timer stays (it fires first, then re-arms).
+                self._handle(call, [Received(now - session.started, message)], rearm=False)
+                return
         events = session.reset(now) if data is None else session.receive(data, now)
         self._handle(call, events)
 
@@ -754,7 +761,7 @@ class Worker:
             call.session.sent_audio(call.last_sent)
             self._handle(call, call.session.tick(time.monotonic()))
 
-    def _handle(self, call: _Call, events: list[Any]) -> None:
+    def _handle(self, call: _Call, events: list[Any], rearm: bool = True) -> None:
         report, stats = call.report, self.stats
         assert report is not None
         app = report.stats["<"]
@@ -800,7 +807,7 @@ class Worker:
                 ended = event
         if ended is not None:
             self._end(call, ended)
-        elif call.clock is not None:
+        elif rearm and call.clock is not None:
             call.clock.arm()
 
     # Ending.
