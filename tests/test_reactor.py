@@ -247,48 +247,34 @@ def test_a_busy_loop_polls_at_most_every_coalesce_and_keeps_its_timers(
     reactor.run()
     # At first nothing was held: many polls in the first window.
     assert sum(1 for t in polls if t - start < 0.1) >= 10
+    assert reactor.coalescing
     gaps = [b - a for a, b in zip(polls, polls[1:], strict=False)]
     assert sum(1 for g in gaps if g >= 0.0195) >= 20, gaps
     assert fired and fired[0] >= due  # it fired, its wait capping the coalesce's sleep
 
 
-def test_a_loop_polled_seldom_never_holds_a_message(
+def test_a_loop_polled_seldom_never_coalesces(
     reactor: Reactor, pair: tuple[socket.socket, socket.socket]
 ) -> None:
-    """Fewer busy polls than `coalesce` allows (one call: a message, its answer soon
-    after): each message is taken as it comes, not held until a coalesce later."""
+    """Fewer busy polls than `coalesce` allows (a few calls: a message and its answer now
+    and then) never turn coalescing on: each message is taken as it comes."""
     ours, theirs = pair
-    reactor.coalesce = 0.1  # counted over 10 s windows
-    waits: list[float] = []
-    sent = [0.0]
-    answered = threading.Event()
-
-    def peer() -> None:
-        for _ in range(6):
-            sent[0] = time.monotonic()
-            theirs.sendall(b"x")  # a request...
-            answered.wait(5)
-            answered.clear()
-            time.sleep(0.005)
-            sent[0] = time.monotonic()
-            theirs.sendall(b"y")  # ... its answer, 5 ms after the request was read
-            answered.wait(5)
-            answered.clear()
-            time.sleep(0.2)
+    reactor.coalesce = 0.01  # decided over 1 s windows: on past 100 busy polls a second
+    reads: list[float] = []
 
     def readable() -> None:
         ours.recv(100)
-        waits.append(time.monotonic() - sent[0])
-        answered.set()
-        if len(waits) == 12:
+        reads.append(time.monotonic())
+        if reads[-1] - reads[0] > 2.3:  # two whole windows and more
             reactor.stop()
 
+    def send() -> None:
+        theirs.sendall(b"x")  # 20 messages a second
+        reactor.call_later(0.05, send)
+
     reactor.add_reader(ours, readable)
-    thread = threading.Thread(target=peer, daemon=True)
-    thread.start()
+    reactor.call_later(0.0, send)
     reactor.call_later(20.0, reactor.stop)
     reactor.run()
-    thread.join(5)
-    assert len(waits) == 12
-    # Held, an answer would wait about 95 ms (the rest of the coalesce).
-    assert sorted(waits)[-2] < 0.05, waits
+    assert reads[-1] - reads[0] > 2.3
+    assert not reactor.coalescing

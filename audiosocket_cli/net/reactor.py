@@ -88,6 +88,7 @@ class Reactor:
         # `coalesce` would gain nothing, and answers at once (a single call's reply
         # is not held).
         self.coalesce = coalesce
+        self.coalescing = False  # whether it does, as last decided
 
     # Timers
 
@@ -277,7 +278,7 @@ class Reactor:
                     # under half as many, while coalescing (a steady load stays on).
                     length = now - window_end + window
                     share = 0.5 if coalescing else 1.0
-                    coalescing = busy_polls * coalesce > share * length
+                    coalescing = self.coalescing = busy_polls * coalesce > share * length
                     busy_polls, window_end = 0, now + window
                 polled = now
             ready = self._poll(timeout)
