@@ -799,11 +799,13 @@ def conversation_load_svg(run: LoadRun, prefix: str) -> str:
         latency.set_title("response latency and time to first response per period (ms)")
         lows = [0.0]
         drawn = 0
-        for stem, label, style in (
-            ("response", "response", "-"),
-            ("first_response", "first response", "--"),
+        # Time to first response: p50 and p95 only, so that the legend fits beside the
+        # title (a load --stats CSV has p50, p95, p99 and max of both).
+        for stem, label, style, kept in (
+            ("response", "response", "-", stats),
+            ("first_response", "first response", "--", ("p50", "p95")),
         ):
-            for stat in stats:
+            for stat in kept:
                 name = f"{stem}_{stat}_ms"
                 if name not in run.columns:
                     continue
