@@ -246,3 +246,37 @@ def test_the_dashboard_and_the_plain_line_show_the_conversations() -> None:
     assert "conversations / failed" in shown and "talk-overs / dead air" in shown
     plain = PeriodRow(0, 1.0, 1.0, PeriodStats(), PeriodStats(), 0, 0).as_dict()
     assert "conversations" not in plain and "conversations=" not in plain_line(plain)
+
+
+@needs_espeak
+def test_a_conversation_cut_by_sigterm_is_not_judged(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    import signal
+
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text(SCENARIO)
+    conversations = tmp_path / "conversations.jsonl"
+    with VoiceBot(BotConfig(greet_ms=300, reply_ms=300, stop_ms=250)) as bot:
+        load = subprocess.Popen(
+            [
+                sys.executable, "-m", "audiosocket_cli", "load", str(bot.port),
+                "--scenario", str(scenario), "--conversations", str(conversations),
+                "--calls", "2", "--total", "2", "--json", "--period", "0.2", "--workers", "1",
+            ],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env,
+        )  # fmt: skip
+        assert load.stdout is not None
+        lines = []
+        for line in load.stdout:  # until both calls are up: then cut them short
+            lines.append(json.loads(line))
+            if lines[-1]["active"] == 2:
+                load.send_signal(signal.SIGTERM)
+                break
+        out, err = load.communicate(timeout=TIMEOUT)
+    lines += [json.loads(line) for line in out.splitlines()]
+    assert load.returncode == 143, err
+    total = lines[-1]
+    assert total["type"] == "total" and total["total_stopped"] == 2
+    assert total["total_conversations"] == 0 and total["total_failed_expect"] == {}
+    assert conversations.read_text() == ""

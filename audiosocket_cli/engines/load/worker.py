@@ -836,7 +836,8 @@ class Worker:
         stats = self.stats
         if call.first_audio is not None:
             stats.talk_s += now - call.acct_at
-        if call.talk is not None:
+        if call.talk is not None and ended.ended not in STOPPED_ENDINGS:
+            # A conversation cut by Ctrl-C or SIGTERM is not judged: it was not held.
             conversations.conclude(self, call, ended)
         end = report.finish(
             ended,
