@@ -2,11 +2,13 @@
 and measures it: time to first response, response latency per turn, barge-in stop
 time, talk-over, dead air; each expectation judged, a stereo recording of both sides.
 
-Modules: scenario (the script, read from TOML), runner (the call on the dial
-engine, the agent heard through the speech detector), measures (the figures from
-the two timelines), verdicts (the expectations, JUnit XML), results (what the API
-returns, the events the output shows). The two-channel recording is
-media.stereo's StereoRecording (re-exported here).
+The call is runner's (on the dial engine). What it plays and judges is
+engines.conversation's, shared with `load --scenario`: scenario (the script, read
+from TOML), script (the scenario as a frame source, the agent heard through the
+speech detector), measures (the figures from the two timelines), verdicts (the
+expectations, JUnit XML), results (what the API returns, the events the output
+shows). The two-channel recording is media.stereo's StereoRecording (re-exported
+here).
 """
 
 from audiosocket_cli.engines.conversation.results import (
