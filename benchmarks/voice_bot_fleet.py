@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import functools
 import heapq
-import io
 import json
 import math
 import os
@@ -59,7 +58,6 @@ import resource
 import select
 import signal
 import socket
-import subprocess
 import sys
 import time
 import uuid as uuid_lib
@@ -70,37 +68,18 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the test suite's voice bot: its speech and rules
+
+from voice_bot import ANSWERS, GREETING, HANGOVER, SOUND, speech  # noqa: E402
 
 from audiosocket_cli.protocol.wire import AUDIO_RATES, RATE_KINDS, Decoder  # noqa: E402
 
 FRAME = 0.02
 SLOT = 0.001  # the timers: one per millisecond of the 20 ms cycle
 SLOTS = 20
-SOUND = 100  # |sample| above this is sound (about -50 dBFS), as voice_bot
-HANGOVER = 0.2  # s without sound: the caller's utterance has ended, as voice_bot
-GREETING = "Hello there."  # voice_bot's greeting and answer
-ANSWER = "Yes, we open at nine in the morning on weekdays, and at ten on Saturdays."
+ANSWER = ANSWERS[0]
 UUID_KIND = 0x01
 LATE_BUCKETS = 2000  # 0.1 ms each: up to 200 ms
-
-
-def speech(text: str, rate: int) -> bytes:
-    """`text` spoken by espeak-ng at `rate`, 16-bit mono PCM, silence trimmed off both
-    ends so that speech is the first and the last sample (voice_bot.speech())."""
-    import soundfile as sf
-    import soxr
-
-    wav = subprocess.run(
-        ["espeak-ng", "-v", "en-us", "-s", "175", "--stdout", text],
-        capture_output=True,
-        check=True,
-        timeout=30,
-    ).stdout
-    samples, file_rate = sf.read(io.BytesIO(wav), dtype="float32")
-    samples = soxr.resample(samples, file_rate, rate)
-    pcm = np.clip(np.round(samples * 32768), -32768, 32767).astype("<i2")
-    loud = np.flatnonzero(np.abs(pcm) > SOUND * 4)
-    return bytes(pcm[loud[0] : loud[-1] + 1].tobytes())
 
 
 class Voice:

