@@ -232,6 +232,17 @@ def test_histogram_merges_and_reads_percentiles() -> None:
     assert abs((a.percentile(99) or 0) - 0.099) < 0.001
 
 
+def test_histogram_add_many_counts_as_many_adds() -> None:
+    one_by_one, at_once = Histogram(), Histogram()
+    for value, count in ((0.0021, 25), (-0.0004, 3), (0.0, 2), (0.0305, 1)):
+        for _ in range(count):
+            one_by_one.add(value)
+        at_once.add_many(value, count)
+    at_once.add_many(0.5, 0)  # a pass that sent nothing adds nothing
+    assert at_once.state() == one_by_one.state()
+    assert at_once.n == 31 and at_once.max == 0.0305
+
+
 def test_locust_headless_with_two_processes(
     echo_listener: str, cli_env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -1185,3 +1185,86 @@ def test_whole_audio_agrees_with_receive(
         assert expected == [Received(now - STARTED, message)]
     assert state(fast) == state(slow)
     assert fast.tick(at(45.0)) == slow.tick(at(45.0))
+
+
+# Several whole audio messages in one read: whole_audios() --------------------------------
+
+
+@pytest.mark.parametrize("role", list(Role))
+def test_whole_audios_takes_frames_read_together(role: Role) -> None:
+    data = wire(0x10, PCM) + wire(0x10, b"\x01\x00" * 4) + wire(0x12, PCM)
+    fast, slow = twins(role, [UUID_MSG] if role is Role.APPLICATION else [FRAME])
+    now = at(0.7)
+    messages = fast.whole_audios(data, now)
+    assert messages == [Message(0x10, PCM), Message(0x10, b"\x01\x00" * 4), Message(0x12, PCM)]
+    t = now - STARTED
+    assert slow.receive(data, now) == [Received(t, m) for m in messages]
+    assert state(fast) == state(slow)
+
+
+@pytest.mark.parametrize(
+    ("name", "role", "mode", "history", "data"), DECLINED, ids=[n for n, *_ in DECLINED]
+)
+def test_whole_audios_declines_what_whole_audio_declines_but_several_frames(
+    name: str, role: Role, mode: Mode, history: list[bytes], data: bytes
+) -> None:
+    fast, slow = twins(role, history, mode)
+    before = state(fast)
+    if name == "two-messages":  # what whole_audios() is for
+        messages = fast.whole_audios(data, at(0.7))
+        assert messages == [Message(0x10, FRAME[3:])] * 2
+        assert slow.receive(data, at(0.7)) == [Received(at(0.7) - STARTED, m) for m in messages]
+        assert state(fast) == state(slow)
+        return
+    assert fast.whole_audios(data, at(0.7)) is None
+    assert state(fast) == before
+    assert fast.receive(data, at(0.7)) == slow.receive(data, at(0.7))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        FRAME + FRAME[:-1],  # the last one cut short
+        FRAME + HEADER_ONLY,
+        FRAME + HANGUP,  # a hangup after the audio is for receive() to judge
+        FRAME + wire(0x10, b"abc"),  # odd payload
+        FRAME + wire(0x10, b""),
+        FRAME + b"\x10\x00",
+    ],
+    ids=["cut", "header", "hangup", "odd", "empty", "two-bytes"],
+)
+def test_whole_audios_declines_a_read_with_anything_else(data: bytes) -> None:
+    fast, slow = twins(Role.ASTERISK, [FRAME])
+    before = state(fast)
+    assert fast.whole_audios(data, at(0.7)) is None
+    assert state(fast) == before
+    assert fast.receive(data, at(0.7)) == slow.receive(data, at(0.7))
+    assert state(fast) == state(slow)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(list(Role)),
+    st.sampled_from(list(Mode)),
+    st.booleans(),
+    st.lists(chunk_strategy, max_size=5),
+    read_strategy,
+)
+def test_whole_audios_agrees_with_receive(
+    role: Role, mode: Mode, uuid_first: bool, history: list[bytes], data: bytes
+) -> None:
+    if uuid_first:
+        history = [UUID_MSG, *history]
+    fast, slow = twins(role, history, mode)
+    before = state(fast)
+    now = at(0.9)
+    messages = fast.whole_audios(data, now)
+    expected = slow.receive(data, now)
+    if messages is None:
+        assert state(fast) == before
+        assert fast.receive(data, now) == expected
+    else:
+        assert messages and all(m.is_audio and len(m.payload) % 2 == 0 for m in messages)
+        assert expected == [Received(now - STARTED, m) for m in messages]
+    assert state(fast) == state(slow)
+    assert fast.tick(at(45.0)) == slow.tick(at(45.0))

@@ -265,6 +265,33 @@ class Session:
             return new_message(Message, (data[0], bytes(data[3:])))
         return None
 
+    def whole_audios(self, data: bytes, now: float) -> list[Message] | None:
+        """whole_audio() for a read of several whole audio messages (a peer that writes
+        two frames at once, or a reader that fell behind): each of even length, the
+        last ending where `data` ends. Otherwise None, with nothing changed."""
+        if (
+            self._first_byte
+            or self._first_message
+            or self.ended is not None
+            or self.decoder.buffered
+        ):
+            return None
+        out: list[Message] = []
+        i, n = 0, len(data)
+        while i < n:
+            if n - i <= 3:
+                return None
+            kind = data[i]
+            size = data[i + 1] << 8 | data[i + 2]
+            end = i + 3 + size
+            if kind not in AUDIO_RATES or not size or size & 1 or end > n:
+                return None
+            out.append(new_message(Message, (kind, data[i + 3 : end])))
+            i = end
+        self._last_rx = self._last_activity = now
+        self.messages_received += len(out)
+        return out
+
     def reset(self, now: float, reason: str = "connection reset by peer") -> list[SessionEvent]:
         """The peer reset the connection (or it failed under us)."""
         if self.ended is not None:

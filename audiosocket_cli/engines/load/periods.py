@@ -43,6 +43,9 @@ DIAGNOSES = [
 
 # Mergeable percentiles.
 
+_log1p = math.log1p
+_LOG_BASE = math.log(1.01)
+
 
 class Histogram:
     """Durations in log buckets 1% wide: cheap to add, exact to merge across workers.
@@ -60,16 +63,33 @@ class Histogram:
     def add(self, seconds: float) -> None:
         us = seconds * 1e6
         if us > 0:
-            i = int(math.log1p(us) / self.LOG_BASE)
+            i = int(_log1p(us) / _LOG_BASE)
         elif us > -1:
             i = 0
         else:
-            i = -1 - int(math.log1p(-us) / self.LOG_BASE)
+            i = -1 - int(_log1p(-us) / _LOG_BASE)
         counts = self.counts
         counts[i] = counts.get(i, 0) + 1
-        if not self.n or seconds > self.max:
+        if seconds > self.max or not self.n:
             self.max = seconds
         self.n += 1
+
+    def add_many(self, seconds: float, count: int) -> None:
+        """`count` values of `seconds` (a bound for each of them) at the cost of one."""
+        if count <= 0:
+            return
+        us = seconds * 1e6
+        if us > 0:
+            i = int(_log1p(us) / _LOG_BASE)
+        elif us > -1:
+            i = 0
+        else:
+            i = -1 - int(_log1p(-us) / _LOG_BASE)
+        counts = self.counts
+        counts[i] = counts.get(i, 0) + count
+        if seconds > self.max or not self.n:
+            self.max = seconds
+        self.n += count
 
     def state(self) -> tuple[dict[int, int], int, float]:
         return dict(self.counts), self.n, self.max

@@ -162,6 +162,8 @@ class _Call:
         "before",
         "local_port",
         "talk",
+        "app",
+        "plain",
     )
 
     def __init__(self, n: int, uuid: str, sock: socket.socket | None, now: float) -> None:
@@ -193,6 +195,8 @@ class _Call:
         self.before: BeforeCall | None = None
         self.local_port = 0
         self.talk: Any = None  # --scenario: its conversations.Talk
+        self.app: Any = None  # the call report's statistics of the application's messages
+        self.plain = False  # the call report neither records nor shows the application's
 
 
 def _ignore(t: float, message: Message) -> None:
@@ -534,8 +538,10 @@ class Worker:
             frame_ms=FRAME_MS,
         )
         call.clock = SessionClock(self.reactor, session, lambda: self._check(call))
-        self.reactor.add_reader(call.sock, lambda: self._readable(call))
+        self.reactor.add_reader(call.sock, functools.partial(self._readable, call))
         call.ours = call.report.stats[">"].add
+        call.app = call.report.stats["<"]
+        call.plain = not recordings and not call.report.show
         uuid_message = Message.for_uuid(call.uuid)
         self._send(call, uuid_message.encode(), now)
         session.sent(uuid_message, now)
@@ -568,16 +574,16 @@ class Worker:
         """Each member's frame, in one pass: the whole per-frame cost is here.
 
         Per frame: the payload from its precomputed parts (_Wire), one clock read,
-        the lateness, the echo table, one send(); the message counts are added once
-        per pass. TCP offers nothing cheaper than one send() per frame: each call
-        is its own socket (sendmmsg batches one socket's messages, not many
-        sockets'), and on loopback most of a send's cost is the kernel's. Calls
+        the echo table, one send(); the message counts and the lateness are added once
+        per pass (each frame's lateness counted as the pass's latest, a bound within
+        the pass's own time, tens of microseconds). TCP offers nothing cheaper than
+        one send() per frame: each call is its own socket (sendmmsg batches one
+        socket's messages, not many sockets'), and on loopback most of a send's cost
+        is the kernel's. Calls
         whose --duration has passed end after the pass's sends (an end, with its
         diagnoses, costs a millisecond or more: the other members' frames would wait
         for it), at the same media time."""
         due = slot.due
-        stats = self.stats
-        late_add = stats.late.add
         wire = self._wire
         if wire is None:
             wire = self._wire = _Wire(self)
@@ -590,6 +596,7 @@ class Worker:
         header_kind = self.kind
         monotonic = time.monotonic
         out_msgs = out_bytes = 0
+        pass_late = 0.0  # the pass's latest frame: a bound for each of its frames
         ending: list[_Call] = []
         for call in list(slot.calls.values()):
             k = call.k
@@ -618,7 +625,8 @@ class Worker:
             data = header + payload
             now = monotonic()
             late = now - due
-            late_add(late if late > 0 else 0.0)
+            if late > pass_late:
+                pass_late = late
             if late > call.max_late:
                 call.max_late = late
             sent = call.sent
@@ -637,6 +645,7 @@ class Worker:
                     n = 0
                 except OSError as exc:
                     # Counted first: if this was the last call, its end sends the last record.
+                    self.stats.late.add_many(pass_late, out_msgs)
                     self.stats.msgs_out += out_msgs
                     self.stats.bytes_out += out_bytes
                     out_msgs = out_bytes = 0
@@ -651,6 +660,7 @@ class Worker:
                 # hot path's largest cost after the send itself.
                 call.ours(now - call.up_at, Message(header_kind, payload))
         stats = self.stats  # counted before the ends: the last call's end sends the last record
+        stats.late.add_many(pass_late, out_msgs)
         stats.msgs_out += out_msgs
         stats.bytes_out += out_bytes
         if ending:
@@ -745,7 +755,15 @@ class Worker:
             if message is not None:
                 # The usual read: one whole audio message. It only moves the session's
                 # deadline later, so its timer stays (it fires first, then re-arms).
-                self._handle(call, [Received(now - session.started, message)], rearm=False)
+                self._heard(call, now - session.started, message)
+                return
+            messages = session.whole_audios(data, now)
+            if messages is not None:
+                # Several at once (our reads fell behind, or the application writes
+                # frames together): the same path, each at the read's time.
+                t = now - session.started
+                for message in messages:
+                    self._heard(call, t, message)
                 return
         events = session.reset(now) if data is None else session.receive(data, now)
         self._handle(call, events)
@@ -761,46 +779,55 @@ class Worker:
             call.session.sent_audio(call.last_sent)
             self._handle(call, call.session.tick(time.monotonic()))
 
-    def _handle(self, call: _Call, events: list[Any], rearm: bool = True) -> None:
+    def _heard(self, call: _Call, t: float, message: Message) -> None:
+        """One message from the application, `t` s into the call: counted, timed against
+        our frame it echoes (if it does), and given to the call report."""
         report, stats = call.report, self.stats
         assert report is not None
-        app = report.stats["<"]
+        kind, payload = message
+        size = len(payload)
+        stats.msgs_in += 1
+        stats.bytes_in += size + 3
+        rate = AUDIO_RATES.get(kind)
+        if rate is None or not size:
+            report.message(t, "<", message)
+            return
+        now = call.up_at + t
+        duration = size / (2 * rate)
+        stats.audio_s += duration
+        if call.first_audio is None:
+            call.first_audio = call.acct_at = now
+            stats.ttfa.add(now - call.up_at)
+            if self.on_ttfa is not None:
+                self.on_ttfa(now - call.up_at)
+        else:
+            gap = now - call.last_audio
+            stats.jitter.add(abs(gap - call.last_dur))
+            if gap > GAP:
+                stats.gaps += 1
+        call.last_audio, call.last_dur = now, duration
+        talk = call.talk
+        if talk is not None:
+            talk.ear.heard(t, payload, rate)
+        at = call.sent.pop(hash(payload), None)
+        if at is not None:
+            stats.echo.add(now - at)
+        app = call.app
+        bursts = app.bursts
+        if call.plain:
+            app.add(t, message)  # all report.message() would do: nothing recorded or shown
+        else:
+            report.message(t, "<", message)
+        if app.bursts != bursts:
+            stats.bursts += 1
+
+    def _handle(self, call: _Call, events: list[Any], rearm: bool = True) -> None:
+        report = call.report
+        assert report is not None
         ended = None
         for event in events:
             if type(event) is Received:
-                message = event.message
-                kind, payload = message
-                size = len(payload)
-                stats.msgs_in += 1
-                stats.bytes_in += size + 3
-                rate = AUDIO_RATES.get(kind)
-                if rate is not None and size:
-                    now = call.up_at + event.t
-                    duration = size / (2 * rate)
-                    stats.audio_s += duration
-                    if call.first_audio is None:
-                        call.first_audio = call.acct_at = now
-                        stats.ttfa.add(now - call.up_at)
-                        if self.on_ttfa is not None:
-                            self.on_ttfa(now - call.up_at)
-                    else:
-                        gap = now - call.last_audio
-                        stats.jitter.add(abs(gap - call.last_dur))
-                        if gap > GAP:
-                            stats.gaps += 1
-                    call.last_audio, call.last_dur = now, duration
-                    talk = call.talk
-                    if talk is not None:
-                        talk.ear.heard(event.t, payload, rate)
-                    at = call.sent.pop(hash(payload), None)
-                    if at is not None:
-                        stats.echo.add(now - at)
-                    bursts = app.bursts
-                    report.message(event.t, "<", message)
-                    if app.bursts != bursts:
-                        stats.bursts += 1
-                else:
-                    report.message(event.t, "<", message)
+                self._heard(call, event.t, event.message)
             elif isinstance(event, Problem):
                 report.problem(event, "<")
             elif isinstance(event, Ended):
