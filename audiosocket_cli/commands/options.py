@@ -255,13 +255,16 @@ def asterisk_rules(lenient: bool = False, observe: bool = False) -> Any:
 
 def warm_up(recording: bool) -> None:
     """Load now what the first call would otherwise wait for (numpy for levels and
-    statistics, soundfile for recordings), before saying we are ready."""
+    statistics; soundfile, and the thread pool that makes WAV files, for
+    recordings), before saying we are ready."""
     from audiosocket_cli.analysis.levels import level_dbfs
     from audiosocket_cli.analysis.stats import ULAW_TABLE
 
     level_dbfs(bytes(320))
     ULAW_TABLE()
     if recording:
+        import concurrent.futures  # noqa: F401  (20 ms: the first call's, otherwise)
+
         import soundfile  # noqa: F401
 
 

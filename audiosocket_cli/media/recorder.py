@@ -134,13 +134,14 @@ class Recording:
 
 def unique_path(directory: str | os.PathLike[str], stem: str, suffix: str) -> Path:
     """DIR/stem.suffix, or DIR/stem-2.suffix, -3, ... if that exists."""
-    directory = Path(directory)
-    path = directory / f"{stem}{suffix}"
+    # os.path on strings: a call's start in a server starting hundreds at once.
+    base = os.fspath(directory)
+    name = os.path.join(base, f"{stem}{suffix}")
     n = 2
-    while path.exists():
-        path = directory / f"{stem}-{n}{suffix}"
+    while os.path.exists(name):
+        name = os.path.join(base, f"{stem}-{n}{suffix}")
         n += 1
-    return path
+    return Path(name)
 
 
 def call_recording(directory: Path, stem: Callable[[], str], side: str = "") -> Recording:
