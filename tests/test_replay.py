@@ -637,7 +637,8 @@ def test_replay_against_listen_record(tmp_path: Path, cli_env: dict) -> None:
         assert [(h["type"], h["data"]) for h in heard] == [(c["type"], c["data"]) for c in caller]
         return [h["t"] for h in heard], [c["t"] for c in caller]
 
-    within(attempt)
+    # listen's own stamps: its scheduling counts too, so a busy machine gets more tries.
+    within(attempt, tries=5)
 
 
 def test_help_has_examples_and_no_numpy(cli_env: dict) -> None:
