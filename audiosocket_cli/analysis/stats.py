@@ -14,6 +14,7 @@ from array import array
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import compress
 from typing import Any
 
 from audiosocket_cli.analysis.pacing import PACE_TOLERANCE, PaceTracker
@@ -100,6 +101,7 @@ class DirectionStats:
         "_max_window_units",
         "_jitter",
         "_jitter_log",
+        "_bins_memo",
         "pace",
         "_run_seconds",
     )
@@ -166,6 +168,7 @@ class DirectionStats:
         self._max_window_units = 0
         self._jitter = [0] * JITTER_BINS
         self._jitter_log = array("Q", bytes(8 * 2 * JITTER_LOG_BINS))  # below, then above
+        self._bins_memo: tuple[int, list[tuple[float, float, int]]] | None = None
 
     def add(self, t: float, message: Message) -> None:
         kind, payload = message
@@ -353,21 +356,31 @@ class DirectionStats:
 
     def _jitter_bins(self) -> list[tuple[float, float, int]]:
         """(low, high, count) of each non-empty jitter bin, in seconds, ascending."""
+        # Asked for several figures at a call's end: made once per audio message count.
+        audio = self._audio + self._run
+        memo = self._bins_memo
+        if memo is not None and memo[0] == audio:
+            return memo[1]
+        bins = self._make_jitter_bins()
+        self._bins_memo = (audio, bins)
+        return bins
+
+    def _make_jitter_bins(self) -> list[tuple[float, float, int]]:
+        # Most bins are empty: compress() finds the others in C (a call's end in a
+        # server ending hundreds at once would otherwise loop over 640 bins, twice).
         bins = []
         log = self._jitter_log
-        for b in range(JITTER_LOG_BINS - 1, -1, -1):
-            if log[b]:
-                high = JITTER_LIMIT * 1.1**b
-                bins.append((-high * 1.1, -high, log[b]))
-        for b, n in enumerate(self._jitter):
-            if n:
-                low = (b - JITTER_ZERO) * JITTER_BIN
-                bins.append((low, low + JITTER_BIN, n))
-        for b in range(JITTER_LOG_BINS):
-            n = log[JITTER_LOG_BINS + b]
-            if n:
-                low = JITTER_LIMIT * 1.1**b
-                bins.append((low, low * 1.1, n))
+        below, above = log[:JITTER_LOG_BINS], log[JITTER_LOG_BINS:]
+        for b in reversed(list(compress(range(JITTER_LOG_BINS), below))):
+            high = JITTER_LIMIT * 1.1**b
+            bins.append((-high * 1.1, -high, below[b]))
+        jitter = self._jitter
+        for b in compress(range(JITTER_BINS), jitter):
+            low = (b - JITTER_ZERO) * JITTER_BIN
+            bins.append((low, low + JITTER_BIN, jitter[b]))
+        for b in compress(range(JITTER_LOG_BINS), above):
+            low = JITTER_LIMIT * 1.1**b
+            bins.append((low, low * 1.1, above[b]))
         return bins
 
     @property
