@@ -267,3 +267,48 @@ def test_locust_headless_with_two_processes(
     assert int(rows["time to first audio"]["Request Count"]) >= 2
     assert int(rows["echo round trip"]["Request Count"]) >= 1
     assert rows["Aggregated"]["Failure Count"] == "0"
+
+
+def test_a_reset_our_send_finds_first_is_a_reset_not_a_close() -> None:
+    """An application that dies resets the connection. When our frame's send() meets
+    the reset before a read does, the send takes the socket's error, and a read then
+    finds only the end of the stream: the call is still the application's reset
+    (a crashed bot must not pass for one that hung up)."""
+    import select
+    import socket
+    import time
+
+    from audiosocket_cli.engines.load.plan import LoadPlan
+    from audiosocket_cli.engines.load.worker import Worker
+    from audiosocket_cli.net.address import Address
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        endings: list[str] = []
+        plan = LoadPlan(address=Address("127.0.0.1", port), calls=1, duration=60.0, total=1)
+        worker = Worker(plan, on_call_end=lambda end, reason, t: endings.append(reason))
+        family, _, _, _, sockaddr = socket.getaddrinfo("127.0.0.1", port)[0]
+        worker._sockaddr = (family, sockaddr)
+        worker._launch(time.monotonic())
+        app, _ = listener.accept()
+        (call,) = worker.calls.values()
+        select.select([], [call.sock], [], 5.0)  # connected
+        worker._connected(call)
+        assert app.recv(19)  # our UUID message
+        # The application dies: SO_LINGER 0 makes its close a reset.
+        app.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        app.close()
+        assert select.select([call.sock], [], [], 5.0)[0]  # the reset is in our socket
+        slot = call.slot
+        assert slot is not None and slot.timer is not None
+        slot.timer.cancel()
+        worker._tick(slot)  # our next frame's send() meets it before any read
+        for _ in range(3):  # the kernel may take the first send and refuse the next
+            if endings:
+                break
+            slot.timer.cancel()
+            worker._tick(slot)
+        assert endings == ["app-reset"]
+        worker.reactor.close()

@@ -317,7 +317,7 @@ def test_a_bot_that_crashes_mid_question_fails_the_calls_and_what_they_cut(
         )
     assert status == 1, stderr
     total = lines[-1]
-    assert total["total_failed_by"] == {"app-reset": 2}
+    assert total["total_failed_by"] == {"app-reset": 2}, [t.get("ended") for t in talks]
     assert total["total_conversations"] == 2 and total["total_conversations_failed"] == 2
     assert total["total_failed_expect"] == {"answer": 2, "stop": 2}
     for talk in talks:

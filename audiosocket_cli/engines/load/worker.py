@@ -724,6 +724,24 @@ class Worker:
             self.reactor.remove_writer(call.sock)
 
     def _write_failed(self, call: _Call, exc: OSError) -> None:
+        if isinstance(exc, ConnectionResetError):
+            # The send took the reset's error: a read now would find only the end of
+            # the stream, and call a crashed application's reset a clean close. What
+            # it sent before the reset is read; the reset is the ending.
+            while call.state == "up":
+                try:
+                    data = call.sock.recv(RECV_SIZE)
+                except OSError:
+                    break
+                if not data:
+                    break
+                self._take(call, data, time.monotonic())
+            if call.state == "up" and call.session is not None:
+                now = time.monotonic()
+                events = call.session.reset(now)
+                ended = next((e for e in events if isinstance(e, Ended)), None)
+                self._end(call, ended or call.session.close("app-reset", str(exc), now))
+            return
         # Its close or reset is in the socket: reading tells the truer story.
         self._readable(call)
         if call.state == "up" and call.session is not None:
@@ -757,6 +775,13 @@ class Worker:
                 # deadline later, so its timer stays (it fires first, then re-arms).
                 self._heard(call, now - session.started, message)
                 return
+        self._take(call, data, now)
+
+    def _take(self, call: _Call, data: bytes | None, now: float) -> None:
+        """A read's bytes (b"": the end of the stream, None: a reset) at `now`."""
+        session = call.session
+        assert session is not None
+        if data:
             messages = session.whole_audios(data, now)
             if messages is not None:
                 # Several at once (our reads fell behind, or the application writes
