@@ -232,6 +232,24 @@ def test_histogram_merges_and_reads_percentiles() -> None:
     assert abs((a.percentile(99) or 0) - 0.099) < 0.001
 
 
+def test_histogram_noted_values_bin_as_added_ones() -> None:
+    import random
+
+    rng = random.Random(7)
+    values = [rng.uniform(-0.5, 0.5) for _ in range(2000)]
+    values += [0.0, 1e-7, -1e-7, -1e-6, 1e-6, 0.02, 0.02, 12.5, -3.0]
+    added, noted = Histogram(), Histogram()
+    for v in values:
+        added.add(v)
+        noted.pending.append(v)
+    assert noted.percentile(50) == added.percentile(50)  # settles first
+    assert noted.state() == added.state()
+    assert not noted.pending
+    noted.pending.append(0.75)  # a merge settles what is pending too
+    noted.merge(added.state())
+    assert noted.n == 2 * len(values) + 1 and noted.max == 12.5
+
+
 def test_histogram_add_many_counts_as_many_adds() -> None:
     one_by_one, at_once = Histogram(), Histogram()
     for value, count in ((0.0021, 25), (-0.0004, 3), (0.0, 2), (0.0305, 1)):

@@ -827,7 +827,7 @@ class Worker:
                 self.on_ttfa(now - call.up_at)
         else:
             gap = now - call.last_audio
-            stats.jitter.add(abs(gap - call.last_dur))
+            stats.jitter.pending.append(abs(gap - call.last_dur))
             if gap > GAP:
                 stats.gaps += 1
         call.last_audio, call.last_dur = now, duration
@@ -836,7 +836,7 @@ class Worker:
             talk.ear.heard(t, payload, rate)
         at = call.sent.pop(hash(payload), None)
         if at is not None:
-            stats.echo.add(now - at)
+            stats.echo.pending.append(now - at)
         app = call.app
         bursts = app.bursts
         if call.plain:
