@@ -18,7 +18,9 @@ from audiosocket_cli.net.transport import (
     accept,
     bound_address,
     connect,
+    ended_by_reset,
     listen,
+    read_for_session,
 )
 from audiosocket_cli.protocol.wire import Message, TruncatedMessage
 
@@ -273,3 +275,66 @@ def test_ipv6_loopback() -> None:
             client.close()
     finally:
         server.close()
+
+
+# A reset whose error a send took first.
+
+
+def _connected_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        ours = socket.create_connection(listener.getsockname())
+        theirs, _ = listener.accept()
+    return ours, theirs
+
+
+def _reset(theirs: socket.socket) -> None:
+    # A process that dies with our bytes unread, or SO_LINGER 0: its close is a reset.
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    theirs.close()
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_INFO"), reason="the kernel's TCP state: Linux")
+def test_a_reset_a_send_met_first_is_still_told_from_a_close() -> None:
+    import select
+
+    ours, theirs = _connected_pair()
+    with ours:
+        _reset(theirs)
+        assert select.select([ours], [], [], 5.0)[0]
+        with pytest.raises(ConnectionResetError):
+            ours.send(b"\x10\x00\x02\x00\x00")  # takes the reset's error
+        assert ours.recv(100) == b""  # a read finds only the end of the stream
+        assert ended_by_reset(ours)
+    ours, theirs = _connected_pair()
+    with ours:
+        theirs.close()  # a clean close
+        assert ours.recv(100) == b""
+        assert not ended_by_reset(ours)
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_INFO"), reason="the kernel's TCP state: Linux")
+def test_read_for_session_reports_a_reset_a_send_met_first() -> None:
+    import select
+
+    from audiosocket_cli.protocol.session import Ended, Role, Session
+
+    ours, theirs = _connected_pair()
+    with ours:
+        theirs.sendall(Message.for_uuid("6f1c2a4e-0d5b-4f7a-9c1e-2b3d4e5f6a7b").encode())
+        _reset(theirs)
+        assert select.select([ours], [], [], 5.0)[0]
+        session = Session(Role.APPLICATION, started=time.monotonic())
+        with pytest.raises(ConnectionResetError):
+            ours.send(b"\x10\x00\x02\x00\x00")
+        seen: list[tuple[list[object], str | None]] = []
+
+        def on_events(events: list[object], now: float, ended: str | None) -> bool:
+            seen.append((events, ended))
+            return False
+
+        read_for_session(ours, session, threading.Lock(), threading.Event(), on_events)
+        assert seen[-1][1] == "reset"
+        assert session.ended is not None and session.ended.ended == "caller-reset"
+        assert any(isinstance(e, Ended) for events, _ in seen for e in events)

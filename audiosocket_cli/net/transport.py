@@ -158,6 +158,25 @@ POLL_INTERVAL = 0.1  # how often a reader checks that it should stop
 SessionEvents = Callable[[list[Any], float, "str | None"], bool]
 
 
+_TCP_CLOSE = 7  # linux/tcp_states.h: TCP_CLOSE; a peer's close leaves TCP_CLOSE_WAIT (8)
+
+
+def ended_by_reset(sock: socket.socket) -> bool:
+    """At the end of the peer's stream (a read gave b""): whether a reset, not a close,
+    ended it. A reset's error goes to whichever call meets it first: if a send took it,
+    a read then finds only the end of the stream. TCP's state still tells: a close
+    leaves the socket in CLOSE-WAIT, a reset in CLOSE. False where the kernel does not
+    say (no TCP_INFO: not Linux)."""
+    option = getattr(socket, "TCP_INFO", None)
+    if option is None:
+        return False
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, option, 8)
+    except OSError:
+        return False
+    return bool(info) and info[0] == _TCP_CLOSE
+
+
 def read_for_session(
     sock: socket.socket,
     session: Session,
@@ -203,6 +222,8 @@ def read_for_session(
         now = time.monotonic()
         if not data and stopping.is_set():
             return  # our own shutdown, not the peer's doing
+        if data == b"" and ended_by_reset(sock):
+            data = None  # our send took the reset's error first
         if on_data is not None:
             on_data(data)
         with lock:
