@@ -66,18 +66,7 @@ class Histogram:
         self.pending = array("d")
 
     def add(self, seconds: float) -> None:
-        us = seconds * 1e6
-        if us > 0:
-            i = int(_log1p(us) / _LOG_BASE)
-        elif us > -1:
-            i = 0
-        else:
-            i = -1 - int(_log1p(-us) / _LOG_BASE)
-        counts = self.counts
-        counts[i] = counts.get(i, 0) + 1
-        if seconds > self.max or not self.n:
-            self.max = seconds
-        self.n += 1
+        self.add_many(seconds, 1)
 
     def add_many(self, seconds: float, count: int) -> None:
         """`count` values of `seconds` (a bound for each of them) at the cost of one."""
