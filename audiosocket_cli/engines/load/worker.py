@@ -165,6 +165,7 @@ class _Call:
         "talk",
         "app",
         "plain",
+        "counted",
     )
 
     def __init__(self, n: int, uuid: str, sock: socket.socket | None, now: float) -> None:
@@ -198,6 +199,9 @@ class _Call:
         self.talk: Any = None  # --scenario: its conversations.Talk
         self.app: Any = None  # the call report's statistics of the application's messages
         self.plain = False  # the call report neither records nor shows the application's
+        # The application's messages, bytes, audio seconds and bursts in the periods so
+        # far: each period takes the difference from the call report's statistics.
+        self.counted: tuple[int, int, float, int] = (0, 0, 0.0, 0)
 
 
 def _ignore(t: float, message: Message) -> None:
@@ -380,6 +384,7 @@ class Worker:
         self._judge_closes(now, final)
         stats = self.stats
         for call in self.calls.values():
+            self._count_in(call)
             if call.first_audio is not None:
                 stats.talk_s += now - call.acct_at
                 call.acct_at = now
@@ -817,15 +822,12 @@ class Worker:
         assert report is not None
         kind, payload = message
         size = len(payload)
-        stats.msgs_in += 1
-        stats.bytes_in += size + 3
         rate = AUDIO_RATES.get(kind)
         if rate is None or not size:
             report.message(t, "<", message)
             return
         now = call.up_at + t
         duration = size / (2 * rate)
-        stats.audio_s += duration
         if call.first_audio is None:
             call.first_audio = call.acct_at = now
             stats.ttfa.add(now - call.up_at)
@@ -843,14 +845,10 @@ class Worker:
         at = call.sent.pop(hash(payload), None)
         if at is not None:
             stats.echo.pending.append(now - at)
-        app = call.app
-        bursts = app.bursts
         if call.plain:
-            app.add(t, message)  # all report.message() would do: nothing recorded or shown
+            call.app.add(t, message)  # all report.message() would do: nothing recorded or shown
         else:
             report.message(t, "<", message)
-        if app.bursts != bursts:
-            stats.bursts += 1
 
     def _handle(self, call: _Call, events: list[Any], rearm: bool = True) -> None:
         report = call.report
@@ -868,12 +866,28 @@ class Worker:
         elif rearm and call.clock is not None:
             call.clock.arm()
 
+    def _count_in(self, call: _Call) -> None:
+        """The period's share of what the application sent: counted once a period (and
+        at the call's end) from the call report's statistics, not once a message."""
+        app = call.app
+        if app is None:
+            return
+        now = (app.messages, app.wire_bytes, app.audio_seconds, app.bursts)
+        before = call.counted
+        stats = self.stats
+        stats.msgs_in += now[0] - before[0]
+        stats.bytes_in += now[1] - before[1]
+        stats.audio_s += now[2] - before[2]
+        stats.bursts += now[3] - before[3]
+        call.counted = now
+
     # Ending.
 
     def _end(self, call: _Call, ended: Ended) -> None:
         if call.state != "up":
             return
         call.state = "done"
+        self._count_in(call)
         session, report = call.session, call.report
         assert session is not None and report is not None
         if call.slot is not None:
