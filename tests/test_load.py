@@ -330,3 +330,22 @@ def test_a_reset_our_send_finds_first_is_a_reset_not_a_close() -> None:
             worker._tick(slot)
         assert endings == ["app-reset"]
         worker.reactor.close()
+
+
+def test_a_frame_from_its_parts_is_the_marked_frame() -> None:
+    """load's hot path makes each frame from parts computed once (frames.Wire): the same
+    bytes as mark() gives, for every frame number's mark and any call's nonce."""
+    from audiosocket_cli.engines.load.frames import K_BITS, N_BITS, Wire, mark
+
+    payloads = [bytes(range(256)) + bytes(64), b"\x01\x02" * 80, b"\x05\x00"]
+    wire = Wire(payloads, finite=False, kind=0x10, k_end=float("inf"))
+    for f, payload in enumerate(payloads):
+        base, tail, header = wire.part(payloads, f)
+        assert header == bytes((0x10, len(payload) >> 8, len(payload) & 0xFF))
+        for k, nonce in ((0, 1), (17, 4095), (4095, 2048), (5000, 7)):
+            if base is None:  # too short to carry the mark: sent as it is
+                assert tail == payload
+                continue
+            made = (base | K_BITS[k & 0xFFF] | N_BITS[nonce]).to_bytes(12, "little") + tail
+            assert made == mark(payload, k, nonce)
+            assert made != payload  # never the payload itself: an echo is told apart

@@ -1164,27 +1164,37 @@ read_strategy = st.one_of(
     st.lists(chunk_strategy, max_size=5),
     read_strategy,
 )
-def test_whole_audio_agrees_with_receive(
+def test_the_fast_paths_agree_with_receive(
     role: Role, mode: Mode, uuid_first: bool, history: list[bytes], data: bytes
 ) -> None:
+    """whole_audio() (one message) and whole_audios() (one or more) take a read as
+    receive() would, or decline it and change nothing."""
     if uuid_first:
         history = [UUID_MSG, *history]
-    fast, slow = twins(role, history, mode)
-    before = state(fast)
+    one, one_ref = twins(role, history, mode)
+    several, several_ref = twins(role, history, mode)
+    before = state(one)
     now = at(0.9)
-    message = fast.whole_audio(data, now)
-    expected = slow.receive(data, now)
-    if message is None:
-        assert state(fast) == before
-        assert fast.receive(data, now) == expected
-    else:
+    message = one.whole_audio(data, now)
+    messages = several.whole_audios(data, now)
+    expected = one_ref.receive(data, now)
+    assert several_ref.receive(data, now) == expected
+    if message is not None:
         # Only ever one whole audio message of even length, taken as receive() takes it.
         assert message == Message(data[0], data[3:])
         assert message.is_audio
         assert len(message.payload) % 2 == 0
         assert expected == [Received(now - STARTED, message)]
-    assert state(fast) == state(slow)
-    assert fast.tick(at(45.0)) == slow.tick(at(45.0))
+        assert messages == [message]  # what one takes, the other takes alike
+    if messages is not None:
+        assert messages and all(m.is_audio and len(m.payload) % 2 == 0 for m in messages)
+        assert expected == [Received(now - STARTED, m) for m in messages]
+    for taken, fast, slow in ((message, one, one_ref), (messages, several, several_ref)):
+        if taken is None:
+            assert state(fast) == before
+            assert fast.receive(data, now) == expected
+        assert state(fast) == state(slow)
+        assert fast.tick(at(45.0)) == slow.tick(at(45.0))
 
 
 # Several whole audio messages in one read: whole_audios() --------------------------------
@@ -1240,31 +1250,3 @@ def test_whole_audios_declines_a_read_with_anything_else(data: bytes) -> None:
     assert state(fast) == before
     assert fast.receive(data, at(0.7)) == slow.receive(data, at(0.7))
     assert state(fast) == state(slow)
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    st.sampled_from(list(Role)),
-    st.sampled_from(list(Mode)),
-    st.booleans(),
-    st.lists(chunk_strategy, max_size=5),
-    read_strategy,
-)
-def test_whole_audios_agrees_with_receive(
-    role: Role, mode: Mode, uuid_first: bool, history: list[bytes], data: bytes
-) -> None:
-    if uuid_first:
-        history = [UUID_MSG, *history]
-    fast, slow = twins(role, history, mode)
-    before = state(fast)
-    now = at(0.9)
-    messages = fast.whole_audios(data, now)
-    expected = slow.receive(data, now)
-    if messages is None:
-        assert state(fast) == before
-        assert fast.receive(data, now) == expected
-    else:
-        assert messages and all(m.is_audio and len(m.payload) % 2 == 0 for m in messages)
-        assert expected == [Received(now - STARTED, m) for m in messages]
-    assert state(fast) == state(slow)
-    assert fast.tick(at(45.0)) == slow.tick(at(45.0))

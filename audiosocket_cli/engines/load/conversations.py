@@ -26,7 +26,8 @@ from audiosocket_cli.protocol.session import Ended
 from audiosocket_cli.protocol.wire import Message
 
 if TYPE_CHECKING:
-    from audiosocket_cli.engines.load.worker import Worker, _Call, _Slot
+    from audiosocket_cli.engines.load.calls import Call, Slot
+    from audiosocket_cli.engines.load.worker import Worker
 
 
 class Talk:
@@ -34,7 +35,7 @@ class Talk:
 
     __slots__ = ("worker", "call", "script", "ear", "ending")
 
-    def __init__(self, worker: Worker, call: _Call, start: float) -> None:
+    def __init__(self, worker: Worker, call: Call, start: float) -> None:
         plan = worker.plan
         self.worker = worker
         self.call = call
@@ -60,7 +61,7 @@ class Talk:
             self.ending = (ended, detail)
 
 
-def tick(worker: Worker, slot: _Slot) -> None:
+def tick(worker: Worker, slot: Slot) -> None:
     """A slot's frames when its calls hold conversations: each member's script gives its
     frame; the sends are load's own (lateness, outbox, write failures)."""
     due = slot.due
@@ -129,7 +130,7 @@ class ConversationLog:
             pass
 
 
-def conclude(worker: Worker, call: _Call, ended: Ended) -> None:
+def conclude(worker: Worker, call: Call, ended: Ended) -> None:
     """The call has ended: its conversation measured and judged into the period's
     statistics. A failure here is a bug: it is said once, and the call still ends."""
     talk = call.talk

@@ -53,7 +53,6 @@ class Histogram:
     A negative value (a reply begun before the caller's speech ended) has a bucket of
     its own sign: bucket -1 - i holds what bucket i holds, negated."""
 
-    LOG_BASE = math.log(1.01)
     __slots__ = ("counts", "n", "max", "pending")
 
     def __init__(self) -> None:
@@ -134,9 +133,9 @@ class Histogram:
             seen += self.counts[i]
             if seen >= rank:
                 if i >= 0:
-                    value = math.expm1((i + 0.5) * self.LOG_BASE) / 1e6
+                    value = math.expm1((i + 0.5) * _LOG_BASE) / 1e6
                 else:
-                    value = -math.expm1((-1 - i + 0.5) * self.LOG_BASE) / 1e6
+                    value = -math.expm1((-1 - i + 0.5) * _LOG_BASE) / 1e6
                 return min(value, self.max)
         return self.max
 

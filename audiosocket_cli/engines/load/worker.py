@@ -15,13 +15,15 @@ from audiosocket_cli.analysis.stats import AnalysisBudget
 from audiosocket_cli.engines.before_call import BeforeCall
 from audiosocket_cli.engines.call import CallReport, SessionClock
 from audiosocket_cli.engines.load import conversations
+from audiosocket_cli.engines.load.calls import Call, Slot
 from audiosocket_cli.engines.load.conversations import ConversationLog
+from audiosocket_cli.engines.load.frames import K_BITS, N_BITS, Wire, frames_for, frames_until
 from audiosocket_cli.engines.load.periods import NORMAL_ENDINGS, STOPPED_ENDINGS, PeriodStats
 from audiosocket_cli.engines.load.plan import FRAME_MS, LoadPlan, make_uuid
 from audiosocket_cli.media.recorder import Recording, call_recording
 from audiosocket_cli.net.reactor import Reactor, Timer
 from audiosocket_cli.net.tcpstate import waiting_ports
-from audiosocket_cli.net.transport import CONNECT_TIMEOUT, set_nodelay
+from audiosocket_cli.net.transport import CONNECT_TIMEOUT, ended_by_reset, set_nodelay
 from audiosocket_cli.output.sinks import Output
 from audiosocket_cli.protocol.events import CallEnd, CallInfo
 from audiosocket_cli.protocol.session import Ended, Problem, Received, Role, Session
@@ -38,187 +40,6 @@ ECHO_WINDOW = 100  # frames (2 s) remembered per call for matching echoes
 SETTLE_EVERY = 4096  # values noted in a histogram before they are binned
 
 
-# What each call sends.
-
-
-def frames_for(plan: LoadPlan) -> list[bytes]:
-    """The payloads a call cycles through (silence, tone), or sends once (a file)."""
-    samples = plan.frame_samples
-    if plan.source == "none":
-        return []
-    if plan.source == "file":
-        size = samples * 2
-        pcm = plan.pcm
-        return [pcm[i : i + size] for i in range(0, len(pcm), size)]
-    if plan.source == "tone":
-        from audiosocket_cli.media.audio import ToneSource
-
-        tone = ToneSource(plan.tone_hz)
-        # One second of tone: seamless when looped for a whole number of hertz.
-        count = max(1, round(1.0 / plan.frame_seconds))
-        return [tone.next_frame(plan.sample_rate, samples) or b"" for _ in range(count)]
-    return [bytes(samples * 2)]
-
-
-def mark(payload: bytes, k: int, nonce: int) -> bytes:
-    """The payload with a mark no audio carries by chance: the call's nonce (12 bits, never
-    0) and frame number k (mod 4096) in the low nibbles of its first six little-endian
-    samples (at most 15 LSB, inaudible). Every frame of a call is then distinct, and none
-    is digital silence, so an application that sends silence (or anything but our own
-    frames back) is never taken for an echo."""
-    if len(payload) < 12:
-        return payload
-    b = bytearray(payload)
-    b[0] = (b[0] & 0xF0) | (k & 0xF)
-    b[2] = (b[2] & 0xF0) | (k >> 4 & 0xF)
-    b[4] = (b[4] & 0xF0) | (k >> 8 & 0xF)
-    b[6] = (b[6] & 0xF0) | (nonce & 0xF)
-    b[8] = (b[8] & 0xF0) | (nonce >> 4 & 0xF)
-    b[10] = (b[10] & 0xF0) | (nonce >> 8 & 0xF)
-    return bytes(b)
-
-
-# The mark's bits, as a little-endian integer over the payload's first 12 bytes: frame
-# number k's (k & 0xFFF) and a call's nonce's, in the low nibbles of bytes 0, 2, 4 and
-# 6, 8, 10 as mark() puts them; _KEEP clears those nibbles in a frame's own bytes.
-_KEEP = int.from_bytes(bytes((0xF0, 0xFF) * 6), "little")
-_K_BITS = [(k & 0xF) | (k >> 4 & 0xF) << 16 | (k >> 8 & 0xF) << 32 for k in range(4096)]
-_N_BITS = [(n & 0xF) << 48 | (n >> 4 & 0xF) << 64 | (n >> 8 & 0xF) << 80 for n in range(4096)]
-
-
-def frames_until(duration: float, frame_s: float) -> float:
-    """The first frame number k with k x frame_s >= duration (to 1e-9 s, as media time
-    is compared): the call has lasted `duration` then. Infinite for an endless call."""
-    limit = duration - 1e-9
-    if math.isinf(limit):
-        return math.inf
-    k = max(0, int(limit / frame_s))
-    while k * frame_s < limit:
-        k += 1
-    while k and (k - 1) * frame_s >= limit:
-        k -= 1
-    return k
-
-
-class _Wire:
-    """A worker's frames as they go out, from parts computed once: for frame f, its
-    first 12 bytes without the mark (an integer), the rest (bytes) and the header, so
-    that a marked payload is one integer OR and one concatenation, the same bytes as
-    mark() gives; and the frame number at which a call has lasted --duration."""
-
-    __slots__ = ("frames", "count", "finite", "kind", "parts", "k_end")
-
-    def __init__(self, worker: Worker) -> None:
-        self.frames = worker.frames
-        self.count = len(self.frames)
-        self.finite = worker.finite
-        self.kind = worker.kind
-        # A looped source's parts are kept (one frame, or a second of tone); a file's
-        # are made as they are sent, not kept (it may be long).
-        self.parts: dict[int, tuple[int | None, bytes, bytes]] = {}
-        self.k_end = worker.k_end
-
-    def part(self, frames: list[bytes], f: int) -> tuple[int | None, bytes, bytes]:
-        payload = frames[f]
-        size = len(payload)
-        header = bytes((self.kind, size >> 8, size & 0xFF))
-        if size < 12:
-            made: tuple[int | None, bytes, bytes] = (None, payload, header)
-        else:
-            made = (int.from_bytes(payload[:12], "little") & _KEEP, payload[12:], header)
-        if not self.finite:
-            self.parts[f] = made
-        return made
-
-
-# One call.
-
-
-class _Call:
-    __slots__ = (
-        "n",
-        "uuid",
-        "sock",
-        "state",
-        "connect_timer",
-        "launched",
-        "up_at",
-        "info",
-        "session",
-        "report",
-        "clock",
-        "slot",
-        "k",
-        "dtmf_i",
-        "outbox",
-        "sent",
-        "first_audio",
-        "last_audio",
-        "last_dur",
-        "acct_at",
-        "ours",
-        "max_late",
-        "nonce",
-        "last_sent",
-        "before",
-        "local_port",
-        "talk",
-        "app",
-        "plain",
-        "counted",
-    )
-
-    def __init__(self, n: int, uuid: str, sock: socket.socket | None, now: float) -> None:
-        self.n = n
-        self.uuid = uuid
-        # None until dialled (after --before-call); typed as it is from then on.
-        self.sock: socket.socket = sock  # type: ignore[assignment]
-        self.state = "connecting"
-        self.connect_timer: Timer | None = None
-        self.launched = now
-        self.up_at = now
-        self.info: CallInfo | None = None
-        self.session: Session | None = None
-        self.report: CallReport | None = None
-        self.clock: SessionClock | None = None
-        self.slot: _Slot | None = None
-        self.k = 0
-        self.dtmf_i = 0
-        self.outbox = bytearray()
-        self.sent: dict[int, float] = {}  # hash of a payload sent -> when
-        self.first_audio: float | None = None
-        self.last_audio = 0.0
-        self.last_dur = 0.0
-        self.acct_at = 0.0
-        self.ours: Callable[[float, Message], None] = _ignore
-        self.max_late = 0.0
-        self.nonce = n % 4095 + 1  # never 0: see mark()
-        self.last_sent = now
-        self.before: BeforeCall | None = None
-        self.local_port = 0
-        self.talk: Any = None  # --scenario: its conversations.Talk
-        self.app: Any = None  # the call report's statistics of the application's messages
-        self.plain = False  # the call report neither records nor shows the application's
-        # The application's messages, bytes, audio seconds and bursts in the periods so
-        # far: each period takes the difference from the call report's statistics.
-        self.counted: tuple[int, int, float, int] = (0, 0, 0.0, 0)
-
-
-def _ignore(t: float, message: Message) -> None:
-    pass
-
-
-class _Slot:
-    """The calls whose frames are due on the same millisecond of the 20 ms grid."""
-
-    __slots__ = ("calls", "timer", "due")
-
-    def __init__(self) -> None:
-        self.calls: dict[int, _Call] = {}
-        self.timer: Timer | None = None
-        self.due = 0.0
-
-
 # A worker: a share of the calls on one loop.
 
 OnPeriod = Callable[[dict[str, Any]], None]
@@ -233,7 +54,7 @@ class Worker:
     ceil-share of `calls` at once, and its share of `total`.
     """
 
-    _wire: _Wire | None = None  # made at the first tick
+    _wire: Wire | None = None  # made at the first tick
 
     def __init__(
         self,
@@ -269,8 +90,8 @@ class Worker:
         self.frame_s = plan.frame_seconds
         self.k_end = frames_until(plan.duration, self.frame_s)
         self.slot_count = max(1, round(self.frame_s / SLOT_SECONDS))
-        self.slots = [_Slot() for _ in range(self.slot_count)]
-        self.calls: dict[int, _Call] = {}
+        self.slots = [Slot() for _ in range(self.slot_count)]
+        self.calls: dict[int, Call] = {}
         self.launched = 0
         self.next_launch = self.epoch + index * (1.0 / plan.rate if plan.rate > 0 else 0.0)
         self.launch_timer: Timer | None = None
@@ -429,7 +250,7 @@ class Worker:
         n = self.index + self.launched * self.count + 1
         self.launched += 1
         self.stats.started += 1
-        call = _Call(n, make_uuid(self.plan, n), None, now)
+        call = Call(n, make_uuid(self.plan, n), None, now)
         self.calls[n] = call
         command = self.plan.before_call
         if command is None:
@@ -447,7 +268,7 @@ class Worker:
             before.deadline, lambda: self._before_call_failed(call, before.kill())
         )
 
-    def _before_call_read(self, call: _Call) -> None:
+    def _before_call_read(self, call: Call) -> None:
         before = call.before
         if before is None or not before.read():
             return
@@ -463,7 +284,7 @@ class Worker:
             call.state = "connecting"
             self._dial(call, time.monotonic())
 
-    def _before_call_failed(self, call: _Call, why: str) -> None:
+    def _before_call_failed(self, call: Call, why: str) -> None:
         if call.before is not None:
             self.reactor.forget(call.before.pipe)
             call.before = None
@@ -472,7 +293,7 @@ class Worker:
             print(f"audiosocket: warning: call {call.n}: {why}", file=sys.stderr, flush=True)
         self._connect_ended(call, "before-call-failed")
 
-    def _dial(self, call: _Call, now: float) -> None:
+    def _dial(self, call: Call, now: float) -> None:
         assert self._sockaddr is not None
         family, sockaddr = self._sockaddr
         sock = call.sock = socket.socket(family, socket.SOCK_STREAM)
@@ -487,7 +308,7 @@ class Worker:
             now + CONNECT_TIMEOUT, lambda: self._connect_ended(call, "connect-timeout")
         )
 
-    def _connect_ended(self, call: _Call, reason: str | None) -> None:
+    def _connect_ended(self, call: Call, reason: str | None) -> None:
         """A call that never came up: failed with `reason`, or stopped (None)."""
         if call.state == "done":
             return
@@ -510,7 +331,7 @@ class Worker:
             self.on_call_end(None, reason or self.stopping or "interrupted", 0.0)
         self._after_end()
 
-    def _connected(self, call: _Call) -> None:
+    def _connected(self, call: Call) -> None:
         err = call.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         self.reactor.remove_writer(call.sock)
         if err:
@@ -576,10 +397,10 @@ class Worker:
 
     # Sending: one pass over a slot's calls per tick.
 
-    def _tick(self, slot: _Slot) -> None:
+    def _tick(self, slot: Slot) -> None:
         """Each member's frame, in one pass: the whole per-frame cost is here.
 
-        Per frame: the payload from its precomputed parts (_Wire), one clock read,
+        Per frame: the payload from its precomputed parts (Wire), one clock read,
         the echo table, one send(); the message counts and the lateness are added once
         per pass (each frame's lateness counted as the pass's latest, a bound within
         the pass's own time, tens of microseconds). TCP offers nothing cheaper than
@@ -592,10 +413,10 @@ class Worker:
         due = slot.due
         wire = self._wire
         if wire is None:
-            wire = self._wire = _Wire(self)
+            wire = self._wire = Wire(self.frames, self.finite, self.kind, self.k_end)
         frames, nframes, finite = wire.frames, wire.count, wire.finite
         parts_get, part_of = wire.parts.get, wire.part
-        k_bits, n_bits, k_end = _K_BITS, _N_BITS, wire.k_end
+        k_bits, n_bits, k_end = K_BITS, N_BITS, wire.k_end
         dtmf = self.plan.dtmf
         ndtmf = len(dtmf)
         frame_s = self.frame_s
@@ -603,7 +424,7 @@ class Worker:
         monotonic = time.monotonic
         out_msgs = out_bytes = 0
         pass_late = 0.0  # the pass's latest frame: a bound for each of its frames
-        ending: list[_Call] = []
+        ending: list[Call] = []
         for call in list(slot.calls.values()):
             k = call.k
             if k >= k_end:
@@ -686,7 +507,7 @@ class Worker:
         else:
             slot.timer = None
 
-    def _send_dtmf(self, call: _Call, media: float) -> None:
+    def _send_dtmf(self, call: Call, media: float) -> None:
         plan = self.plan
         assert call.session is not None
         while call.dtmf_i < len(plan.dtmf) and plan.dtmf[call.dtmf_i][0] <= media + 1e-9:
@@ -699,7 +520,7 @@ class Worker:
                 call.ours(now - call.up_at, message)
             call.dtmf_i += 1
 
-    def _send(self, call: _Call, data: bytes, now: float) -> None:
+    def _send(self, call: Call, data: bytes, now: float) -> None:
         """Write one whole message; what the socket does not take waits in the outbox."""
         stats = self.stats
         stats.msgs_out += 1
@@ -717,12 +538,12 @@ class Worker:
         if n < len(data):
             self._keep(call, data, n)
 
-    def _keep(self, call: _Call, data: bytes, sent: int) -> None:
+    def _keep(self, call: Call, data: bytes, sent: int) -> None:
         """What the socket did not take of `data` waits in the outbox, sent when it can."""
         call.outbox += data[sent:]
         self.reactor.add_writer(call.sock, lambda: self._flush(call))
 
-    def _flush(self, call: _Call) -> None:
+    def _flush(self, call: Call) -> None:
         try:
             n = call.sock.send(call.outbox)
         except BlockingIOError:
@@ -734,26 +555,9 @@ class Worker:
         if not call.outbox:
             self.reactor.remove_writer(call.sock)
 
-    def _write_failed(self, call: _Call, exc: OSError) -> None:
-        if isinstance(exc, ConnectionResetError):
-            # The send took the reset's error: a read now would find only the end of
-            # the stream, and call a crashed application's reset a clean close. What
-            # it sent before the reset is read; the reset is the ending.
-            while call.state == "up":
-                try:
-                    data = call.sock.recv(RECV_SIZE)
-                except OSError:
-                    break
-                if not data:
-                    break
-                self._take(call, data, time.monotonic())
-            if call.state == "up" and call.session is not None:
-                now = time.monotonic()
-                events = call.session.reset(now)
-                ended = next((e for e in events if isinstance(e, Ended)), None)
-                self._end(call, ended or call.session.close("app-reset", str(exc), now))
-            return
-        # Its close or reset is in the socket: reading tells the truer story.
+    def _write_failed(self, call: Call, exc: OSError) -> None:
+        # Its close or reset is in the socket: reading tells the truer story (a reset
+        # whose error this send took included: see _take).
         self._readable(call)
         if call.state == "up" and call.session is not None:
             now = time.monotonic()
@@ -763,7 +567,7 @@ class Worker:
 
     # Receiving.
 
-    def _readable(self, call: _Call) -> None:
+    def _readable(self, call: Call) -> None:
         if call.state != "up":
             return
         session = call.session
@@ -788,7 +592,7 @@ class Worker:
                 return
         self._take(call, data, now)
 
-    def _take(self, call: _Call, data: bytes | None, now: float) -> None:
+    def _take(self, call: Call, data: bytes | None, now: float) -> None:
         """A read's bytes (b"": the end of the stream, None: a reset) at `now`."""
         session = call.session
         assert session is not None
@@ -801,10 +605,12 @@ class Worker:
                 for message in messages:
                     self._heard(call, t, message)
                 return
+        if data == b"" and ended_by_reset(call.sock):
+            data = None  # a send of ours took the reset's error: this end is a reset
         events = session.reset(now) if data is None else session.receive(data, now)
         self._handle(call, events)
 
-    def _check(self, call: _Call) -> None:
+    def _check(self, call: Call) -> None:
         """The session's deadline passed: read what came first, then tick."""
         if call.state != "up":
             return
@@ -815,9 +621,10 @@ class Worker:
             call.session.sent_audio(call.last_sent)
             self._handle(call, call.session.tick(time.monotonic()))
 
-    def _heard(self, call: _Call, t: float, message: Message) -> None:
-        """One message from the application, `t` s into the call: counted, timed against
-        our frame it echoes (if it does), and given to the call report."""
+    def _heard(self, call: Call, t: float, message: Message) -> None:
+        """One message from the application, `t` s into the call: timed against our frame
+        it echoes (if it does) and given to the call report, whose statistics the
+        period's counts are taken from (_count_in)."""
         report, stats = call.report, self.stats
         assert report is not None
         kind, payload = message
@@ -850,7 +657,7 @@ class Worker:
         else:
             report.message(t, "<", message)
 
-    def _handle(self, call: _Call, events: list[Any], rearm: bool = True) -> None:
+    def _handle(self, call: Call, events: list[Any], rearm: bool = True) -> None:
         report = call.report
         assert report is not None
         ended = None
@@ -866,7 +673,7 @@ class Worker:
         elif rearm and call.clock is not None:
             call.clock.arm()
 
-    def _count_in(self, call: _Call) -> None:
+    def _count_in(self, call: Call) -> None:
         """The period's share of what the application sent: counted once a period (and
         at the call's end) from the call report's statistics, not once a message."""
         app = call.app
@@ -883,7 +690,7 @@ class Worker:
 
     # Ending.
 
-    def _end(self, call: _Call, ended: Ended) -> None:
+    def _end(self, call: Call, ended: Ended) -> None:
         if call.state != "up":
             return
         call.state = "done"
