@@ -349,3 +349,85 @@ def test_a_frame_from_its_parts_is_the_marked_frame() -> None:
             made = (base | K_BITS[k & 0xFFF] | N_BITS[nonce]).to_bytes(12, "little") + tail
             assert made == mark(payload, k, nonce)
             assert made != payload  # never the payload itself: an echo is told apart
+
+
+def test_run_messages_taken_in_batches_give_the_figures_of_one_at_a_time() -> None:
+    """A plain call's run messages wait for the period's batch (analysis.runs); a call
+    that is recorded or shown takes each as it comes. The same application, heard by
+    one of each: the same call statistics, and the same jitter, gaps and echo round
+    trips in the period. The application echoes our frames, with jitter, pauses,
+    bursts (several in one read) and a frame of another size; the clock is the
+    test's, so both calls hear every message at the same instant."""
+    import random
+    import socket
+    import types
+
+    from audiosocket_cli.analysis.stats import AnalysisBudget
+    from audiosocket_cli.engines.load import worker as worker_module
+    from audiosocket_cli.engines.load.calls import Call
+    from audiosocket_cli.engines.load.plan import LoadPlan
+    from audiosocket_cli.engines.load.worker import Worker
+    from audiosocket_cli.net.address import Address
+    from audiosocket_cli.protocol.wire import Kind, Message
+    from tests.test_runs import state
+
+    clock = types.SimpleNamespace(now=1000.0)
+    fake_time = types.SimpleNamespace(monotonic=lambda: clock.now)
+    original = worker_module.time
+    worker_module.time = fake_time  # type: ignore[assignment]
+    plan = LoadPlan(address=Address("127.0.0.1", 1), calls=1, duration=3600.0, total=1)
+    sides = []
+    try:
+        for batched in (True, False):
+            worker = Worker(plan)
+            worker.budget = AnalysisBudget(per_second=1e9, burst=1e9)  # no clock in the way
+            ours, app = socket.socketpair()
+            ours.setblocking(False)
+            call = Call(1, "00000000-0000-4000-8000-000000000001", ours, clock.now)
+            worker.calls[1] = call
+            worker._connected(call)
+            assert app.recv(65536)  # the UUID
+            assert call.batched
+            call.batched = batched
+            sides.append((worker, call, app))
+        rnd = random.Random(5)
+        for step in range(600):
+            r = rnd.random()
+            clock.now += rnd.uniform(0.6, 3.0) if r < 0.01 else 0.020 + rnd.gauss(0, 0.002)
+            for worker, call, app in sides:
+                slot = call.slot
+                assert slot is not None and slot.timer is not None
+                slot.timer.cancel()
+                worker._tick(slot)  # our frame goes out
+                frame = app.recv(65536)
+                if r < 0.03:
+                    frame *= 6  # six at once (120 ms of audio): one read, one time
+                elif r < 0.05:
+                    frame = Message(Kind.AUDIO_8K, bytes(160)).encode()
+                app.sendall(frame)
+                worker._readable(call)
+            if step % 50 == 49:
+                for worker, _, _ in sides:
+                    worker._take_runs(worker.calls.values())  # as the period's end does
+        for worker, _, _ in sides:
+            worker._take_runs(worker.calls.values())
+    finally:
+        worker_module.time = original  # type: ignore[assignment]
+        for worker, call, app in sides:
+            call.sock.close()
+            app.close()
+            worker.reactor.close()
+    (batched_worker, batched_call, _), (single_worker, single_call, _) = sides
+    assert batched_call.app.audio_messages > 500
+    assert state(batched_call.app) == state(single_call.app)
+    assert batched_call.app.bursts >= 1
+    batched_stats, single_stats = batched_worker.stats, single_worker.stats
+    assert batched_stats.gaps == single_stats.gaps >= 1
+    assert sorted(batched_stats.echo.pending) == sorted(single_stats.echo.pending)
+    assert len(batched_stats.echo.pending) > 500
+    assert sorted(batched_stats.jitter.pending) == pytest.approx(
+        sorted(single_stats.jitter.pending)
+    )
+    assert (batched_call.last_audio, batched_call.last_dur) == pytest.approx(
+        (single_call.last_audio, single_call.last_dur)
+    )

@@ -86,6 +86,7 @@ class DirectionStats:
         "_before_last",
         "_before_last_units",
         "_kind",
+        "run_shape",
         "_size",
         "_rate",
         "_run",
@@ -150,6 +151,9 @@ class DirectionStats:
         self._before_last_units = 0
         # The current run: audio messages of this kind and size after its first.
         self._kind = NO_RUN
+        # (kind, size) of the current run, None between runs: a message of this shape
+        # takes add()'s hot path, or a batch of them analysis.runs.add_runs().
+        self.run_shape: tuple[int, int] | None = None
         self._size = 0
         self._rate = 0
         self._run = 0
@@ -277,6 +281,7 @@ class DirectionStats:
             # A run starts: the same kind and size again takes the hot path. Frames
             # over 100 ms do not: each is a burst on its own, judged in full.
             self._kind = kind
+            self.run_shape = (kind, size)
             self._size = size
             self._rate = rate
             self._run_units = units
@@ -287,6 +292,7 @@ class DirectionStats:
             self._enc_next = self._next_sample(0)
         else:
             self._kind = NO_RUN
+            self.run_shape = None
 
     def _fold_run(self) -> None:
         run = self._run
@@ -301,6 +307,7 @@ class DirectionStats:
             self._before_last_units = self._run_units
             self._run = 0
         self._kind = NO_RUN
+        self.run_shape = None
 
     # Bursts: more than BURST_AUDIO of audio arrived within BURST_WINDOW.
 

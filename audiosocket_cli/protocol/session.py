@@ -171,6 +171,7 @@ class Session:
         "_peer_words",
         "_first_byte",
         "_first_message",
+        "_plain",
         "_partial_since",
         "_header_at",
         "_stall_reported",
@@ -192,6 +193,9 @@ class Session:
         self._peer_words = "application" if role is Role.ASTERISK else "caller"
         self._first_byte = True
         self._first_message = role is Role.APPLICATION  # Asterisk's first must be the UUID
+        # No first byte or message left to judge, no end, nothing held: the state in
+        # which whole_audio() may take a read (kept by receive() and close()).
+        self._plain = False
         self._partial_since: float | None = None  # an incomplete message began
         self._header_at: float | None = None  # ... and its header was whole
         self._stall_reported = False
@@ -234,6 +238,7 @@ class Session:
             if self.ended is not None and self.rules.mode is not Mode.OBSERVE:
                 return out  # an observer takes what follows, as from a later read
         if decoder.buffered:
+            self._plain = False
             if messages or self._partial_since is None:
                 self._partial_since, self._header_at = now, None
                 self._stall_reported = False
@@ -241,6 +246,7 @@ class Session:
                 self._header_at = now
         else:
             self._partial_since = self._header_at = None
+            self._plain = not self._first_message and self.ended is None
         return out
 
     def whole_audio(self, data: bytes, now: float) -> Message | None:
@@ -255,10 +261,7 @@ class Session:
             and n > 3
             and data[0] in AUDIO_RATES
             and (data[1] << 8 | data[2]) == n - 3
-            and not self._first_byte  # the first read is judged: it may be garbage
-            and not self._first_message
-            and self.ended is None
-            and not self.decoder.buffered
+            and self._plain
         ):
             self._last_rx = self._last_activity = now
             self.messages_received += 1
@@ -269,12 +272,7 @@ class Session:
         """whole_audio() for a read of several whole audio messages (a peer that writes
         two frames at once, or a reader that fell behind): each of even length, the
         last ending where `data` ends. Otherwise None, with nothing changed."""
-        if (
-            self._first_byte
-            or self._first_message
-            or self.ended is not None
-            or self.decoder.buffered
-        ):
+        if not self._plain:
             return None
         out: list[Message] = []
         i, n = 0, len(data)
@@ -462,6 +460,7 @@ class Session:
         """We end the call (or the tool stops); the first ending given stays."""
         if self.ended is None:
             self.ended = Ended(now - self.started, ended, detail)
+            self._plain = False
         return self.ended
 
     # Judging.

@@ -46,6 +46,9 @@ class Call:
         "app",
         "plain",
         "counted",
+        "batched",
+        "runs",
+        "run_payload",
     )
 
     def __init__(self, n: int, uuid: str, sock: socket.socket | None, now: float) -> None:
@@ -82,6 +85,12 @@ class Call:
         # The application's messages, bytes, audio seconds and bursts in the periods so
         # far: each period takes the difference from the call report's statistics.
         self.counted: tuple[int, int, float, int] = (0, 0, 0.0, 0)
+        # Arrival times of the application's messages that continue its current run
+        # (analysis.runs), taken into the statistics in one batch per period, and the
+        # last one's payload.
+        self.batched = False  # plain, and no conversation listening to each message
+        self.runs: list[float] = []
+        self.run_payload = b""
 
 
 def ignore(t: float, message: Message) -> None:

@@ -8,9 +8,10 @@ import math
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from audiosocket_cli.analysis.runs import add_runs
 from audiosocket_cli.analysis.stats import AnalysisBudget
 from audiosocket_cli.engines.before_call import BeforeCall
 from audiosocket_cli.engines.call import CallReport, SessionClock
@@ -203,6 +204,7 @@ class Worker:
     def _emit(self, final: bool) -> None:
         now = time.monotonic()
         self._judge_closes(now, final)
+        self._take_runs(self.calls.values())
         stats = self.stats
         for call in self.calls.values():
             self._count_in(call)
@@ -393,6 +395,7 @@ class Worker:
         if plan.scenario is not None:
             # The script's times are the call report's: seconds since the connection.
             call.talk = conversations.Talk(self, call, max(0.0, slot.due - now))
+        call.batched = call.plain and call.talk is None
         call.clock.arm()
 
     # Sending: one pass over a slot's calls per tick.
@@ -625,10 +628,21 @@ class Worker:
         """One message from the application, `t` s into the call: timed against our frame
         it echoes (if it does) and given to the call report, whose statistics the
         period's counts are taken from (_count_in)."""
-        report, stats = call.report, self.stats
-        assert report is not None
         kind, payload = message
         size = len(payload)
+        if call.batched:
+            if call.app.run_shape == (kind, size):
+                # One more of the application's run: the period's batch takes it.
+                call.runs.append(t)
+                call.run_payload = payload
+                at = call.sent.pop(hash(payload), None)
+                if at is not None:
+                    self.stats.echo.pending.append(call.up_at + t - at)
+                return
+            if call.runs:
+                self._take_runs((call,))  # in order: the batch before this message
+        report, stats = call.report, self.stats
+        assert report is not None
         rate = AUDIO_RATES.get(kind)
         if rate is None or not size:
             report.message(t, "<", message)
@@ -656,6 +670,22 @@ class Worker:
             call.app.add(t, message)  # all report.message() would do: nothing recorded or shown
         else:
             report.message(t, "<", message)
+
+    def _take_runs(self, calls: Iterable[Call]) -> None:
+        """The run messages the calls heard since their last batch, into their statistics
+        (analysis.runs) and the period's jitter and gaps, as _heard() takes the others."""
+        taking = [call for call in calls if call.runs]
+        if not taking:
+            return
+        gaps, jitter = add_runs([(call.app, call.runs, call.run_payload) for call in taking])
+        stats = self.stats
+        stats.jitter.pending.frombytes(abs(jitter).tobytes())
+        stats.gaps += int((gaps > GAP).sum())
+        for call in taking:
+            kind, size = call.app.run_shape
+            call.last_audio = call.up_at + call.runs[-1]
+            call.last_dur = size / (2 * AUDIO_RATES[kind])
+            call.runs = []
 
     def _handle(self, call: Call, events: list[Any], rearm: bool = True) -> None:
         report = call.report
@@ -694,6 +724,8 @@ class Worker:
         if call.state != "up":
             return
         call.state = "done"
+        if call.runs:
+            self._take_runs((call,))
         self._count_in(call)
         session, report = call.session, call.report
         assert session is not None and report is not None
