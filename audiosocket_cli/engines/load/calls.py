@@ -86,8 +86,8 @@ class Call:
         # far: each period takes the difference from the call report's statistics.
         self.counted: tuple[int, int, float, int] = (0, 0, 0.0, 0)
         # Arrival times of the application's messages that continue its current run
-        # (analysis.runs), taken into the statistics in one batch per period, and the
-        # last one's payload.
+        # (analysis.runs), taken into the statistics in a batch about once a second,
+        # and the last one's payload.
         self.batched = False  # plain, and no conversation listening to each message
         self.runs: list[float] = []
         self.run_payload = b""
@@ -100,9 +100,10 @@ def ignore(t: float, message: Message) -> None:
 class Slot:
     """The calls whose frames are due on the same millisecond of the 20 ms grid."""
 
-    __slots__ = ("calls", "timer", "due")
+    __slots__ = ("calls", "timer", "due", "runs_due")
 
     def __init__(self) -> None:
         self.calls: dict[int, Call] = {}
         self.timer: Timer | None = None
         self.due = 0.0
+        self.runs_due = 0.0  # the tick that takes its calls' run messages next
