@@ -14,12 +14,8 @@ from collections.abc import Iterable
 
 import pytest
 
-from audiosocket_cli.analysis.stats import (
-    Diagnosis,
-    DirectionStats,
-    diagnose_application,
-    diagnose_asterisk,
-)
+from audiosocket_cli.analysis.diagnoses import Diagnosis, diagnose_application, diagnose_asterisk
+from audiosocket_cli.analysis.stats import DirectionStats
 from audiosocket_cli.protocol.session import Ended
 from audiosocket_cli.protocol.wire import RATE_KINDS, Kind, Message
 from tests.conftest import SAMPLES

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from audiosocket_cli.analysis.stats import DirectionStats, diagnose_application, diagnose_asterisk
+from audiosocket_cli.analysis.diagnoses import diagnose_application, diagnose_asterisk
+from audiosocket_cli.analysis.stats import DirectionStats
 from audiosocket_cli.media.recorder import Recording
 from audiosocket_cli.net.reactor import Reactor, Timer
 from audiosocket_cli.output.sinks import Output

@@ -6,7 +6,7 @@ import threading
 import uuid as uuid_lib
 from collections.abc import Callable
 
-from audiosocket_cli.analysis.stats import diagnose_asterisk
+from audiosocket_cli.analysis.diagnoses import diagnose_asterisk
 from audiosocket_cli.engines.check.judge import kept_and_answered, reference_call
 from audiosocket_cli.engines.check.probe import (
     CLOSE_LIMIT,

@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+from audiosocket_cli.analysis.diagnoses import diagnose_application
 from audiosocket_cli.analysis.pacing import PACE_BLOCK, PACE_TOLERANCE
-from audiosocket_cli.analysis.stats import BURST_AUDIO, diagnose_application
+from audiosocket_cli.analysis.stats import BURST_AUDIO
 from audiosocket_cli.engines.check.judge import rate_mismatch
 from audiosocket_cli.engines.check.probe import FRAME, CaseRun, Probe, percentile
 from audiosocket_cli.engines.check.results import Outcome, failed, passed, warned

@@ -15,14 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from audiosocket_cli.analysis.stats import (
-    BURST_AUDIO,
-    BURST_WINDOW,
-    Diagnosis,
-    DirectionStats,
-    diagnose_application,
-    diagnose_asterisk,
-)
+from audiosocket_cli.analysis.diagnoses import Diagnosis, diagnose_application, diagnose_asterisk
+from audiosocket_cli.analysis.stats import BURST_AUDIO, BURST_WINDOW, DirectionStats
 from audiosocket_cli.engines.report.common import DIR_NAMES, DIR_SIDES, DIRECTIONS, ReportError
 from audiosocket_cli.engines.report.conversation import EVENTS, ConversationData
 from audiosocket_cli.files.trace import Record
