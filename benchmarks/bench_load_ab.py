@@ -13,6 +13,11 @@ A version is a source tree (a checkout, or `git archive REV | tar -x -C DIR`):
     python benchmarks/bench_load_ab.py before=/tmp/before after=.
     python benchmarks/bench_load_ab.py before=/tmp/before after=. --rounds 10 --calls 400
 
+`floor` as a version runs bench_load's floor (the simplest loop that sends the
+same frames) in the same place, and prints each version's ratio against it:
+
+    python benchmarks/bench_load_ab.py floor now=. --calls 1000
+
 Needs 2 CPUs (it says so and exits 2 otherwise). Traffic goes to 127.0.0.1 only.
 """
 
@@ -39,19 +44,26 @@ def cpu_times(pid: int) -> tuple[float, float]:
     return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
-def one_run(tree: Path, args: argparse.Namespace) -> tuple[float, float]:
-    """(user, system) cores of load from `tree` over the steady part of one run."""
+def one_run(tree: Path | None, args: argparse.Namespace) -> tuple[float, float]:
+    """(user, system) cores of load from `tree` (None: bench_load's floor, the simplest
+    loop that sends the same frames) over the steady part of one run."""
     server, port = bench_load.start_server(0.0)
     try:
         os.sched_setaffinity(server.pid or 0, {1})
-        env = dict(os.environ, PYTHONPATH=str(tree))
         duration = args.ramp + args.seconds + 2.0
-        command = [
-            sys.executable, "-m", "audiosocket_cli", "load", f"127.0.0.1:{port}",
-            "--calls", str(args.calls), "--rate", str(args.calls / (args.ramp / 2)),
-            "--duration", f"{duration:g}", "--total", str(args.calls), "--json",
-            "--workers", "1",
-        ]  # fmt: skip
+        rate = args.calls / (args.ramp / 2)
+        if tree is None:
+            floor = argparse.Namespace(calls=args.calls, rate=rate, duration=duration, workers=1)
+            command = bench_load.floor_command(port, floor)
+            env = bench_load.env()
+        else:
+            command = [
+                sys.executable, "-m", "audiosocket_cli", "load", f"127.0.0.1:{port}",
+                "--calls", str(args.calls), "--rate", str(rate),
+                "--duration", f"{duration:g}", "--total", str(args.calls), "--json",
+                "--workers", "1",
+            ]  # fmt: skip
+            env = dict(os.environ, PYTHONPATH=str(tree))
         proc = subprocess.Popen(
             command,
             stdout=subprocess.DEVNULL,
@@ -78,7 +90,9 @@ def one_run(tree: Path, args: argparse.Namespace) -> tuple[float, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("versions", nargs="+", metavar="NAME=TREE", help="two or more")
+    parser.add_argument(
+        "versions", nargs="+", metavar="NAME=TREE", help="two or more (`floor`: the floor)"
+    )
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--calls", type=int, default=400, help="at once, one worker")
     parser.add_argument("--seconds", type=float, default=5.0, help="measured, each run")
@@ -87,8 +101,11 @@ def main() -> int:
     if len(os.sched_getaffinity(0)) < 2:
         print("bench_load_ab: needs 2 CPUs (the echo server on one, load on the other)")
         return 2
-    trees: dict[str, Path] = {}
+    trees: dict[str, Path | None] = {}
     for item in args.versions:
+        if item == "floor":
+            trees["floor"] = None
+            continue
         name, _, path = item.partition("=")
         tree = Path(path).resolve()
         if not name or not (tree / "audiosocket_cli").is_dir():
@@ -102,13 +119,26 @@ def main() -> int:
             user, system = one_run(trees[name], args)
             got[name].append((user, system))
             print(f"round {i + 1}: {name}: user {user:.3f} + system {system:.3f} cores")
+    medians = {}
     for name, runs in got.items():
         totals = [u + s for u, s in runs]
+        medians[name] = statistics.median(totals)
         print(
-            f"{name}: median {statistics.median(totals):.3f} cores ({min(totals):.3f}-"
+            f"{name}: median {medians[name]:.3f} cores ({min(totals):.3f}-"
             f"{max(totals):.3f}); user {statistics.median(u for u, _ in runs):.3f}, "
             f"system {statistics.median(s for _, s in runs):.3f}; {args.calls} calls"
         )
+    if "floor" in got:
+        # Each round's ratio against the floor's run of the same round.
+        for name, runs in got.items():
+            if name != "floor":
+                ratios = [
+                    (u + s) / (fu + fs) for (u, s), (fu, fs) in zip(runs, got["floor"], strict=True)
+                ]
+                print(
+                    f"{name} against the floor: median {statistics.median(ratios):.2f}x "
+                    f"({min(ratios):.2f}-{max(ratios):.2f}x over {len(ratios)} rounds)"
+                )
     return 0
 
 

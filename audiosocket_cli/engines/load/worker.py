@@ -637,7 +637,8 @@ class Worker:
         size = len(payload)
         if call.batched:
             if call.app.run_shape == (kind, size):
-                # One more of the application's run: the period's batch takes it.
+                # One more of the application's run: noted for its slot's next batch
+                # (_take_runs), its echo matched now.
                 call.runs.append(t)
                 call.run_payload = payload
                 at = call.sent.pop(hash(payload), None)
