@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import gc
 import math
 import socket
 import sys
@@ -127,12 +128,18 @@ class Worker:
             reactor.add_reader(self.control, self._control)
         self._schedule_launch(self.next_launch)
         reactor.call_at(self.epoch + plan.period, self._period)
+        # What exists before the first call (modules, numpy: half the objects at 500
+        # calls) outlives the run: the collector need not scan it. A full collection,
+        # a pause of every call's frames, then takes half as long (30 to 12-22 ms).
+        gc.freeze()
         try:
             reactor.run()
         except KeyboardInterrupt:
             self.stop("interrupted")
         except Terminated:
             self.stop("terminated")
+        finally:
+            gc.unfreeze()  # a worker run inside a longer-lived process leaves it as it was
         if not self.finished:
             self._finish()
         return self.stopping
