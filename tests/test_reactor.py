@@ -278,3 +278,23 @@ def test_a_loop_polled_seldom_never_coalesces(
     reactor.run()
     assert reads[-1] - reads[0] > 2.3
     assert not reactor.coalescing
+
+
+def test_a_serving_loop_leaves_what_existed_out_of_the_collector_s_scans() -> None:
+    """frozen_heap(): the objects that exist when a serving loop starts are frozen (a full
+    collection, which pauses every call, scans only what the calls made), and thawed when
+    it ends, so that a loop run inside a longer process (a test, an API user) leaves the
+    collector as it found it."""
+    import gc
+
+    from audiosocket_cli.net.reactor import frozen_heap
+
+    assert gc.get_freeze_count() == 0
+    kept = [[] for _ in range(1000)]  # tracked by the collector, as lists are
+    with frozen_heap():
+        frozen = gc.get_freeze_count()
+        assert frozen >= 1000
+        made = [[] for _ in range(1000)]  # made while serving: scanned as usual
+        assert gc.get_freeze_count() == frozen
+    assert gc.get_freeze_count() == 0
+    assert len(kept) == len(made) == 1000

@@ -38,7 +38,7 @@ from audiosocket_cli.engines.workers import Budget
 from audiosocket_cli.media.recorder import Recording, call_recording, unique_path
 from audiosocket_cli.media.stereo import CallStereo
 from audiosocket_cli.net.address import Address
-from audiosocket_cli.net.reactor import Reactor, Timer
+from audiosocket_cli.net.reactor import Reactor, Timer, frozen_heap
 from audiosocket_cli.net.transport import (
     CONNECT_TIMEOUT,
     RECV_SIZE,
@@ -593,7 +593,8 @@ class Proxy:
     def run(self) -> ExitStatus:
         """Serve until --max-calls calls have ended (or a signal); the exit status."""
         self.start()
-        self.reactor.run()
+        with frozen_heap():
+            self.reactor.run()
         return self.exit_status
 
     @property

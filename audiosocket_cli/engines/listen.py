@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import errno
 import functools
-import gc
 import socket
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from audiosocket_cli.engines.workers import Budget
 from audiosocket_cli.engines.workers import signals_deferred as signals_deferred
 from audiosocket_cli.media.recorder import call_recording
 from audiosocket_cli.net.address import Address
-from audiosocket_cli.net.reactor import COALESCE, Reactor, Timer
+from audiosocket_cli.net.reactor import COALESCE, Reactor, Timer, frozen_heap
 from audiosocket_cli.net.transport import RECV_SIZE, accept, bound_address, listen, raise_fd_limit
 from audiosocket_cli.output.sinks import Output
 from audiosocket_cli.protocol.events import CallEnd, CallInfo
@@ -517,11 +516,8 @@ class Server:
     def run(self) -> ExitStatus:
         """Serve until --max-calls calls have ended (or a signal); the exit status."""
         self.start()
-        # What exists now (modules, config) lives as long as the process: keep
-        # the collector from walking it again and again, a pause of many ms.
-        gc.collect()
-        gc.freeze()
-        self.reactor.run()
+        with frozen_heap():
+            self.reactor.run()
         return self.tally.status
 
     def close(self, ended: str = "interrupted", detail: str = "") -> None:
