@@ -365,6 +365,7 @@ def test_run_messages_taken_in_batches_give_the_figures_of_one_at_a_time() -> No
     from audiosocket_cli.analysis.stats import AnalysisBudget
     from audiosocket_cli.engines.load import worker as worker_module
     from audiosocket_cli.engines.load.calls import Call
+    from audiosocket_cli.engines.load.heard import take_runs
     from audiosocket_cli.engines.load.plan import LoadPlan
     from audiosocket_cli.engines.load.worker import Worker
     from audiosocket_cli.net.address import Address
@@ -408,9 +409,9 @@ def test_run_messages_taken_in_batches_give_the_figures_of_one_at_a_time() -> No
                 worker._readable(call)
             if step % 50 == 49:
                 for worker, _, _ in sides:
-                    worker._take_runs(worker.calls.values())  # as the period's end does
+                    take_runs(worker, worker.calls.values())  # as a slot's tick does
         for worker, _, _ in sides:
-            worker._take_runs(worker.calls.values())
+            take_runs(worker, worker.calls.values())
     finally:
         worker_module.time = original  # type: ignore[assignment]
         for worker, call, app in sides:

@@ -8,10 +8,9 @@ import math
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
-from audiosocket_cli.analysis.runs import add_runs
 from audiosocket_cli.analysis.stats import AnalysisBudget
 from audiosocket_cli.engines.before_call import BeforeCall
 from audiosocket_cli.engines.call import CallReport, SessionClock
@@ -19,6 +18,7 @@ from audiosocket_cli.engines.load import conversations
 from audiosocket_cli.engines.load.calls import Call, Slot
 from audiosocket_cli.engines.load.conversations import ConversationLog
 from audiosocket_cli.engines.load.frames import K_BITS, N_BITS, Wire, frames_for, frames_until
+from audiosocket_cli.engines.load.heard import count_in, heard, take_runs
 from audiosocket_cli.engines.load.periods import NORMAL_ENDINGS, STOPPED_ENDINGS, PeriodStats
 from audiosocket_cli.engines.load.plan import FRAME_MS, LoadPlan, make_uuid
 from audiosocket_cli.media.recorder import Recording, call_recording
@@ -28,13 +28,12 @@ from audiosocket_cli.net.transport import CONNECT_TIMEOUT, ended_by_reset, set_n
 from audiosocket_cli.output.sinks import Output
 from audiosocket_cli.protocol.events import CallEnd, CallInfo
 from audiosocket_cli.protocol.session import Ended, Problem, Received, Role, Session
-from audiosocket_cli.protocol.wire import AUDIO_RATES, RATE_KINDS, Message
+from audiosocket_cli.protocol.wire import RATE_KINDS, Message
 from audiosocket_cli.status import Terminated
 
 PHASE_STEP = (5**0.5 - 1) / 2  # the golden ratio's fraction: a low-discrepancy sequence
 SLOT_SECONDS = 0.001  # calls starting within the same millisecond of the grid share a tick
 RECV_SIZE = 65536  # a load call's read; small enough never to need a fresh mmap
-GAP = 0.200  # s without audio, once the application had been talking, is a gap
 CLOSE_LIMIT = 1.0  # s the application has to close its side after our close
 CLOSE_POLL = 0.05  # s between looks at the kernel's table while the run waits on closes
 ECHO_WINDOW = 100  # frames (2 s) remembered per call for matching echoes
@@ -210,7 +209,7 @@ class Worker:
         self._judge_closes(now, final)
         stats = self.stats
         for call in self.calls.values():
-            self._count_in(call)
+            count_in(self, call)
             if call.first_audio is not None:
                 stats.talk_s += now - call.acct_at
                 call.acct_at = now
@@ -505,7 +504,7 @@ class Worker:
             # After the sends, about once a second: this slot's calls' run messages in
             # one batch. A slot at a time, so that no tick waits for every call's.
             slot.runs_due = due + RUNS_EVERY
-            self._take_runs(slot.calls.values())
+            take_runs(self, slot.calls.values())
         if ending:
             why = f"--duration {self.plan.duration:g} passed"
             for call in ending:
@@ -599,7 +598,7 @@ class Worker:
             if message is not None:
                 # The usual read: one whole audio message. It only moves the session's
                 # deadline later, so its timer stays (it fires first, then re-arms).
-                self._heard(call, now - session.started, message)
+                heard(self, call, now - session.started, message)
                 return
         self._take(call, data, now)
 
@@ -614,7 +613,7 @@ class Worker:
                 # frames together): the same path, each at the read's time.
                 t = now - session.started
                 for message in messages:
-                    self._heard(call, t, message)
+                    heard(self, call, t, message)
                 return
         if data == b"" and ended_by_reset(call.sock):
             data = None  # a send of ours took the reset's error: this end is a reset
@@ -632,77 +631,13 @@ class Worker:
             call.session.sent_audio(call.last_sent)
             self._handle(call, call.session.tick(time.monotonic()))
 
-    def _heard(self, call: Call, t: float, message: Message) -> None:
-        """One message from the application, `t` s into the call: timed against our frame
-        it echoes (if it does) and given to the call report, whose statistics the
-        period's counts are taken from (_count_in)."""
-        kind, payload = message
-        size = len(payload)
-        if call.batched:
-            if call.app.run_shape == (kind, size):
-                # One more of the application's run: noted for its slot's next batch
-                # (_take_runs), its echo matched now.
-                call.runs.append(t)
-                call.run_payload = payload
-                at = call.sent.pop(hash(payload), None)
-                if at is not None:
-                    self.stats.echo.pending.append(call.up_at + t - at)
-                return
-            if call.runs:
-                self._take_runs((call,))  # in order: the batch before this message
-        report, stats = call.report, self.stats
-        assert report is not None
-        rate = AUDIO_RATES.get(kind)
-        if rate is None or not size:
-            report.message(t, "<", message)
-            return
-        now = call.up_at + t
-        duration = size / (2 * rate)
-        if call.first_audio is None:
-            call.first_audio = call.acct_at = now
-            stats.ttfa.add(now - call.up_at)
-            if self.on_ttfa is not None:
-                self.on_ttfa(now - call.up_at)
-        else:
-            gap = now - call.last_audio
-            stats.jitter.pending.append(abs(gap - call.last_dur))
-            if gap > GAP:
-                stats.gaps += 1
-        call.last_audio, call.last_dur = now, duration
-        talk = call.talk
-        if talk is not None:
-            talk.ear.heard(t, payload, rate)
-        at = call.sent.pop(hash(payload), None)
-        if at is not None:
-            stats.echo.pending.append(now - at)
-        if call.plain:
-            call.app.add(t, message)  # all report.message() would do: nothing recorded or shown
-        else:
-            report.message(t, "<", message)
-
-    def _take_runs(self, calls: Iterable[Call]) -> None:
-        """The run messages the calls heard since their last batch, into their statistics
-        (analysis.runs) and the period's jitter and gaps, as _heard() takes the others."""
-        taking = [call for call in calls if call.runs]
-        if not taking:
-            return
-        gaps, jitter = add_runs([(call.app, call.runs, call.run_payload) for call in taking])
-        stats = self.stats
-        stats.jitter.pending.frombytes(abs(jitter).tobytes())
-        stats.gaps += int((gaps > GAP).sum())
-        for call in taking:
-            kind, size = call.app.run_shape
-            call.last_audio = call.up_at + call.runs[-1]
-            call.last_dur = size / (2 * AUDIO_RATES[kind])
-            call.runs = []
-
     def _handle(self, call: Call, events: list[Any], rearm: bool = True) -> None:
         report = call.report
         assert report is not None
         ended = None
         for event in events:
             if type(event) is Received:
-                self._heard(call, event.t, event.message)
+                heard(self, call, event.t, event.message)
             elif isinstance(event, Problem):
                 report.problem(event, "<")
             elif isinstance(event, Ended):
@@ -712,30 +647,6 @@ class Worker:
         elif rearm and call.clock is not None:
             call.clock.arm()
 
-    def _count_in(self, call: Call) -> None:
-        """The period's share of what the application sent: counted once a period (and
-        at the call's end) from the call report's statistics, not once a message."""
-        app = call.app
-        if app is None:
-            return
-        messages, wire, audio = app.messages, app.wire_bytes, app.audio_seconds
-        held = len(call.runs)
-        if held:
-            # Run messages not yet taken into the statistics count in this period all
-            # the same (their jitter, gaps and bursts come with their batch).
-            kind, size = app.run_shape
-            messages += held
-            wire += held * (3 + size)
-            audio += held * size / (2 * AUDIO_RATES[kind])
-        now = (messages, wire, audio, app.bursts)
-        before = call.counted
-        stats = self.stats
-        stats.msgs_in += now[0] - before[0]
-        stats.bytes_in += now[1] - before[1]
-        stats.audio_s += now[2] - before[2]
-        stats.bursts += now[3] - before[3]
-        call.counted = now
-
     # Ending.
 
     def _end(self, call: Call, ended: Ended) -> None:
@@ -743,8 +654,8 @@ class Worker:
             return
         call.state = "done"
         if call.runs:
-            self._take_runs((call,))
-        self._count_in(call)
+            take_runs(self, (call,))
+        count_in(self, call)
         session, report = call.session, call.report
         assert session is not None and report is not None
         if call.slot is not None:
