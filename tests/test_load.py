@@ -392,7 +392,7 @@ def test_run_messages_taken_in_batches_give_the_figures_of_one_at_a_time() -> No
             call.batched = batched
             sides.append((worker, call, app))
         rnd = random.Random(5)
-        for step in range(600):
+        for step in range(610):  # ends with run messages held for a batch
             r = rnd.random()
             clock.now += rnd.uniform(0.6, 3.0) if r < 0.01 else 0.020 + rnd.gauss(0, 0.002)
             for worker, call, app in sides:
@@ -410,8 +410,12 @@ def test_run_messages_taken_in_batches_give_the_figures_of_one_at_a_time() -> No
             if step % 50 == 49:
                 for worker, _, _ in sides:
                     take_runs(worker, worker.calls.values())  # as a slot's tick does
-        for worker, _, _ in sides:
-            take_runs(worker, worker.calls.values())
+        for worker, call, _ in sides:
+            assert call.session is not None
+            # The call's end takes what its batch still held, before its report.
+            assert call.runs or not call.batched
+            worker._end(call, call.session.close("caller-close", "the test", clock.now))
+            assert call.state == "done" and not call.runs
     finally:
         worker_module.time = original  # type: ignore[assignment]
         for worker, call, app in sides:

@@ -222,14 +222,32 @@ def crashes() -> Iterator[dict[str, subprocess.CompletedProcess]]:
         real_app("crashy", die_on="16k") as on_16k,
         real_app("crashy", die_on="dtmf") as on_dtmf,
         real_app("crashy", die_on="reset") as on_reset,
+        real_app("crashy", die_on="dtmf") as load_dtmf,
     ):
         yield run_all(
             {
                 "16k": lambda: check(on_16k.address),
                 "dtmf": lambda: check(on_dtmf.address, "--case", "2"),
                 "reset": lambda: check(on_reset.address, "--case", "4"),
+                "load": lambda: load(load_dtmf.address, 2, 3, "--dtmf", "5@1.5"),
             }
         )
+
+
+def test_load_counts_a_dead_application_s_audio_up_to_its_death(
+    crashes: dict[str, subprocess.CompletedProcess],
+) -> None:
+    """Two calls echoed for 1.5 s, then the first call's DTMF kills the application: both
+    calls end by the application's side (a dying process's sockets close, or reset when
+    it left bytes unread), the audio up to then counted, run messages still held for
+    their batch included, and the hang-up right after a digit diagnosed."""
+    row = total(crashes["load"])
+    by_app = row["total_ended"] + sum(
+        n for why, n in row["total_failed_by"].items() if why.startswith("app-")
+    )
+    assert by_app == 2 and row["total_failed"] == sum(row["total_failed_by"].values()), row
+    assert 100 <= row["total_msgs_in"] <= 180, row  # about 75 echoes a call, not 150 (3 s)
+    assert row["total_diagnoses"].get("hangup-after-dtmf", 0) >= 1, row
 
 
 @pytest.mark.parametrize(
