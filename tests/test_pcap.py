@@ -567,6 +567,24 @@ def _tcpdump_usable() -> bool:
 
 
 @pytest.mark.skipif(not _tcpdump_usable(), reason="tcpdump is not installed or not root")
+def trace_messages(path: Path) -> list[tuple[str, int, bytes]]:
+    """(direction, kind, payload) of every message in a `--trace` file."""
+    return [
+        (obj["dir"], obj["type"], base64.b64decode(obj["data"]))
+        for obj in map(json.loads, path.read_text().splitlines()[1:])
+        if "data" in obj
+    ]
+
+
+def pcap_messages(path: Path) -> list[tuple[str, int, bytes]]:
+    """(direction, kind, payload) of every message in a capture, as far as it is written."""
+    try:
+        records = read(path)
+    except Exception:  # a capture still being written may end mid-packet
+        return []
+    return [(r.dir, r.message.kind, r.message.payload) for r in records if r.message]
+
+
 def test_tcpdump_capture_of_a_real_call(tmp_path: Path, cli_env: dict[str, str]) -> None:
     """`dial` calls `listen --echo` on 127.0.0.1 while tcpdump captures `lo`."""
     import sys
@@ -586,7 +604,8 @@ def test_tcpdump_capture_of_a_real_call(tmp_path: Path, cli_env: dict[str, str])
         assert first.startswith("listening on "), first
         port = int(first.split()[-1].rsplit(":", 1)[1])
         dump = subprocess.Popen(
-            ["tcpdump", "-i", "lo", "-U", "-w", str(capture), f"tcp port {port}"],
+            ["tcpdump", "-i", "lo", "-U", "-B", "16384", "-w", str(capture),
+             f"tcp port {port}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         procs.append(dump)
@@ -602,7 +621,12 @@ def test_tcpdump_capture_of_a_real_call(tmp_path: Path, cli_env: dict[str, str])
         )  # fmt: skip
         assert call.returncode == 0, call.stderr
         listen.wait(timeout=10)
-        time.sleep(0.3)
+        # tcpdump drops what it has not yet written when it is stopped: wait until
+        # the file holds every message the dialler's trace has, then stop it.
+        expected = len(trace_messages(dial_trace))
+        deadline = time.monotonic() + 20
+        while len(pcap_messages(capture)) < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
         dump.send_signal(signal.SIGTERM)
         dump.wait(timeout=10)
     finally:
@@ -611,14 +635,10 @@ def test_tcpdump_capture_of_a_real_call(tmp_path: Path, cli_env: dict[str, str])
                 proc.kill()
                 proc.wait(timeout=5)
 
-    sent = [
-        (obj["dir"], obj["type"], base64.b64decode(obj["data"]))
-        for obj in map(json.loads, dial_trace.read_text().splitlines()[1:])
-        if "data" in obj
-    ]
+    sent = trace_messages(dial_trace)
     assert sum(d == ">" for d, _, _ in sent) > 200 and any(d == "<" for d, _, _ in sent)
     records = read(capture)
-    seen = [(r.dir, r.message.kind, r.message.payload) for r in records if r.message]
+    seen = pcap_messages(capture)
     assert [m for m in seen if m[0] == ">"] == [m for m in sent if m[0] == ">"]
     assert [m for m in seen if m[0] == "<"] == [m for m in sent if m[0] == "<"]
     assert not [r for r in records if r.event == "warning"]
