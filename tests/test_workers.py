@@ -430,10 +430,15 @@ def test_a_worker_never_waits_for_a_parent_that_does_not_read(tmp_path, listen_p
     try:
         with AsteriskClient(proc.address) as client:
             client.send_uuid()
-            frames = 12000  # megabytes of trace lines: far more than the pipe holds
-            for k in range(0, frames, 500):
+            # Megabytes of output lines, far more than the pipe holds: the worker keeps
+            # 8 MB of them (about 11,000 frames' worth), then drops and says so.
+            for k in range(0, 40000, 500):
                 client.send_audio(bytes(320 * 500), paced=False)
                 assert client.wait_for(k + 500, "audio", timeout=10)  # echoed all the same
+                if any("is not reading" in line for line in proc.stderr):
+                    break
+            client.send_audio(bytes(320 * 500), paced=False)  # and after the drop began
+            assert client.wait_for(k + 1000, "audio", timeout=10)
             client.close()
         wait_until(lambda: any("is not reading" in line for line in proc.stderr), 5,
                    "a worker says it drops output")  # fmt: skip
