@@ -436,6 +436,7 @@ def test_log_tick_values_of_a_narrow_range() -> None:
 
 def _log_axes(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """Each log axis of each figure a report draws, as drawn: title, labels, overlap."""
+    import audiosocket_cli.engines.report.conversation_plots as conversation_plots
     import audiosocket_cli.engines.report.plots as report
 
     axes: list[dict[str, Any]] = []
@@ -461,6 +462,7 @@ def _log_axes(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
         return svg(fig, prefix)
 
     monkeypatch.setattr(report, "_svg", drawn)
+    monkeypatch.setattr(conversation_plots, "_svg", drawn)
     return axes
 
 

@@ -47,6 +47,11 @@ from audiosocket_cli.engines.report.calls import (
 )
 from audiosocket_cli.engines.report.common import DIR_NAMES, DIR_SIDES, DIRECTIONS, ReportError
 from audiosocket_cli.engines.report.conversation import ConversationData
+from audiosocket_cli.engines.report.conversation_plots import (
+    CONVERSATION_COLORS,
+    conversation_load_svg,
+    conversation_svg,
+)
 from audiosocket_cli.engines.report.load import (
     CONVERSATION_COLUMN,
     LOAD_CSV_HEAD,
@@ -59,15 +64,12 @@ from audiosocket_cli.engines.report.load import (
 from audiosocket_cli.engines.report.page import CALLS_TABLE_ROWS, CSS, render_page
 from audiosocket_cli.engines.report.plots import (
     COLORS,
-    CONVERSATION_COLORS,
     EVENT_COLORS,
     LOAD_COLORS,
     MARK_COLOR,
     MAX_LABELS,
     MAX_POINTS,
     REF_COLOR,
-    conversation_load_svg,
-    conversation_svg,
     envelope_series,
     gap_series,
     histograms_svg,

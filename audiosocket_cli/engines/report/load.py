@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from audiosocket_cli.engines.report.common import ReportError
-from audiosocket_cli.engines.report.plots import conversation_load_svg, load_svg
+from audiosocket_cli.engines.report.conversation_plots import conversation_load_svg
+from audiosocket_cli.engines.report.plots import load_svg
 
 # The documented first columns of `load --stats FILE.csv` (docs/load.md): a CSV input
 # is recognised by them, as a trace by its JSON header and a pcap by its magic.

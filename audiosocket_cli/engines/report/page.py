@@ -17,8 +17,9 @@ from audiosocket_cli.analysis.stats import SUMMARY_ROWS, DirectionStats
 from audiosocket_cli.engines.report.calls import CallData
 from audiosocket_cli.engines.report.common import DIR_NAMES, DIR_SIDES, DIRECTIONS, ReportError
 from audiosocket_cli.engines.report.conversation import ConversationData
+from audiosocket_cli.engines.report.conversation_plots import conversation_svg
 from audiosocket_cli.engines.report.load import LoadRun, _load_section
-from audiosocket_cli.engines.report.plots import conversation_svg, histograms_svg, timeline_svg
+from audiosocket_cli.engines.report.plots import histograms_svg, timeline_svg
 from audiosocket_cli.engines.report.progress import _Progress
 
 CSS = """
