@@ -245,8 +245,10 @@ def test_a_busy_loop_polls_at_most_every_coalesce_and_keeps_its_timers(
     theirs.sendall(b"first")
     reactor.call_later(10.0, reactor.stop)  # a bound, should it hang
     reactor.run()
-    # At first nothing was held: many polls in the first window.
-    assert sum(1 for t in polls if t - start < 0.1) >= 10
+    # At first nothing was held: in the first window, far more polls than the 95 or so
+    # that coalescing allows (counted over the window: a busy machine may stall the
+    # loop for a while, but it polls thousands of times a second when it runs).
+    assert sum(1 for t in polls if t - start < 1.9) >= 300
     assert reactor.coalescing
     gaps = [b - a for a, b in zip(polls, polls[1:], strict=False)]
     assert sum(1 for g in gaps if g >= 0.0195) >= 20, gaps

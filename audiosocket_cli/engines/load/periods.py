@@ -19,7 +19,7 @@ NORMAL_ENDINGS = frozenset({"caller-close", "caller-hangup", "app-hangup", "app-
 # A call stopped by Ctrl-C or SIGTERM is neither normal nor failed.
 STOPPED_ENDINGS = frozenset({"interrupted", "terminated"})
 CONNECT_FAILURES = {
-    "connect-refused": "the application refused the connection",
+    "connect-refused": "the application refused the connection (or reset it unused)",
     "connect-timeout": f"the connection did not complete within {CONNECT_TIMEOUT:g} s",
     "connect-failed": "the connection failed otherwise (unreachable, no route...)",
     "before-call-failed": "--before-call did not exit 0 in time: the call was not placed",

@@ -720,7 +720,9 @@ class Worker:
 
 
 def _connect_reason(err: int) -> str:
-    if err == errno.ECONNREFUSED:
+    # A reset before we saw the connection complete: it sat in the listen backlog of
+    # an application that then closed its listening socket. Refused, all the same.
+    if err in (errno.ECONNREFUSED, errno.ECONNRESET):
         return "connect-refused"
     if err == errno.ETIMEDOUT:
         return "connect-timeout"
