@@ -75,6 +75,7 @@ import functools
 import http.server
 import os
 import queue
+import random
 import re
 import shutil
 import socket
@@ -469,10 +470,15 @@ class Tts(App):
         pause = round(TTS_PAUSE / FRAME)
         loop = self.speech.frames + pause
         talker = Talker(call, call.uuid_at + opts.first_after)
+        # A sender whose timer wakes late by up to --jitter, frame by frame (never
+        # early, never piling up): real time on average, uneven frame to frame.
+        late = random.Random(call.number).uniform if opts.jitter > 0 else None
         k = 0
         while True:
             stalls = k // per_stall if per_stall else 0
             due = talker.start + k * interval + stalls * opts.stall
+            if late is not None:
+                due += late(0, opts.jitter)
             if per_stall and k and k % per_stall == 0:
                 call.log(f"stall at {call.since_uuid(due - opts.stall)}")
             j = k % loop
@@ -706,6 +712,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stall-every", type=float, default=1.5, metavar="S")
     p.add_argument("--stall", type=float, default=0.15, metavar="S")
     p.add_argument("--first-after", type=float, default=0.3, metavar="S")
+    p.add_argument("--jitter", type=float, default=0.0, metavar="S")
     p = apps.add_parser("limited", help="an echo bot serving at most N calls at once")
     p.add_argument("--max", type=int, default=4, metavar="N")
     p.add_argument("--serve-delay", type=float, default=0.05, metavar="S")

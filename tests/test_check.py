@@ -162,7 +162,11 @@ def test_listen_play_answers_at_the_callers_rate(listen: Any) -> None:
             case_id, verdict = line.split()[:2]
             found[case_id] = {"verdict": verdict.lower(), "line": line}
     assert list(found) == ["2.1", "2.2", "2.7", "3.1", "3.2", "3.3", "3.4", "3.5", "3.6", "3.7"]
-    assert all(r["verdict"] == "pass" for r in found.values()), proc.stdout
+    # As in the full run: a timing verdict our own lateness disturbed is a warn that says so.
+    assert all(
+        r["verdict"] == "pass" or (r["verdict"] == "warn" and "measurement disturbed" in r["line"])
+        for r in found.values()
+    ), proc.stdout
     assert proc.returncode == 0
     assert re.match(r"2\.1 PASS an 8 kHz call \(kind 0x10\): ", proc.stdout)
 

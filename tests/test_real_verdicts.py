@@ -108,11 +108,33 @@ def test_a_slow_greeter_is_waited_for_and_only_its_dead_air_warned(
     found = cases(proc)
     expected = {i: "pass" for i in ("1.1", "1.3", "2.1", "2.4", "2.5", "2.7")}
     expected.update({f"3.{k}": "pass" for k in range(1, 7)}, **{"3.7": "warn"})
-    assert verdicts(proc) == expected, proc.stdout
+    got = verdicts(proc)
+    for case_id, record in found.items():
+        if record["reason"].startswith("measurement disturbed"):
+            # A busy machine made our own sends late: the tool says so, a warn.
+            assert case_id.startswith("3.") and expected[case_id] == "pass", record
+            got[case_id] = "pass"
+    assert got == expected, proc.stdout
     assert "(it answers with audio)" in proc.stderr
     assert "the first answer came 1.2" in found["3.7"]["reason"]
     figures = found["3.7"]["figures"]["2.1"]
     assert 1150 <= figures["first_audio_ms"] <= 1400, figures
+    assert proc.returncode == 0
+
+
+def test_an_uneven_sender_is_warned_for_its_jitter() -> None:
+    """A sender whose timer wakes up to 45 ms late, frame by frame: real time on the
+    whole (no pacing finding), its gap jitter (p99 about 38 ms) warned."""
+    with real_app("tts", slow=0, stall=0, jitter=0.045) as app:
+        proc = check(app.address, "--case", "2.1", "--case", "3.1")
+    found = cases(proc)
+    assert found["2.1"]["verdict"] == "pass", proc.stdout
+    record = found["3.1"]
+    assert record["verdict"] == "warn", record
+    assert record["reason"].startswith("audio paced with jitter p99 above 20 ms") or (
+        # our own sends more than 15 ms late: too disturbed to blame the application
+        record["reason"].startswith("measurement disturbed")
+    ), record
     assert proc.returncode == 0
 
 
