@@ -179,6 +179,33 @@ def test_an_application_that_stops_accepting() -> None:
     assert last["total_up"] == 50 + failed.get("app-reset", 0)
 
 
+def test_a_connection_reset_before_it_was_seen_complete_is_refused() -> None:
+    """The handshake completed in the backlog of an application that then closed its
+    listening socket: the kernel resets it, and a busy load sees the reset as the
+    connect's own error. Refused, as the ones after the close are; never 'failed'."""
+    import errno
+    import select
+    import socket
+
+    from audiosocket_cli.engines.load.worker import _connect_reason
+
+    app = socket.create_server(("127.0.0.1", 0))
+    ours = socket.socket()
+    ours.setblocking(False)
+    assert ours.connect_ex(app.getsockname()) == errno.EINPROGRESS
+    # Complete (writable), waiting in the backlog, unaccepted; then the application's
+    # listening socket closes and the kernel resets it (readable: the reset came).
+    assert select.select([], [ours], [], 5)[1]
+    app.close()
+    assert select.select([ours], [], [], 5)[0]
+    err = ours.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # what _connected reads
+    ours.close()
+    assert err == errno.ECONNRESET
+    assert _connect_reason(err) == "connect-refused"
+    assert _connect_reason(errno.ECONNREFUSED) == "connect-refused"
+    assert _connect_reason(errno.EHOSTUNREACH) == "connect-failed"
+
+
 def test_echo_round_trip_of_an_application_50_ms_late() -> None:
     with FaultyApp("echo-late") as app:
         status, rows, _ = run_load(
