@@ -2,6 +2,7 @@
 
     python benchmarks/busy_suite.py            # 5 runs
     python benchmarks/busy_suite.py --runs 3 -- -x tests/test_listen.py
+    python benchmarks/busy_suite.py --keep /tmp/busy   # failed runs' output kept there
 
 CI machines have two cores and are often busy; a test that passes only on a
 quiet machine is a flaky test. This is how the suite is shown not to be one:
@@ -33,6 +34,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--limit", type=float, default=90.0, help="seconds a run may take")
+    parser.add_argument(
+        "--keep", type=Path, metavar="DIR", help="write each failed run's whole output here"
+    )
     parser.add_argument("pytest_args", nargs="*", help="after --: passed to pytest")
     args = parser.parse_args()
     stop = multiprocessing.Event()
@@ -56,6 +60,12 @@ def main() -> int:
             if proc.returncode != 0:
                 failed = [line for line in proc.stdout.splitlines() if line.startswith("FAILED")]
                 print("\n".join(f"    {line}" for line in failed[:20]))
+                if args.keep is not None:
+                    # The whole output of a failed run: a flaky test's assertion, to read.
+                    args.keep.mkdir(parents=True, exist_ok=True)
+                    kept = args.keep / f"run{run}.txt"
+                    kept.write_text(proc.stdout + proc.stderr)
+                    print(f"    output: {kept}")
             sys.stdout.flush()
     finally:
         stop.set()
