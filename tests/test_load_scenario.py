@@ -89,19 +89,24 @@ def test_every_call_is_measured_as_converse_measures_it(
     tmp_path: Path, cli_env: dict[str, str], rate: int
 ) -> None:
     config = BotConfig(greet_ms=400, reply_ms=[300, 900], stop_ms=250)
-    with VoiceBot(config, rates=(rate,)) as bot:
-        status, lines, talks, stderr = load(
-            cli_env, bot.port, tmp_path, "--calls", "2", "--total", "2", "--rate", "4",
-            "--sample-rate", str(rate), "--stats", str(tmp_path / "run.csv"),
-        )  # fmt: skip
-        for log in bot.calls:
-            assert log.ended.wait(10)
-    assert status == 0, stderr
-    assert [t["n"] for t in talks] == [1, 2]  # the bot's calls in the same order: 0.25 s apart
-    assert all(t["conversation"]["passed"] for t in talks), talks
-    errors = [e for talk, log in zip(talks, bot.calls, strict=True) for e in truths(talk, log)]
-    starved = max(max(t["max_send_lag_ms"] for t in talks) / 1000, *(c.late for c in bot.calls))
-    worst = max(abs(a - b) for _, a, b in errors)
+    for _attempt in range(2):  # a second run only if a busy machine starved the first
+        with VoiceBot(config, rates=(rate,)) as bot:
+            status, lines, talks, stderr = load(
+                cli_env, bot.port, tmp_path, "--calls", "2", "--total", "2", "--rate", "4",
+                "--sample-rate", str(rate), "--stats", str(tmp_path / "run.csv"),
+            )  # fmt: skip
+            for log in bot.calls:
+                assert log.ended.wait(10)
+        assert status == 0, stderr
+        assert [t["n"] for t in talks] == [1, 2]  # the bot's calls in order: 0.25 s apart
+        assert all(t["conversation"]["passed"] for t in talks), talks
+        errors = [e for talk, log in zip(talks, bot.calls, strict=True) for e in truths(talk, log)]
+        starved = max(max(t["max_send_lag_ms"] for t in talks) / 1000, *(c.late for c in bot.calls))
+        worst = max(abs(a - b) for _, a, b in errors)
+        # Our sends' lag and the bot's own lateness show a starved machine, but not a
+        # stall of our reads between two sends: a starved run gets a second one.
+        if worst <= TOLERANCE or starved <= 0.01:
+            break
     assert worst <= TOLERANCE + max(0.0, starved - 0.02), errors
     total = lines[-1]
     assert total["type"] == "total"
